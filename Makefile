@@ -1,0 +1,33 @@
+# Two commands: `make run` and `make test`. Each builds its own environment.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test proto lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/agentgw serve $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider $(ARGS)
+
+proto: $(STAMP)
+	$(BIN)/python -m gateway.protogen .
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway clients tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,75 @@
+"""Values that flow through one decision: the request, findings, verdicts, decisions.
+
+Pure data, no I/O. The wire layer converts protobuf messages to and from these;
+policy, detection, holds and audit take and return them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Verdict(enum.IntEnum):
+    """Ordered by strictness: the larger value wins when verdicts combine."""
+
+    ALLOW = 1
+    HOLD = 2
+    DENY = 3
+
+    @classmethod
+    def strictest(cls, *verdicts: Verdict) -> Verdict:
+        return max(verdicts, default=cls.ALLOW)
+
+
+class ResolutionStatus(enum.Enum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    action_id: str
+    agent_id: str
+    session_id: str
+    action_type: str
+    resource: str = ""
+    # JSON-compatible values (dict/list/str/float/bool/None) as decoded from a
+    # google.protobuf.Struct; numbers are floats.
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    reasoning: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finding:
+    type: str
+    severity: float
+    description: str
+    recommended_action: str
+
+
+@dataclass(frozen=True)
+class Resolution:
+    status: ResolutionStatus
+    decided_by: str
+    reason: str
+    decided_at: float  # unix seconds
+    audit_seq: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    action_id: str
+    session_id: str
+    verdict: Verdict
+    reason: str
+    findings: tuple[Finding, ...] = ()
+    matched_rules: tuple[str, ...] = ()
+    hold_id: str = ""
+    expires_at: float = 0.0  # unix seconds; 0 when not held
+    resolution: Resolution | None = None
+    audit_seq: int = 0
