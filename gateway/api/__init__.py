@@ -1,0 +1,1 @@
+"""The wire ring: gRPC servicers. Parse, authorize, call the domain, map errors."""

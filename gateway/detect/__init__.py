@@ -1,0 +1,1 @@
+"""Detectors: pure functions from (request, counters) to findings. No I/O."""

@@ -1,0 +1,96 @@
+"""A small synchronous client for agents: submit an action, wait for a held one.
+
+    with AgentClient("127.0.0.1:50051", token, agent_id="demo-agent") as agent:
+        decision = agent.submit("send_email", session_id="s1", parameters={"to": "x@y"})
+        if decision.verdict == gateway_pb2.VERDICT_HOLD:
+            decision = agent.wait(decision, timeout=600)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from agentgw.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.api.structs import python_to_struct
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def bearer(token: str) -> Metadata:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class AgentClient:
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        agent_id: str,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self._metadata = bearer(token)
+        self._own_channel = channel is None
+        self.channel = channel or grpc.insecure_channel(target)
+        self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+
+    def submit(
+        self,
+        action_type: str,
+        *,
+        session_id: str,
+        resource: str = "",
+        parameters: Mapping[str, Any] | None = None,
+        reasoning: str = "",
+        labels: Mapping[str, str] | None = None,
+        action_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> gateway_pb2.Decision:
+        """Asks for a decision. Reuse `action_id` when retrying: the first decision returns."""
+        request = gateway_pb2.ActionRequest(
+            action_id=action_id or uuid.uuid4().hex,
+            agent_id=self.agent_id,
+            session_id=session_id,
+            action_type=action_type,
+            resource=resource,
+            parameters=python_to_struct(parameters or {}),
+            reasoning=reasoning,
+            labels=dict(labels or {}),
+        )
+        response: gateway_pb2.Decision = self.stub.Submit(
+            request, metadata=self._metadata, timeout=timeout
+        )
+        return response
+
+    def wait(
+        self, held: gateway_pb2.Decision | str, timeout: float | None = None
+    ) -> gateway_pb2.Decision:
+        """Blocks until a held action is approved, rejected or expired.
+
+        Raises grpc.RpcError with DEADLINE_EXCEEDED if `timeout` passes first.
+        """
+        hold_id = held if isinstance(held, str) else held.hold_id
+        response: gateway_pb2.Decision = self.stub.Await(
+            gateway_pb2.AwaitRequest(hold_id=hold_id), metadata=self._metadata, timeout=timeout
+        )
+        return response
+
+    def close(self) -> None:
+        if self._own_channel:
+            self.channel.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,399 @@
+"""The `agentgw` command: serve, submit, holds, sessions, audit.
+
+`serve` imports the server lazily; every other command is a gRPC client, and
+`audit verify` works offline with only the pure audit-format package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, audit_pb2, audit_pb2_grpc, gateway_pb2
+from clients.agent import AgentClient, bearer
+from gateway.api.structs import struct_to_python
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A usage or input problem: printed, exit code 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = args.run(args)
+        return code
+    except CliError as e:
+        print(f"agentgw: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except grpc.RpcError as e:
+        print(f"agentgw: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentgw", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, help="YAML config file (env AGENTGW_CONFIG)")
+    serve.add_argument("--listen", help="HOST:PORT to listen on (env AGENTGW_LISTEN)")
+    serve.add_argument("--data-dir", type=Path, help="state directory (env AGENTGW_DATA_DIR)")
+    serve.add_argument("--redis-url", help="use this Redis instead of the embedded one (env AGENTGW_REDIS_URL)")
+    serve.set_defaults(run=run_serve)
+
+    def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--server", default=os.environ.get("AGENTGW_SERVER", DEFAULT_SERVER),
+                       help=f"gateway address (env AGENTGW_SERVER, default {DEFAULT_SERVER})")
+        p.add_argument("--token", default=os.environ.get("AGENTGW_TOKEN"),
+                       help="bearer token (env AGENTGW_TOKEN)")
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+        return p
+
+    submit = client(sub.add_parser("submit", help="submit one action as an agent"))
+    submit.add_argument("action_type")
+    submit.add_argument("--agent", default=os.environ.get("AGENTGW_AGENT"),
+                        help="your agent name (env AGENTGW_AGENT)")
+    submit.add_argument("--session", default="cli", help="session id (default: cli)")
+    submit.add_argument("--resource", default="")
+    submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a parameter; VALUE is parsed as JSON when it can be")
+    submit.add_argument("--params-json", help="all parameters as one JSON object")
+    submit.add_argument("--reasoning", default="")
+    submit.add_argument("--action-id")
+    submit.add_argument("--wait", action="store_true", help="if held, wait for the approver")
+    submit.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait")
+    submit.set_defaults(run=run_submit)
+
+    holds = sub.add_parser("holds", help="held actions (approvers)").add_subparsers(metavar="ACTION")
+    hold_list = client(holds.add_parser("list", help="list pending holds"))
+    hold_list.add_argument("--agent", default="")
+    hold_list.add_argument("--session", default="")
+    hold_list.add_argument("--json", action="store_true")
+    hold_list.set_defaults(run=run_holds_list)
+    for verb in ("approve", "reject"):
+        p = client(holds.add_parser(verb, help=f"{verb} a held action"))
+        p.add_argument("hold_id")
+        p.add_argument("--reason", required=True)
+        p.set_defaults(run=run_hold_resolve, verb=verb)
+
+    sessions = sub.add_parser("sessions", help="paused sessions (approvers)").add_subparsers(metavar="ACTION")
+    resume = client(sessions.add_parser("resume", help="resume a session paused for review"))
+    resume.add_argument("agent")
+    resume.add_argument("session")
+    resume.add_argument("--reason", required=True)
+    resume.set_defaults(run=run_session_resume)
+
+    audit = sub.add_parser("audit", help="the signed audit log (auditors)").add_subparsers(metavar="ACTION")
+    export = client(audit.add_parser("export", help="write the log as JSON Lines"))
+    export.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    export.add_argument("--from-seq", type=int, default=1)
+    export.add_argument("--to-seq", type=int, default=0, help="last seq (default: the head)")
+    export.set_defaults(run=run_audit_export)
+    keys = client(audit.add_parser("keys", help="save the log's public keys (for verify)"))
+    keys.add_argument("--out", type=Path)
+    keys.set_defaults(run=run_audit_keys)
+    checkpoint = client(audit.add_parser("checkpoint", help="save a signed checkpoint note"))
+    checkpoint.add_argument("--out", type=Path)
+    checkpoint.set_defaults(run=run_audit_checkpoint)
+    verify = audit.add_parser("verify", help="verify an export offline")
+    verify.add_argument("export", type=Path)
+    verify.add_argument("--keys", type=Path, required=True, help="key set from `agentgw audit keys`")
+    verify.add_argument("--checkpoint", type=Path, help="checkpoint from `agentgw audit checkpoint`")
+    verify.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(run=run_audit_verify)
+    return parser
+
+
+# --- serve --------------------------------------------------------------------------
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.app import serve
+    from gateway.config import Overrides, load_config
+    from gateway.errors import GatewayError
+
+    overrides = Overrides(
+        config_file=args.config, listen=args.listen, data_dir=args.data_dir, redis_url=args.redis_url
+    )
+    try:
+        config, tokens = load_config(overrides, os.environ)
+        asyncio.run(serve(config, tokens))
+    except GatewayError as e:
+        print(f"agentgw: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# --- agents -------------------------------------------------------------------------
+
+
+def _token(args: argparse.Namespace) -> str:
+    if not args.token:
+        raise CliError("no token: pass --token or set AGENTGW_TOKEN")
+    token: str = args.token
+    return token
+
+
+def parse_params(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if as_json:
+        try:
+            loaded = json.loads(as_json)
+        except json.JSONDecodeError as e:
+            raise CliError(f"--params-json: {e}") from e
+        if not isinstance(loaded, dict):
+            raise CliError("--params-json: expected a JSON object")
+        params.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--param {pair!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def decision_json(decision: gateway_pb2.Decision) -> str:
+    return json_format.MessageToJson(decision, indent=None, preserving_proto_field_name=True)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    if not args.agent:
+        raise CliError("no agent name: pass --agent or set AGENTGW_AGENT")
+    params = parse_params(args.param, args.params_json)
+    with AgentClient(args.server, _token(args), args.agent) as agent:
+        decision = agent.submit(
+            args.action_type,
+            session_id=args.session,
+            resource=args.resource,
+            parameters=params,
+            reasoning=args.reasoning,
+            action_id=args.action_id,
+            timeout=args.timeout,
+        )
+        print(decision_json(decision), flush=True)
+        if args.wait and decision.verdict == gateway_pb2.VERDICT_HOLD and not decision.HasField("resolution"):
+            print(f"held as {decision.hold_id}; waiting for an approver...", file=sys.stderr, flush=True)
+            decision = agent.wait(decision, timeout=args.wait_timeout)
+            print(decision_json(decision), flush=True)
+    return EXIT_OK if decision.verdict == gateway_pb2.VERDICT_ALLOW else 3
+
+
+# --- approvers ----------------------------------------------------------------------
+
+
+def _approvals(args: argparse.Namespace) -> tuple[approvals_pb2_grpc.ApprovalsStub, Any]:
+    channel = grpc.insecure_channel(args.server)
+    return approvals_pb2_grpc.ApprovalsStub(channel), bearer(_token(args))
+
+
+def run_holds_list(args: argparse.Namespace) -> int:
+    stub, md = _approvals(args)
+    response = stub.ListHolds(
+        approvals_pb2.ListHoldsRequest(agent_id=args.agent, session_id=args.session),
+        metadata=md, timeout=args.timeout,
+    )
+    if args.json:
+        for hold in response.holds:
+            print(json_format.MessageToJson(hold, indent=None, preserving_proto_field_name=True))
+        return EXIT_OK
+    if not response.holds:
+        print("no pending holds")
+        return EXIT_OK
+    print(f"{'HOLD':<30} {'AGENT':<16} {'SESSION':<12} {'ACTION':<20} {'EXPIRES':<20} REASON")
+    for h in response.holds:
+        expires = h.expires_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{h.hold_id:<30} {h.agent_id:<16} {h.session_id:<12} {h.action.action_type:<20} "
+              f"{expires:<20} {h.reason}")
+        params = json.dumps(struct_to_python(h.action.parameters), ensure_ascii=False)
+        print(f"{'':<30} resource={h.action.resource!r} parameters={params}")
+    return EXIT_OK
+
+
+def run_hold_resolve(args: argparse.Namespace) -> int:
+    stub, md = _approvals(args)
+    if args.verb == "approve":
+        hold = stub.Approve(approvals_pb2.ApproveRequest(hold_id=args.hold_id, reason=args.reason),
+                            metadata=md, timeout=args.timeout)
+    else:
+        hold = stub.Reject(approvals_pb2.RejectRequest(hold_id=args.hold_id, reason=args.reason),
+                           metadata=md, timeout=args.timeout)
+    status = approvals_pb2.HoldStatus.Name(hold.status).removeprefix("HOLD_STATUS_").lower()
+    print(f"{hold.hold_id}: {status} (audit seq {hold.resolution.audit_seq})")
+    return EXIT_OK
+
+
+def run_session_resume(args: argparse.Namespace) -> int:
+    stub, md = _approvals(args)
+    response = stub.ResumeSession(
+        approvals_pb2.ResumeSessionRequest(agent_id=args.agent, session_id=args.session, reason=args.reason),
+        metadata=md, timeout=args.timeout,
+    )
+    if response.was_paused:
+        print(f"session {args.agent}/{args.session} resumed (audit seq {response.audit_seq})")
+    else:
+        print(f"session {args.agent}/{args.session} was not paused")
+    return EXIT_OK
+
+
+# --- auditors -----------------------------------------------------------------------
+
+
+def _audit(args: argparse.Namespace) -> tuple[audit_pb2_grpc.AuditStub, Any]:
+    channel = grpc.insecure_channel(args.server)
+    return audit_pb2_grpc.AuditStub(channel), bearer(_token(args))
+
+
+def _output(path: Path | None) -> TextIO:
+    return path.open("w", encoding="utf-8") if path else sys.stdout
+
+
+def entry_from_proto(msg: audit_pb2.AuditEntry) -> Any:
+    from gateway.audit.entry import AuditEntry
+
+    return AuditEntry(
+        seq=msg.seq,
+        timestamp=msg.timestamp,
+        event_type=msg.event_type,
+        actor=msg.actor,
+        actor_type=msg.actor_type,
+        action_id=msg.action_id,
+        action_type=msg.action_type,
+        resource=msg.resource,
+        details=struct_to_python(msg.details),
+        outcome=msg.outcome,
+        prev_hash=msg.prev_hash,
+        key_id=msg.key_id,
+        entry_hash=msg.entry_hash,
+        signature=msg.signature,
+    )
+
+
+def run_audit_export(args: argparse.Namespace) -> int:
+    stub, md = _audit(args)
+    stream = stub.ReadEntries(
+        audit_pb2.ReadEntriesRequest(start_seq=args.from_seq, end_seq=args.to_seq), metadata=md
+    )
+    out = _output(args.out)
+    count = 0
+    try:
+        for msg in stream:
+            out.write(entry_from_proto(msg).to_json_line() + "\n")
+            count += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} entries", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_audit_keys(args: argparse.Namespace) -> int:
+    stub, md = _audit(args)
+    keys = stub.GetPublicKeys(audit_pb2.GetPublicKeysRequest(), metadata=md, timeout=args.timeout)
+    document = {
+        "origin": keys.origin,
+        "keys": [
+            {
+                "key_id": k.key_id,
+                "public_key": k.public_key,
+                "note_verifier_key": k.note_verifier_key,
+                "first_seq": k.first_seq,
+                "last_seq": k.last_seq,
+            }
+            for k in keys.keys
+        ],
+    }
+    out = _output(args.out)
+    out.write(json.dumps(document, indent=2) + "\n")
+    if out is not sys.stdout:
+        out.close()
+    return EXIT_OK
+
+
+def run_audit_checkpoint(args: argparse.Namespace) -> int:
+    stub, md = _audit(args)
+    cp = stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), metadata=md, timeout=args.timeout)
+    out = _output(args.out)
+    out.write(cp.note)
+    if out is not sys.stdout:
+        out.close()
+    print(f"checkpoint: size {cp.size}, root {cp.root_hash}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open("r", encoding="utf-8", errors="surrogateescape") as f:
+        yield from f
+
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    from gateway.audit.checkpoint import CheckpointError, open_checkpoint
+    from gateway.audit.keys import KeySet
+    from gateway.audit.verify import verify_export
+
+    try:
+        keys = KeySet.load(args.keys)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--keys {args.keys}: {e}") from e
+    if not args.export.is_file():
+        raise CliError(f"{args.export}: no such file")
+    checkpoint = None
+    if args.checkpoint is not None:
+        try:
+            note = args.checkpoint.read_text(encoding="utf-8")
+        except OSError as e:
+            raise CliError(f"--checkpoint {args.checkpoint}: {e}") from e
+        try:
+            checkpoint = open_checkpoint(note, keys)
+        except CheckpointError as e:
+            _report({"ok": False, "kind": "checkpoint_signature", "message": str(e)}, args.json,
+                    lambda: f"FAILED checkpoint_signature: {e}")
+            return EXIT_FAILED
+    report = verify_export(_lines(args.export), keys, checkpoint, workers=max(1, args.workers))
+    if report.ok:
+        _report(
+            {"ok": True, "count": report.count, "root_hash": report.root_hash, "head_hash": report.head_hash},
+            args.json,
+            lambda: f"OK: {report.count} entries verified; root {report.root_hash}",
+        )
+        return EXIT_OK
+    failure = report.failure
+    assert failure is not None
+    _report(
+        {"ok": False, "kind": str(failure.kind.value), "seq": failure.seq, "line": failure.line_number,
+         "message": failure.message},
+        args.json,
+        lambda: f"FAILED {failure.kind.value} at line {failure.line_number}: {failure.message}",
+    )
+    return EXIT_FAILED
+
+
+def _report(document: dict[str, Any], as_json: bool, text: Callable[[], str]) -> None:
+    print(json.dumps(document) if as_json else text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

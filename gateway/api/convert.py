@@ -1,0 +1,135 @@
+"""Conversions between protobuf messages and domain values. No rules here."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
+from gateway.api.structs import python_to_struct, struct_to_python
+from gateway.actions import ActionRequest, Decision, Finding, Resolution, ResolutionStatus, Verdict
+from gateway.audit.entry import AuditEntry
+from gateway.holds import Hold, HoldStatus
+
+VERDICT_TO_PROTO = {
+    Verdict.ALLOW: gateway_pb2.VERDICT_ALLOW,
+    Verdict.HOLD: gateway_pb2.VERDICT_HOLD,
+    Verdict.DENY: gateway_pb2.VERDICT_DENY,
+}
+RESOLUTION_TO_PROTO = {
+    ResolutionStatus.APPROVED: gateway_pb2.RESOLUTION_STATUS_APPROVED,
+    ResolutionStatus.REJECTED: gateway_pb2.RESOLUTION_STATUS_REJECTED,
+    ResolutionStatus.EXPIRED: gateway_pb2.RESOLUTION_STATUS_EXPIRED,
+}
+HOLD_STATUS_TO_PROTO = {
+    HoldStatus.PENDING: approvals_pb2.HOLD_STATUS_PENDING,
+    HoldStatus.APPROVED: approvals_pb2.HOLD_STATUS_APPROVED,
+    HoldStatus.REJECTED: approvals_pb2.HOLD_STATUS_REJECTED,
+    HoldStatus.EXPIRED: approvals_pb2.HOLD_STATUS_EXPIRED,
+}
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(round(seconds * 1e9))
+    return ts
+
+
+def action_from_proto(msg: gateway_pb2.ActionRequest) -> ActionRequest:
+    return ActionRequest(
+        action_id=msg.action_id,
+        agent_id=msg.agent_id,
+        session_id=msg.session_id,
+        action_type=msg.action_type,
+        resource=msg.resource,
+        parameters=struct_to_python(msg.parameters),
+        reasoning=msg.reasoning,
+        labels=dict(msg.labels),
+    )
+
+
+def action_to_proto(request: ActionRequest) -> gateway_pb2.ActionRequest:
+    return gateway_pb2.ActionRequest(
+        action_id=request.action_id,
+        agent_id=request.agent_id,
+        session_id=request.session_id,
+        action_type=request.action_type,
+        resource=request.resource,
+        parameters=python_to_struct(request.parameters),
+        reasoning=request.reasoning,
+        labels=dict(request.labels),
+    )
+
+
+def finding_to_proto(f: Finding) -> gateway_pb2.Finding:
+    return gateway_pb2.Finding(
+        type=f.type,
+        severity=f.severity,
+        description=f.description,
+        recommended_action=f.recommended_action,
+    )
+
+
+def resolution_to_proto(r: Resolution) -> gateway_pb2.Resolution:
+    return gateway_pb2.Resolution(
+        status=RESOLUTION_TO_PROTO[r.status],
+        decided_by=r.decided_by,
+        reason=r.reason,
+        decided_at=timestamp(r.decided_at),
+        audit_seq=r.audit_seq,
+    )
+
+
+def decision_to_proto(d: Decision) -> gateway_pb2.Decision:
+    msg = gateway_pb2.Decision(
+        action_id=d.action_id,
+        session_id=d.session_id,
+        verdict=VERDICT_TO_PROTO[d.verdict],
+        reason=d.reason,
+        findings=[finding_to_proto(f) for f in d.findings],
+        matched_rules=list(d.matched_rules),
+        hold_id=d.hold_id,
+        audit_seq=d.audit_seq,
+    )
+    if d.hold_id:
+        msg.expires_at.CopyFrom(timestamp(d.expires_at))
+    if d.resolution is not None:
+        msg.resolution.CopyFrom(resolution_to_proto(d.resolution))
+    return msg
+
+
+def hold_to_proto(h: Hold) -> approvals_pb2.Hold:
+    msg = approvals_pb2.Hold(
+        hold_id=h.hold_id,
+        action=action_to_proto(h.request),
+        findings=[finding_to_proto(f) for f in h.findings],
+        matched_rules=list(h.matched_rules),
+        created_at=timestamp(h.created_at),
+        expires_at=timestamp(h.expires_at),
+        agent_id=h.request.agent_id,
+        session_id=h.request.session_id,
+        status=HOLD_STATUS_TO_PROTO[h.status],
+        reason=h.reason,
+        paused_session=h.paused_session,
+    )
+    if h.resolution is not None:
+        msg.resolution.CopyFrom(resolution_to_proto(h.resolution))
+    return msg
+
+
+def entry_to_proto(e: AuditEntry) -> audit_pb2.AuditEntry:
+    return audit_pb2.AuditEntry(
+        seq=e.seq,
+        timestamp=e.timestamp,
+        event_type=e.event_type,
+        actor=e.actor,
+        actor_type=e.actor_type,
+        action_id=e.action_id,
+        action_type=e.action_type,
+        resource=e.resource,
+        details=python_to_struct(e.details),
+        outcome=e.outcome,
+        prev_hash=e.prev_hash,
+        entry_hash=e.entry_hash,
+        signature=e.signature,
+        key_id=e.key_id,
+    )

@@ -1,0 +1,158 @@
+"""gRPC servicers for Gateway, Approvals, Audit and Alerts.
+
+Thin by design: each method converts, calls the domain with the authenticated
+principal, and converts back. Unimplemented RPCs answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+
+from agentgw.v1 import (
+    alerts_pb2_grpc,
+    approvals_pb2,
+    approvals_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+)
+from gateway.api import convert
+from gateway.api.auth import Authenticator
+from gateway.api.status import Servicer, rpc, stream_rpc
+from gateway.approvals import ApprovalDesk
+from gateway.audit.checkpoint import note_verifier_key
+from gateway.audit.entry import AuditEntry
+from gateway.audit.keys import Signer
+from gateway.config import Principal, Role
+from gateway.errors import InvalidRequest
+from gateway.pipeline import DecisionPipeline
+from gateway.store.audit_log import AuditLog
+
+READ_CHUNK = 500
+
+
+class GatewayService(Servicer, gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, auth: Authenticator, pipeline: DecisionPipeline, desk: ApprovalDesk) -> None:
+        super().__init__(auth)
+        self.pipeline = pipeline
+        self.desk = desk
+
+    @rpc(Role.AGENT)
+    async def Submit(
+        self, request: gateway_pb2.ActionRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> gateway_pb2.Decision:
+        decision = await self.pipeline.submit(principal, convert.action_from_proto(request))
+        return convert.decision_to_proto(decision)
+
+    @rpc(Role.AGENT)
+    async def Await(
+        self, request: gateway_pb2.AwaitRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> gateway_pb2.Decision:
+        decision = await self.desk.await_decision(principal, request.hold_id, request.action_id)
+        return convert.decision_to_proto(decision)
+
+
+class ApprovalsService(Servicer, approvals_pb2_grpc.ApprovalsServicer):
+    def __init__(self, auth: Authenticator, desk: ApprovalDesk) -> None:
+        super().__init__(auth)
+        self.desk = desk
+
+    @rpc(Role.APPROVER)
+    async def ListHolds(
+        self, request: approvals_pb2.ListHoldsRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> approvals_pb2.ListHoldsResponse:
+        holds = await self.desk.list_holds(request.agent_id, request.session_id)
+        return approvals_pb2.ListHoldsResponse(holds=[convert.hold_to_proto(h) for h in holds])
+
+    @rpc(Role.APPROVER)
+    async def Approve(
+        self, request: approvals_pb2.ApproveRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> approvals_pb2.Hold:
+        return convert.hold_to_proto(await self.desk.approve(principal, request.hold_id, request.reason))
+
+    @rpc(Role.APPROVER)
+    async def Reject(
+        self, request: approvals_pb2.RejectRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> approvals_pb2.Hold:
+        return convert.hold_to_proto(await self.desk.reject(principal, request.hold_id, request.reason))
+
+    @rpc(Role.APPROVER)
+    async def ResumeSession(
+        self,
+        request: approvals_pb2.ResumeSessionRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> approvals_pb2.ResumeSessionResponse:
+        was_paused, seq = await self.desk.resume_session(
+            principal, request.agent_id, request.session_id, request.reason
+        )
+        return approvals_pb2.ResumeSessionResponse(was_paused=was_paused, audit_seq=seq)
+
+
+class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
+    def __init__(self, auth: Authenticator, audit: AuditLog, signer: Signer, origin: str) -> None:
+        super().__init__(auth)
+        self.audit = audit
+        self.signer = signer
+        self.origin = origin
+
+    @rpc(Role.AUDITOR)
+    async def GetCheckpoint(
+        self, request: audit_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> audit_pb2.Checkpoint:
+        cp, note = await self.audit.checkpoint()
+        signature_line = note.rstrip("\n").rsplit("\n", 1)[-1]
+        signature = base64.b64decode(signature_line.rsplit(" ", 1)[-1])[4:]
+        return audit_pb2.Checkpoint(
+            note=note,
+            origin=cp.origin,
+            size=cp.size,
+            root_hash=cp.root_hash.hex(),
+            head_hash=cp.head_hash,
+            time=convert.timestamp(parse_time(cp.timestamp)),
+            key_id=self.signer.key_id,
+            signature=base64.b64encode(signature).decode(),
+        )
+
+    @stream_rpc(Role.AUDITOR)
+    async def ReadEntries(
+        self, request: audit_pb2.ReadEntriesRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> AsyncIterator[audit_pb2.AuditEntry]:
+        start = max(request.start_seq, 1)
+        head = (await self.audit.head()).seq
+        end = head if request.end_seq == 0 else min(request.end_seq, head)
+        if request.end_seq and request.end_seq < start:
+            raise InvalidRequest("end_seq", f"{request.end_seq} is before start_seq {start}")
+        while start <= end:
+            stop = min(start + READ_CHUNK - 1, end)
+            for line in await self.audit.read_lines(start, stop):
+                yield convert.entry_to_proto(AuditEntry.from_json_dict(json.loads(line)))
+            start = stop + 1
+
+    @rpc(Role.AUDITOR)
+    async def GetPublicKeys(
+        self, request: audit_pb2.GetPublicKeysRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> audit_pb2.PublicKeys:
+        key = audit_pb2.PublicKey(
+            key_id=self.signer.key_id,
+            public_key=base64.b64encode(self.signer.public_key_raw).decode(),
+            note_verifier_key=note_verifier_key(self.origin, self.signer.public_key_raw),
+            first_seq=1,
+            last_seq=0,
+        )
+        return audit_pb2.PublicKeys(origin=self.origin, keys=[key])
+
+
+class AlertsService(alerts_pb2_grpc.AlertsServicer):
+    """Alerts arrive with their own issue; every RPC answers UNIMPLEMENTED until then."""
+
+
+def parse_time(text: str) -> float:
+    from gateway.audit.entry import parse_timestamp
+
+    return parse_timestamp(text)

@@ -1,0 +1,142 @@
+"""RFC 8785 JSON Canonicalization Scheme (JCS): the one byte encoding that is hashed.
+
+Owns turning a JSON value (None, bool, int, float, str, list/tuple, Mapping with str
+keys) into its canonical UTF-8 bytes. Written here rather than taken from a library
+because every hash and signature in the audit chain depends on these exact bytes and
+an auditor must be able to re-implement them from `docs/audit-format.md`. It does not
+parse JSON and knows nothing about audit entries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Final
+
+# ECMAScript numbers are IEEE doubles; integers beyond 2**53 would silently lose
+# precision in any other verifier, so they are refused instead of rounded.
+MAX_SAFE_INTEGER: Final = 2**53
+
+_SHORT_ESCAPES: Final = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+_ESCAPES: Final = {chr(c): _SHORT_ESCAPES.get(chr(c), f"\\u{c:04x}") for c in range(0x20)}
+_ESCAPES.update(_SHORT_ESCAPES)
+_NEEDS_ESCAPE: Final = frozenset(_ESCAPES)
+
+# Deeper nesting than this cannot be a genuine audit record and would exhaust the
+# Python stack before producing a useful error.
+MAX_DEPTH: Final = 256
+
+
+class CanonicalError(ValueError):
+    """The value is outside the JSON data model that RFC 8785 can encode."""
+
+
+def canonical_json(value: object) -> bytes:
+    """Return the RFC 8785 canonical UTF-8 encoding of `value`."""
+    parts: list[str] = []
+    _encode(value, parts, "$", 0)
+    text = "".join(parts)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CanonicalError(f"string contains a lone surrogate at offset {exc.start}") from None
+
+
+def format_number(value: float) -> str:
+    """Format a finite double the way ECMAScript's Number.prototype.toString does."""
+    if math.isnan(value) or math.isinf(value):
+        raise CanonicalError(f"{value!r} is not a JSON number")
+    if value == 0:
+        return "0"  # covers -0.0, which ECMAScript also prints as "0"
+    # repr() gives the shortest digit string that round-trips, choosing the closest
+    # when several exist: the same digits ECMAScript requires. Only the layout differs.
+    text = repr(value)
+    sign = ""
+    if text[0] == "-":
+        sign, text = "-", text[1:]
+    mantissa, _, exponent = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = whole + fraction
+    point = len(whole) + (int(exponent) if exponent else 0)
+    stripped = digits.lstrip("0")
+    point -= len(digits) - len(stripped)
+    digits = stripped.rstrip("0")
+    k, n = len(digits), point
+    if k <= n <= 21:
+        body = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        body = f"{digits[:n]}.{digits[n:]}"
+    elif -6 < n <= 0:
+        body = "0." + "0" * -n + digits
+    else:
+        exp = n - 1
+        exp_text = f"e+{exp}" if exp >= 0 else f"e-{-exp}"
+        body = (digits if k == 1 else f"{digits[0]}.{digits[1:]}") + exp_text
+    return sign + body
+
+
+def _encode(value: object, out: list[str], path: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise CanonicalError(f"{path}: nesting deeper than {MAX_DEPTH}")
+    # bool before int: bool is a subclass of int and must print as a literal.
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise CanonicalError(f"{path}: integer {value} exceeds 2**53 in magnitude")
+        out.append(str(int(value)))
+    elif isinstance(value, float):
+        try:
+            out.append(format_number(value))
+        except CanonicalError as exc:
+            raise CanonicalError(f"{path}: {exc}") from None
+    elif isinstance(value, str):
+        out.append(_encode_string(value))
+    elif isinstance(value, Mapping):
+        _encode_object(value, out, path, depth)
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _encode(item, out, f"{path}[{index}]", depth + 1)
+        out.append("]")
+    else:
+        raise CanonicalError(f"{path}: {type(value).__name__} is not a JSON type")
+
+
+def _encode_object(value: Mapping[object, object], out: list[str], path: str, depth: int) -> None:
+    keys: list[str] = []
+    for key in value:
+        if not isinstance(key, str):
+            raise CanonicalError(f"{path}: object key {key!r} is not a string")
+        keys.append(key)
+    # RFC 8785 §3.2.3 sorts by UTF-16 code units; big-endian UTF-16 bytes compare the
+    # same way. surrogatepass lets a lone surrogate reach the clear error below.
+    keys.sort(key=lambda k: k.encode("utf-16-be", "surrogatepass"))
+    out.append("{")
+    for index, key in enumerate(keys):
+        if index:
+            out.append(",")
+        out.append(_encode_string(key))
+        out.append(":")
+        _encode(value[key], out, f"{path}.{key}", depth + 1)
+    out.append("}")
+
+
+def _encode_string(value: str) -> str:
+    if _NEEDS_ESCAPE.isdisjoint(value):
+        return f'"{value}"'
+    return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value) + '"'

@@ -1,0 +1,248 @@
+"""Audit entries: the record format, its canonical bytes, hashes and signature.
+
+Owns the v1 entry (`docs/audit-format.md`): field names and types, timestamps,
+the genesis hash, building and signing an entry from a draft, and strict parsing of
+an entry read back from an export. It neither stores entries nor checks how an
+entry links to its neighbours (see `verify.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.audit.canonical import MAX_SAFE_INTEGER, CanonicalError, canonical_json
+from gateway.audit.keys import Signer
+from gateway.audit.merkle import leaf_hash_of
+
+ENTRY_HASH_PREFIX: Final = b"agentgw/audit/v1/entry\x00"
+SIGNATURE_PREFIX: Final = b"agentgw/audit/v1/signature\x00"
+GENESIS_HASH: Final = hashlib.sha256(b"agentgw/audit/v1/genesis").hexdigest()
+ACTOR_TYPES: Final = frozenset({"agent", "user", "system"})
+
+STRING_FIELDS: Final = (
+    "timestamp",
+    "event_type",
+    "actor",
+    "actor_type",
+    "action_id",
+    "action_type",
+    "resource",
+    "outcome",
+)
+# Every key of an entry object, in the order the dataclass lists them.
+ENTRY_KEYS: Final = frozenset(
+    {"seq", *STRING_FIELDS, "details", "prev_hash", "key_id", "entry_hash", "signature"}
+)
+_HEX_LENGTHS: Final = {"prev_hash": 64, "key_id": 16, "entry_hash": 64, "signature": 128}
+_TIMESTAMP: Final = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})Z")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class EntryFormatError(ValueError):
+    """An entry breaks the v1 format; `key` names the offending JSON key."""
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"{key}: {why}")
+        self.key = key
+        self.why = why
+
+
+def format_timestamp(unix_seconds: float) -> str:
+    """RFC 3339 UTC with exactly six fractional digits, e.g. 2026-11-25T05:55:27.123456Z."""
+    moment = _EPOCH + timedelta(microseconds=round(unix_seconds * 1_000_000))
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
+    )
+
+
+def parse_timestamp(text: str) -> float:
+    """Inverse of format_timestamp; raises EntryFormatError("timestamp", ...)."""
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        raise EntryFormatError("timestamp", f"{text!r} is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+    year, month, day, hour, minute, second, micro = (int(g) for g in match.groups())
+    try:
+        moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
+    except ValueError as exc:
+        raise EntryFormatError("timestamp", f"{text!r}: {exc}") from None
+    return (moment - _EPOCH) // timedelta(microseconds=1) / 1_000_000
+
+
+@dataclass(frozen=True)
+class EntryDraft:
+    """What the appender knows about an event before it has a place in the chain."""
+
+    timestamp: str
+    event_type: str
+    actor: str
+    actor_type: str
+    action_id: str
+    action_type: str
+    resource: str
+    details: Mapping[str, Any]
+    outcome: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One signed link of the chain, exactly as it appears in an export line."""
+
+    seq: int
+    timestamp: str
+    event_type: str
+    actor: str
+    actor_type: str
+    action_id: str
+    action_type: str
+    resource: str
+    details: Mapping[str, Any]
+    outcome: str
+    prev_hash: str
+    key_id: str
+    entry_hash: str
+    signature: str
+
+    @property
+    def leaf_index(self) -> int:
+        return self.seq - 1
+
+    def unsigned_dict(self) -> dict[str, Any]:
+        """The object whose JCS bytes are hashed: every key but entry_hash and signature."""
+        return {
+            "seq": self.seq,
+            "timestamp": self.timestamp,
+            "event_type": self.event_type,
+            "actor": self.actor,
+            "actor_type": self.actor_type,
+            "action_id": self.action_id,
+            "action_type": self.action_type,
+            "resource": self.resource,
+            "details": self.details,
+            "outcome": self.outcome,
+            "prev_hash": self.prev_hash,
+            "key_id": self.key_id,
+        }
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {**self.unsigned_dict(), "entry_hash": self.entry_hash, "signature": self.signature}
+
+    def to_json_line(self) -> str:
+        """The export line: JCS of the full entry, without a trailing newline."""
+        return canonical_json(self.to_json_dict()).decode("utf-8")
+
+    @classmethod
+    def from_json_dict(cls, obj: object) -> AuditEntry:
+        """Parse and type-check one entry object; raises EntryFormatError naming the key."""
+        if not isinstance(obj, Mapping):
+            raise EntryFormatError("$", "an entry is a JSON object")
+        missing = sorted(ENTRY_KEYS - obj.keys())
+        if missing:
+            raise EntryFormatError(missing[0], "missing")
+        unexpected = sorted(str(k) for k in obj.keys() - ENTRY_KEYS)
+        if unexpected:
+            raise EntryFormatError(unexpected[0], "unexpected key")
+        seq = obj["seq"]
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SAFE_INTEGER:
+            raise EntryFormatError("seq", "must be an integer from 1 to 2**53")
+        for key in STRING_FIELDS:
+            if not isinstance(obj[key], str):
+                raise EntryFormatError(key, "must be a string")
+        for key, length in _HEX_LENGTHS.items():
+            _check_hex(key, obj[key], length)
+        details = obj["details"]
+        if not isinstance(details, Mapping):
+            raise EntryFormatError("details", "must be a JSON object")
+        entry = cls(
+            seq=seq,
+            details=details,
+            **{key: obj[key] for key in (*STRING_FIELDS, *_HEX_LENGTHS)},
+        )
+        _check_values(entry)
+        return entry
+
+
+def canonical_bytes(entry: AuditEntry) -> bytes:
+    """JCS of the entry without entry_hash and signature: the hashed bytes C."""
+    return canonical_json(entry.unsigned_dict())
+
+
+def entry_hash_of(canonical: bytes) -> str:
+    """hex(SHA-256("agentgw/audit/v1/entry" 0x00 || C))."""
+    return hashlib.sha256(ENTRY_HASH_PREFIX + canonical).hexdigest()
+
+
+def signed_message(entry_hash: str) -> bytes:
+    """The bytes Ed25519 signs: "agentgw/audit/v1/signature" 0x00 || raw entry hash."""
+    return SIGNATURE_PREFIX + bytes.fromhex(entry_hash)
+
+
+def leaf_hash(entry: AuditEntry) -> bytes:
+    """The RFC 6962 leaf hash SHA-256(0x00 || C) of the entry at index seq - 1."""
+    return leaf_hash_of(canonical_bytes(entry))
+
+
+def signature_is_valid(entry: AuditEntry, public_key_raw: bytes) -> bool:
+    """Does entry.signature verify over entry.entry_hash under this public key?"""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key_raw).verify(
+            bytes.fromhex(entry.signature), signed_message(entry.entry_hash)
+        )
+    except InvalidSignature:
+        return False
+    return True
+
+
+def build_entry(draft: EntryDraft, seq: int, prev_hash: str, signer: Signer) -> AuditEntry:
+    """Place `draft` at `seq` after the entry whose hash is `prev_hash`, and sign it."""
+    unsigned = AuditEntry(
+        seq=seq,
+        timestamp=draft.timestamp,
+        event_type=draft.event_type,
+        actor=draft.actor,
+        actor_type=draft.actor_type,
+        action_id=draft.action_id,
+        action_type=draft.action_type,
+        resource=draft.resource,
+        details=draft.details,
+        outcome=draft.outcome,
+        prev_hash=prev_hash,
+        key_id=signer.key_id,
+        entry_hash="0" * 64,
+        signature="0" * 128,
+    )
+    if not 1 <= seq <= MAX_SAFE_INTEGER:
+        raise EntryFormatError("seq", "must be an integer from 1 to 2**53")
+    _check_hex("prev_hash", prev_hash, 64)
+    _check_values(unsigned)
+    entry_hash = entry_hash_of(canonical_bytes(unsigned))
+    signature = signer.sign(signed_message(entry_hash)).hex()
+    return replace(unsigned, entry_hash=entry_hash, signature=signature)
+
+
+def _check_hex(key: str, value: object, length: int) -> None:
+    if not (
+        isinstance(value, str)
+        and len(value) == length
+        and all(ch in "0123456789abcdef" for ch in value)
+    ):
+        raise EntryFormatError(key, f"must be {length} lowercase hex digits")
+
+
+def _check_values(entry: AuditEntry) -> None:
+    parse_timestamp(entry.timestamp)
+    if entry.actor_type not in ACTOR_TYPES:
+        raise EntryFormatError("actor_type", f"{entry.actor_type!r} is not agent, user or system")
+    try:
+        canonical_json(entry.details)
+    except CanonicalError as exc:
+        # The path in the message is relative to details, written "$".
+        raise EntryFormatError("details", str(exc)) from None

@@ -1,0 +1,247 @@
+"""Audit signing keys: the server's Ed25519 signer and the key set an auditor trusts.
+
+Owns key ids, the private key file (PKCS#8 PEM, mode 0600) and the JSON key set file
+that `agentgw audit keys` writes and `agentgw audit verify` reads. It decides which key
+may sign which seq range; it does not verify entries (see `verify.py`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.audit.note import NoteError, NoteVerifier, check_key_name, note_verifier_key
+
+KEY_ID_PREFIX: Final = b"agentgw/audit/v1/key-id\x00"
+
+_T = TypeVar("_T")
+
+
+class KeyFileError(ValueError):
+    """A private key file or key set file is unreadable or breaks the format."""
+
+
+def key_id_for(public_key_raw: bytes) -> str:
+    """hex(SHA-256("agentgw/audit/v1/key-id" 0x00 || raw public key)[:8])."""
+    if len(public_key_raw) != 32:
+        raise KeyFileError("an Ed25519 public key is 32 bytes")
+    return hashlib.sha256(KEY_ID_PREFIX + public_key_raw).digest()[:8].hex()
+
+
+class Signer:
+    """An Ed25519 private key with its raw public key and key id; never printed."""
+
+    __slots__ = ("_key", "key_id", "public_key_raw")
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key_raw: bytes = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.key_id: str = key_id_for(self.public_key_raw)
+
+    def __repr__(self) -> str:
+        return f"Signer(key_id={self.key_id!r})"
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+    @classmethod
+    def generate(cls) -> Signer:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Signer:
+        """Build from a 32-byte RFC 8032 seed (test vectors; Go's note signer keys)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @classmethod
+    def load(cls, path: Path) -> Signer:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"{path}: not an unencrypted PEM private key: {exc}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"{path}: not an Ed25519 private key")
+        return cls(key)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Signer:
+        """Load the key at `path`, or create it (mode 0600, parents made) if absent."""
+        if path.exists():
+            return cls.load(path)
+        signer_key = Ed25519PrivateKey.generate()
+        pem = signer_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: if another process created the key between exists() and here, use
+        # theirs rather than overwrite a key that may already have signed entries.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return cls.load(path)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        return cls(signer_key)
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A public key trusted to sign entries first_seq..last_seq (None: still current)."""
+
+    key_id: str
+    public_key_raw: bytes
+    first_seq: int
+    last_seq: int | None
+
+    def __post_init__(self) -> None:
+        if key_id_for(self.public_key_raw) != self.key_id:
+            raise KeyFileError(f"key {self.key_id}: key_id does not match the public key")
+        if self.first_seq < 1:
+            raise KeyFileError(f"key {self.key_id}: first_seq must be >= 1")
+        if self.last_seq is not None and self.last_seq < self.first_seq:
+            raise KeyFileError(f"key {self.key_id}: last_seq is before first_seq")
+
+    def covers(self, seq: int) -> bool:
+        return self.first_seq <= seq and (self.last_seq is None or seq <= self.last_seq)
+
+    def describe_range(self) -> str:
+        return f"{self.first_seq}..{'' if self.last_seq is None else self.last_seq}"
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """The keys an auditor trusts for one log (`origin`), each for a seq range."""
+
+    origin: str
+    keys: tuple[TrustedKey, ...]
+
+    def __post_init__(self) -> None:
+        try:
+            check_key_name(self.origin)
+        except NoteError as exc:
+            raise KeyFileError(f"origin: {exc}") from None
+        ids = [key.key_id for key in self.keys]
+        if len(set(ids)) != len(ids):
+            raise KeyFileError("keys: a key_id appears twice")
+
+    @classmethod
+    def for_signer(cls, origin: str, signer: Signer, first_seq: int = 1) -> KeySet:
+        return cls(origin, (TrustedKey(signer.key_id, signer.public_key_raw, first_seq, None),))
+
+    def find(self, key_id: str) -> TrustedKey | None:
+        for key in self.keys:
+            if key.key_id == key_id:
+                return key
+        return None
+
+    def note_verifiers(self) -> tuple[NoteVerifier, ...]:
+        """Every key may sign checkpoints, under the origin as the note key name."""
+        return tuple(NoteVerifier(self.origin, key.public_key_raw) for key in self.keys)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "keys": [
+                {
+                    "key_id": key.key_id,
+                    "public_key": base64.b64encode(key.public_key_raw).decode("ascii"),
+                    "note_verifier_key": note_verifier_key(self.origin, key.public_key_raw),
+                    "first_seq": key.first_seq,
+                    "last_seq": 0 if key.last_seq is None else key.last_seq,
+                }
+                for key in self.keys
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json_dict(cls, obj: object) -> KeySet:
+        if not isinstance(obj, Mapping):
+            raise KeyFileError("key set: not a JSON object")
+        origin = obj.get("origin")
+        raw_keys = obj.get("keys")
+        if not isinstance(origin, str):
+            raise KeyFileError("origin: missing or not a string")
+        if not isinstance(raw_keys, list):
+            raise KeyFileError("keys: missing or not a list")
+        return cls(origin, tuple(_trusted_key(origin, i, item) for i, item in enumerate(raw_keys)))
+
+    @classmethod
+    def from_json(cls, text: str) -> KeySet:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KeyFileError(f"key set: not JSON: {exc}") from None
+        return cls.from_json_dict(obj)
+
+    @classmethod
+    def load(cls, path: Path) -> KeySet:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyFileError(f"{path}: cannot read: {exc}") from None
+        try:
+            return cls.from_json(text)
+        except KeyFileError as exc:
+            raise KeyFileError(f"{path}: {exc}") from None
+
+
+def _trusted_key(origin: str, index: int, item: object) -> TrustedKey:
+    where = f"keys[{index}]"
+    if not isinstance(item, Mapping):
+        raise KeyFileError(f"{where}: not a JSON object")
+    key_id = _field(item, where, "key_id", str)
+    public_b64 = _field(item, where, "public_key", str)
+    first_seq = _field(item, where, "first_seq", int)
+    last_seq = _field(item, where, "last_seq", int)
+    try:
+        public_key_raw = base64.b64decode(public_b64, validate=True)
+    except (ValueError, binascii.Error):
+        raise KeyFileError(f"{where}.public_key: not base64") from None
+    if len(public_key_raw) != 32:
+        raise KeyFileError(f"{where}.public_key: not 32 bytes")
+    if last_seq < 0:
+        raise KeyFileError(f"{where}.last_seq: must be >= 0 (0 means current)")
+    verifier = item.get("note_verifier_key")
+    if verifier is not None and verifier != note_verifier_key(origin, public_key_raw):
+        raise KeyFileError(f"{where}.note_verifier_key: does not match origin and public_key")
+    try:
+        return TrustedKey(key_id, public_key_raw, first_seq, last_seq or None)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{where}: {exc}") from None
+
+
+def _field(item: Mapping[str, object], where: str, name: str, kind: type[_T]) -> _T:
+    value = item.get(name)
+    # bool is an int subclass; `true` is not a seq number.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise KeyFileError(f"{where}.{name}: missing or not a {kind.__name__}")
+    return value
+
+
+def keys_from_signers(origin: str, ranges: Iterable[tuple[Signer, int, int | None]]) -> KeySet:
+    """A key set for a rotation history: (signer, first_seq, last_seq or None) in order."""
+    return KeySet(
+        origin,
+        tuple(TrustedKey(s.key_id, s.public_key_raw, first, last) for s, first, last in ranges),
+    )

@@ -1,0 +1,46 @@
+"""Redis key names, in one place.
+
+An agent's keys share the hash tag {a:<agent_id>} so they live in one cluster slot;
+holds and the audit log have their own tags. Identifiers are validated before they
+get here (no braces, spaces or control characters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    prefix: str
+
+    def action(self, agent_id: str, action_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:action:{action_id}"
+
+    def session_pause(self, agent_id: str, session_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:session:{session_id}:pause"
+
+    def recent_types(self, agent_id: str, session_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:session:{session_id}:types"
+
+    def recent_fingerprints(self, agent_id: str, session_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:session:{session_id}:fingerprints"
+
+    def hold(self, hold_id: str) -> str:
+        return f"{self.prefix}:{{holds}}:hold:{hold_id}"
+
+    @property
+    def pending_holds(self) -> str:
+        return f"{self.prefix}:{{holds}}:pending"
+
+    @property
+    def hold_resolved_channel(self) -> str:
+        return f"{self.prefix}:holds:resolved"
+
+    @property
+    def audit_head(self) -> str:
+        return f"{self.prefix}:{{audit}}:head"
+
+    @property
+    def audit_entries(self) -> str:
+        return f"{self.prefix}:{{audit}}:entries"

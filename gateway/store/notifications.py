@@ -1,0 +1,71 @@
+"""Wake-ups for `Gateway.Await`: Redis pub/sub on the hold-resolved channel.
+
+One subscription per gateway process; waiters register an event per hold id before
+they read the hold's state, so a resolution between the read and the wait is never
+missed. If the subscription drops, every waiter is woken to re-read the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("agentgw.store")
+
+
+class ResolutionListener:
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self.subscribed = asyncio.Event()
+
+    @contextlib.contextmanager
+    def watch(self, hold_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._waiters.setdefault(hold_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(hold_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[hold_id]
+
+    def _wake(self, hold_id: str | None) -> None:
+        targets = self._waiters.values() if hold_id is None else [self._waiters.get(hold_id, set())]
+        for events in targets:
+            for event in events:
+                event.set()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.subscribed.set()
+                backoff = 0.1
+                # A resolution may have happened while we were not subscribed.
+                self._wake(None)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._wake(str(message["data"]))
+            except (RedisError, OSError) as e:
+                self.subscribed.clear()
+                log.warning(
+                    "hold notifications lost; resubscribing",
+                    extra={"event": "pubsub_lost", "category": "errors", "error": str(e)},
+                )
+                self._wake(None)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()

@@ -1,0 +1,80 @@
+-- commit.lua: append a batch of signed audit entries and apply the state changes
+-- they record, atomically (group commit; compare-and-append on the log head).
+--
+-- KEYS[1] audit head (hash: seq, hash, frontier)   KEYS[2] audit entries (list)
+-- KEYS[3..] keys named by index in checks and ops
+-- ARGV[1] the head seq the batch was built on
+-- ARGV[2] JSON {"head": {"seq", "hash", "frontier"}, "items": [{"entries": [line...],
+--          "checks": [[key, "hfield", field, value] | [key, "exists"]],
+--          "ops": [["set", key, value, px] | ["hset", key, field, value, ...] |
+--                  ["zadd", key, score, member] | ["zrem", key, member] |
+--                  ["del", key] | ["publish", channel, message]]}]}
+--
+-- Returns {'ok'}; {'moved', seq, hash, frontier} when another writer appended first;
+-- {'failed', i} when item i's check does not hold; {'retry', i} when item i checks a
+-- key an earlier item of the same batch writes. Nothing is written unless 'ok'.
+local head_seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if head_seq ~= tonumber(ARGV[1]) then
+  return {
+    'moved',
+    tostring(head_seq),
+    redis.call('HGET', KEYS[1], 'hash') or '',
+    redis.call('HGET', KEYS[1], 'frontier') or '[]',
+  }
+end
+local batch = cjson.decode(ARGV[2])
+local touched = {}
+for i, item in ipairs(batch.items) do
+  for _, check in ipairs(item.checks) do
+    local key = KEYS[check[1]]
+    if touched[key] then
+      return {'retry', tostring(i)}
+    end
+    local holds
+    if check[2] == 'hfield' then
+      holds = redis.call('HGET', key, check[3]) == check[4]
+    else
+      holds = redis.call('EXISTS', key) == 1
+    end
+    if not holds then
+      return {'failed', tostring(i)}
+    end
+  end
+  for _, op in ipairs(item.ops) do
+    if op[1] ~= 'publish' then
+      touched[KEYS[op[2]]] = true
+    end
+  end
+end
+for _, item in ipairs(batch.items) do
+  for _, line in ipairs(item.entries) do
+    redis.call('RPUSH', KEYS[2], line)
+  end
+  for _, op in ipairs(item.ops) do
+    local name = op[1]
+    if name == 'set' then
+      if tonumber(op[4]) > 0 then
+        redis.call('SET', KEYS[op[2]], op[3], 'PX', op[4])
+      else
+        redis.call('SET', KEYS[op[2]], op[3])
+      end
+    elseif name == 'hset' then
+      local args = {}
+      for j = 3, #op do
+        args[#args + 1] = op[j]
+      end
+      redis.call('HSET', KEYS[op[2]], unpack(args))
+    elseif name == 'zadd' then
+      redis.call('ZADD', KEYS[op[2]], op[3], op[4])
+    elseif name == 'zrem' then
+      redis.call('ZREM', KEYS[op[2]], op[3])
+    elseif name == 'del' then
+      redis.call('DEL', KEYS[op[2]])
+    elseif name == 'publish' then
+      redis.call('PUBLISH', op[2], op[3])
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'seq', batch.head.seq, 'hash', batch.head.hash,
+  'frontier', cjson.encode(batch.head.frontier))
+return {'ok'}
