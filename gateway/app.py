@@ -32,6 +32,7 @@ from agentgw.v1 import (
     gateway_pb2_grpc,
 )
 from gateway.api.auth import Authenticator
+from gateway.api.status import RequireToken
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.approvals import ApprovalDesk
 from gateway.audit.keys import Signer
@@ -107,6 +108,7 @@ class App:
 
         auth = Authenticator(config.principals)
         server = grpc.aio.server(
+            interceptors=[RequireToken(auth)],
             options=[
                 ("grpc.max_receive_message_length", config.limits.max_request_bytes),
                 ("grpc.so_reuseport", 0),

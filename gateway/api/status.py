@@ -112,3 +112,37 @@ def stream_rpc(
         return handler
 
     return wrap
+
+
+class RequireToken(grpc.aio.ServerInterceptor):
+    """Authenticates calls to services we do not implement ourselves (reflection).
+
+    Our own servicers authenticate in `rpc`; health checking stays open so load
+    balancers and orchestrators can probe it (it reveals only SERVING/NOT_SERVING).
+    """
+
+    OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+    OWN_PREFIX = "/agentgw.v1."
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if not method.startswith(self.OPEN_PREFIXES + (self.OWN_PREFIX,)):
+            try:
+                self.auth.authenticate(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+            except Unauthenticated as e:
+                return _refuse(str(e))
+        return await continuation(handler_call_details)
+
+
+def _refuse(message: str) -> grpc.RpcMethodHandler:
+    async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    return grpc.stream_stream_rpc_method_handler(refuse)

@@ -13,8 +13,9 @@ import math
 from collections.abc import Mapping
 from typing import Final
 
-# ECMAScript numbers are IEEE doubles; integers beyond 2**53 would silently lose
-# precision in any other verifier, so they are refused instead of rounded.
+# ECMAScript numbers are IEEE doubles. Every integer up to 2**53 is one; a larger
+# integer is accepted only if it is exactly a double, since any other verifier would
+# silently round it. Refusing is safer than rounding.
 MAX_SAFE_INTEGER: Final = 2**53
 
 _SHORT_ESCAPES: Final = {
@@ -94,9 +95,10 @@ def _encode(value: object, out: list[str], path: str, depth: int) -> None:
     elif value is False:
         out.append("false")
     elif isinstance(value, int):
-        if abs(value) > MAX_SAFE_INTEGER:
-            raise CanonicalError(f"{path}: integer {value} exceeds 2**53 in magnitude")
-        out.append(str(int(value)))
+        if abs(value) <= MAX_SAFE_INTEGER:
+            out.append(str(int(value)))
+        else:
+            out.append(_format_large_integer(value, path))
     elif isinstance(value, float):
         try:
             out.append(format_number(value))
@@ -115,6 +117,21 @@ def _encode(value: object, out: list[str], path: str, depth: int) -> None:
         out.append("]")
     else:
         raise CanonicalError(f"{path}: {type(value).__name__} is not a JSON type")
+
+
+def _format_large_integer(value: int, path: str) -> str:
+    # A JSON parser returns the canonical text of a large double, such as
+    # 60240090719477450 for 6.024009071947745e16, as an int that is not the double's
+    # exact value. Accept that spelling and the exact value; refuse any other integer
+    # rather than silently round it.
+    try:
+        double = float(value)
+    except OverflowError:
+        double = math.inf
+    text = format_number(double) if math.isfinite(double) else ""
+    if text and (int(double) == value or text == str(value)):
+        return text
+    raise CanonicalError(f"{path}: integer {value} is not exactly an IEEE double")
 
 
 def _encode_object(value: Mapping[object, object], out: list[str], path: str, depth: int) -> None:

@@ -42,7 +42,7 @@ ENTRY_KEYS: Final = frozenset(
     {"seq", *STRING_FIELDS, "details", "prev_hash", "key_id", "entry_hash", "signature"}
 )
 _HEX_LENGTHS: Final = {"prev_hash": 64, "key_id": 16, "entry_hash": 64, "signature": 128}
-_TIMESTAMP: Final = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})Z")
+_TIMESTAMP: Final = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{6})Z")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -57,7 +57,10 @@ class EntryFormatError(ValueError):
 
 def format_timestamp(unix_seconds: float) -> str:
     """RFC 3339 UTC with exactly six fractional digits, e.g. 2026-11-25T05:55:27.123456Z."""
-    moment = _EPOCH + timedelta(microseconds=round(unix_seconds * 1_000_000))
+    try:
+        moment = _EPOCH + timedelta(microseconds=round(unix_seconds * 1_000_000))
+    except (OverflowError, ValueError):
+        raise EntryFormatError("timestamp", f"{unix_seconds!r} is outside years 1970-9999") from None
     return (
         f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
         f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"

@@ -184,6 +184,10 @@ class KeySet:
             raise KeyFileError("origin: missing or not a string")
         if not isinstance(raw_keys, list):
             raise KeyFileError("keys: missing or not a list")
+        try:
+            check_key_name(origin)
+        except NoteError as exc:
+            raise KeyFileError(f"origin: {exc}") from None
         return cls(origin, tuple(_trusted_key(origin, i, item) for i, item in enumerate(raw_keys)))
 
     @classmethod

@@ -186,11 +186,10 @@ class _Parser:
     def policy(self, root: MappingNode, digest: str) -> Policy:
         entries = self._mapping(root, "", _POLICY_KEYS, required=_POLICY_KEYS)
         version_node = entries["version"]
-        if not (
-            isinstance(version_node, ScalarNode)
-            and version_node.tag == _TAG + "int"
-            and self._scalars.construct_object(version_node) in SUPPORTED_VERSIONS
-        ):
+        version = None
+        if isinstance(version_node, ScalarNode) and version_node.tag == _TAG + "int":
+            version = self._scalars.construct_object(version_node)
+        if version not in SUPPORTED_VERSIONS:
             supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
             shown = version_node.value if isinstance(version_node, ScalarNode) else "?"
             self._fail(
@@ -203,18 +202,19 @@ class _Parser:
         first_line: dict[str, int] = {}
         for index, rule_node in enumerate(self._sequence(entries["rules"], "rules")):
             rule = self._rule(rule_node, f"rules[{index}]")
+            # _rule accepted the mapping, so this second look cannot fail.
+            name_node = self._mapping(rule_node, f"rules[{index}]", _RULE_KEYS)["name"]
             if rule.name in first_line:
-                name_node = self._mapping(rule_node, f"rules[{index}]", _RULE_KEYS)["name"]
                 self._fail(
                     name_node,
                     f"rules[{index}].name",
                     f"duplicate rule name {rule.name!r} (first used on line "
                     f"{first_line[rule.name]})",
                 )
-            first_line[rule.name] = _line(rule_node)
+            first_line[rule.name] = _line(name_node)
             rules.append(rule)
         return Policy(
-            version=int(version_node.value),
+            version=int(version),
             default_verdict=default_verdict,
             rules=tuple(rules),
             source=self._source,

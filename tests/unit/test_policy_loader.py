@@ -183,6 +183,10 @@ def test_default_policy_is_the_shipped_file() -> None:
     assert policy.digest == hashlib.sha256(shipped.read_bytes()).hexdigest()
 
 
+def test_version_is_read_as_a_yaml_integer() -> None:
+    assert load_policy("version: 0x1\ndefault_verdict: allow\nrules: []\n", "p.yaml").version == 1
+
+
 def test_load_policy_file_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text("version: 1\ndefault_verdict: hold\nrules: []\n", encoding="utf-8")
@@ -322,9 +326,9 @@ HEADER = "version: 1\ndefault_verdict: allow\nrules:\n"
             id="rule-name-not-a-string",
         ),
         pytest.param(
-            HEADER + "  - name: a\n    verdict: allow\n  - name: b\n    verdict: allow\n"
+            HEADER + "  - verdict: allow\n    name: a\n  - name: b\n    verdict: allow\n"
             "  - name: a\n    verdict: deny\n",
-            "policy.yaml:8: rules[2].name: duplicate rule name 'a' (first used on line 4)",
+            "policy.yaml:8: rules[2].name: duplicate rule name 'a' (first used on line 5)",
             id="duplicate-rule-name",
         ),
         pytest.param(

@@ -1,0 +1,109 @@
+"""Test harness: an in-process gateway on its own event loop, a movable clock,
+one token per role, and `wait_for` for conditions. Imported by conftest and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import grpc
+
+from agentgw.v1 import (
+    approvals_pb2_grpc,
+    audit_pb2_grpc,
+    gateway_pb2_grpc,
+)
+from clients.agent import AgentClient, bearer
+from gateway.app import App
+from gateway.config import Config, Principal, Role, token_digest
+
+T = TypeVar("T")
+
+TOKENS = {
+    "agent-1": ("agent", "tok-agent-1"),
+    "agent-2": ("agent", "tok-agent-2"),
+    "approver-1": ("approver", "tok-approver-1"),
+    "approver-2": ("approver", "tok-approver-2"),
+    "auditor-1": ("auditor", "tok-auditor-1"),
+    "admin-1": ("admin", "tok-admin-1"),
+}
+
+
+def token_for(name: str) -> str:
+    return TOKENS[name][1]
+
+
+def test_principals() -> tuple[Principal, ...]:
+    return tuple(
+        Principal(name=name, role=Role(role), token_sha256=token_digest(token))
+        for name, (role, token) in TOKENS.items()
+    )
+
+
+test_principals.__test__ = False  # type: ignore[attr-defined]
+
+
+class ManualClock:
+    """Wall-clock time plus an offset that tests move forward instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class RunningGateway:
+    def __init__(self, config: Config, clock: ManualClock) -> None:
+        self.config = config
+        self.clock = clock
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.app = App(config, clock)
+        port = self.run(self.app.start())
+        self.target = f"127.0.0.1:{port}"
+        self.channel = grpc.insecure_channel(self.target)
+        self.gateway = gateway_pb2_grpc.GatewayStub(self.channel)
+        self.approvals = approvals_pb2_grpc.ApprovalsStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditStub(self.channel)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def agent(self, name: str = "agent-1") -> AgentClient:
+        return AgentClient(self.target, token_for(name), agent_id=name, channel=self.channel)
+
+    @staticmethod
+    def md(name: str) -> tuple[tuple[str, str], ...]:
+        return bearer(token_for(name))
+
+    def audit_head(self) -> int:
+        return self.run(self.app.audit.head()).seq
+
+    def stop(self) -> None:
+        self.channel.close()
+        try:
+            self.run(self.app.stop(grace=2))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Polls a cheap condition until it is truthy; fails the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)

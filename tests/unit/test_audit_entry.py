@@ -1,0 +1,196 @@
+"""Audit entries: building, hashing, signing, timestamps and strict parsing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.audit.canonical import canonical_json
+from gateway.audit.entry import (
+    GENESIS_HASH,
+    AuditEntry,
+    EntryDraft,
+    EntryFormatError,
+    build_entry,
+    canonical_bytes,
+    format_timestamp,
+    leaf_hash,
+    parse_timestamp,
+    signature_is_valid,
+)
+from gateway.audit.keys import Signer
+
+SIGNER = Signer.from_seed(bytes(range(32)))
+
+
+def draft(**changes: Any) -> EntryDraft:
+    fields: dict[str, Any] = {
+        "timestamp": "2026-11-25T05:55:27.123456Z",
+        "event_type": "decision",
+        "actor": "agent-7",
+        "actor_type": "agent",
+        "action_id": "act-1",
+        "action_type": "payments.transfer",
+        "resource": "account:42",
+        "details": {"amount": 12.5, "nested": {"b": [1, "x"], "a": None}},
+        "outcome": "allow",
+    }
+    fields.update(changes)
+    return EntryDraft(**fields)
+
+
+def test_genesis_hash_is_sha256_of_the_genesis_label() -> None:
+    assert GENESIS_HASH == hashlib.sha256(b"agentgw/audit/v1/genesis").hexdigest()
+
+
+def test_built_entry_hashes_and_signs_exactly_the_documented_bytes() -> None:
+    entry = build_entry(draft(), 1, GENESIS_HASH, SIGNER)
+    unsigned = {k: v for k, v in entry.to_json_dict().items() if k not in ("entry_hash", "signature")}
+    c = canonical_json(unsigned)
+    assert canonical_bytes(entry) == c
+    assert entry.entry_hash == hashlib.sha256(b"agentgw/audit/v1/entry\x00" + c).hexdigest()
+    assert leaf_hash(entry) == hashlib.sha256(b"\x00" + c).digest()
+    public = Ed25519PublicKey.from_public_bytes(SIGNER.public_key_raw)
+    public.verify(
+        bytes.fromhex(entry.signature),
+        b"agentgw/audit/v1/signature\x00" + bytes.fromhex(entry.entry_hash),
+    )
+    assert entry.key_id == SIGNER.key_id
+    assert entry.prev_hash == GENESIS_HASH
+    assert signature_is_valid(entry, SIGNER.public_key_raw)
+
+
+def test_canonical_bytes_leave_out_entry_hash_and_signature() -> None:
+    entry = build_entry(draft(), 3, "ab" * 32, SIGNER)
+    keys = json.loads(canonical_bytes(entry)).keys()
+    assert "entry_hash" not in keys and "signature" not in keys
+    assert "prev_hash" in keys and "key_id" in keys
+
+
+def test_export_line_is_jcs_of_the_full_entry_and_parses_back_to_an_equal_entry() -> None:
+    entry = build_entry(draft(), 2, "cd" * 32, SIGNER)
+    line = entry.to_json_line()
+    assert "\n" not in line and " " not in line.replace("agent-7", "")
+    assert line.encode() == canonical_json(entry.to_json_dict())
+    assert AuditEntry.from_json_dict(json.loads(line)) == entry
+
+
+def test_building_does_not_mutate_details_and_accepts_read_only_mappings() -> None:
+    details = {"z": [1, 2], "a": {"k": "v"}}
+    snapshot = json.dumps(details)
+    entry = build_entry(draft(details=MappingProxyType(details)), 1, GENESIS_HASH, SIGNER)
+    assert json.dumps(details) == snapshot
+    assert entry.details["z"] == [1, 2]
+
+
+def test_signature_from_another_key_is_invalid() -> None:
+    entry = build_entry(draft(), 1, GENESIS_HASH, SIGNER)
+    assert not signature_is_valid(entry, Signer.from_seed(bytes(32)).public_key_raw)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"actor_type": "robot"}, "actor_type"),
+        ({"timestamp": "2026-11-25T05:55:27Z"}, "timestamp"),
+        ({"details": {"x": float("nan")}}, "details"),
+        ({"details": {"x": {1, 2}}}, "details"),
+    ],
+)
+def test_build_entry_refuses_values_outside_the_format(changes: dict[str, Any], key: str) -> None:
+    with pytest.raises(EntryFormatError) as caught:
+        build_entry(draft(**changes), 1, GENESIS_HASH, SIGNER)
+    assert caught.value.key == key
+
+
+def test_build_entry_refuses_a_bad_seq_or_prev_hash() -> None:
+    with pytest.raises(EntryFormatError, match="seq"):
+        build_entry(draft(), 0, GENESIS_HASH, SIGNER)
+    with pytest.raises(EntryFormatError, match="prev_hash"):
+        build_entry(draft(), 1, GENESIS_HASH.upper(), SIGNER)
+
+
+def good_object() -> dict[str, Any]:
+    return build_entry(draft(), 5, GENESIS_HASH, SIGNER).to_json_dict()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "why"),
+    [
+        (lambda o: o.pop("outcome"), "outcome", "missing"),
+        (lambda o: o.update(extra=1), "extra", "unexpected key"),
+        (lambda o: o.update(seq=True), "seq", "integer"),
+        (lambda o: o.update(seq=0), "seq", "integer"),
+        (lambda o: o.update(seq=1.0), "seq", "integer"),
+        (lambda o: o.update(actor=None), "actor", "string"),
+        (lambda o: o.update(prev_hash=o["prev_hash"].upper()), "prev_hash", "lowercase hex"),
+        (lambda o: o.update(key_id="abc"), "key_id", "16 lowercase hex"),
+        (lambda o: o.update(entry_hash="g" * 64), "entry_hash", "64 lowercase hex"),
+        (lambda o: o.update(signature="00"), "signature", "128 lowercase hex"),
+        (lambda o: o.update(details=[1]), "details", "JSON object"),
+        (lambda o: o.update(details={"n": 2**60 + 1}), "details", "IEEE double"),
+        (lambda o: o.update(actor_type="root"), "actor_type", "agent, user or system"),
+        (lambda o: o.update(timestamp="2026-02-30T00:00:00.000000Z"), "timestamp", "day"),
+    ],
+)
+def test_from_json_dict_names_the_bad_key(mutate: Any, key: str, why: str) -> None:
+    obj = good_object()
+    mutate(obj)
+    with pytest.raises(EntryFormatError, match=why) as caught:
+        AuditEntry.from_json_dict(obj)
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{key}: ")
+
+
+def test_from_json_dict_refuses_a_non_object() -> None:
+    with pytest.raises(EntryFormatError, match="JSON object"):
+        AuditEntry.from_json_dict([1, 2])
+
+
+def test_entry_format_error_is_a_value_error() -> None:
+    assert issubclass(EntryFormatError, ValueError)
+
+
+def test_format_timestamp_has_six_fraction_digits_and_z() -> None:
+    assert format_timestamp(0) == "1970-01-01T00:00:00.000000Z"
+    assert format_timestamp(1795586127.123456) == "2026-11-25T05:55:27.123456Z"
+    assert format_timestamp(1.5) == "1970-01-01T00:00:01.500000Z"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-25T05:55:27Z",
+        "2026-11-25T05:55:27.12345Z",
+        "2026-11-25T05:55:27.1234567Z",
+        "2026-11-25T05:55:27.123456+00:00",
+        "2026-11-25 05:55:27.123456Z",
+        "2026-11-25t05:55:27.123456z",
+        "2026-11-25T24:00:00.000000Z",
+        "2026-11-25T23:59:60.000000Z",
+        "２026-11-25T05:55:27.123456Z",
+    ],
+)
+def test_parse_timestamp_refuses_other_spellings(text: str) -> None:
+    with pytest.raises(EntryFormatError):
+        parse_timestamp(text)
+
+
+# Up to 2100: a float of unix seconds keeps microseconds exactly that far.
+@given(st.integers(min_value=0, max_value=4102444800_000000))
+def test_timestamps_round_trip_at_microsecond_precision(micros: int) -> None:
+    text = format_timestamp(micros / 1_000_000)
+    assert format_timestamp(parse_timestamp(text)) == text
+    assert abs(parse_timestamp(text) * 1_000_000 - micros) <= 1
+
+
+def test_format_timestamp_refuses_times_beyond_year_9999() -> None:
+    with pytest.raises(EntryFormatError, match="timestamp"):
+        format_timestamp(1e12)
