@@ -158,6 +158,7 @@ class App:
 
     async def stop(self, grace: float = 10.0) -> None:
         if self.server is not None:
+            self.desk.close()
             for name in ("", *SERVICE_NAMES):
                 await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.server.stop(grace)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from gateway.actions import Decision, ResolutionStatus
 from gateway.audit.entry import EntryDraft, format_timestamp
 from gateway.config import Principal, Role
-from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
 from gateway.holds import Hold, HoldStatus, check_reason, resolve, with_resolution_seq
 from gateway.store.audit_log import AuditLog
 from gateway.store.notifications import ResolutionListener
@@ -40,6 +40,12 @@ class ApprovalDesk:
         self.audit = audit
         self.listener = listener
         self.clock = clock
+        self.closing = False
+
+    def close(self) -> None:
+        """Ends every Await with UNAVAILABLE so agents retry elsewhere during shutdown."""
+        self.closing = True
+        self.listener.wake_all()
 
     async def list_holds(self, agent_id: str = "", session_id: str = "") -> list[Hold]:
         holds = await self.state.pending_holds()
@@ -164,6 +170,8 @@ class ApprovalDesk:
         require_identifier("hold_id", hold_id, 128)
         with self.listener.watch(hold_id) as woken:
             while True:
+                if self.closing:
+                    raise StoreUnavailable("the gateway is shutting down; call Await again")
                 # Cleared before the read: a wake-up after the read is kept for the wait.
                 woken.clear()
                 hold = await self.state.get_hold(hold_id)

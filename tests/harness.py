@@ -67,7 +67,12 @@ class RunningGateway:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.app = App(config, clock)
-        port = self.run(self.app.start())
+        try:
+            port = self.run(self.app.start())
+        except BaseException:
+            self.run(self.app.stop(grace=0))
+            self._stop_loop()
+            raise
         self.target = f"127.0.0.1:{port}"
         self.channel = grpc.insecure_channel(self.target)
         self.gateway = gateway_pb2_grpc.GatewayStub(self.channel)
@@ -92,9 +97,12 @@ class RunningGateway:
         try:
             self.run(self.app.stop(grace=2))
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

@@ -38,6 +38,9 @@ class ResolutionListener:
                 if not waiters:
                     del self._waiters[hold_id]
 
+    def wake_all(self) -> None:
+        self._wake(None)
+
     def _wake(self, hold_id: str | None) -> None:
         targets = self._waiters.values() if hold_id is None else [self._waiters.get(hold_id, set())]
         for events in targets:

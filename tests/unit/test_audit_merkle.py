@@ -121,7 +121,7 @@ def test_every_inclusion_proof_up_to_size_64_verifies() -> None:
         for index in range(size):
             proof = inclusion_proof(LEAVES_64, index, size)
             assert verify_inclusion(LEAVES_64[index], index, size, proof, root)
-            assert not verify_inclusion(LEAVES_64[index], index, size + 1, proof, root)
+            assert not verify_inclusion(LEAVES_64[index], index, size, proof, flip(root, 3))
             if size > 1:
                 other = (index + 1) % size
                 assert not verify_inclusion(LEAVES_64[index], other, size, proof, root)
