@@ -221,8 +221,14 @@ def start_gateway(workdir: Path, token: str) -> ServerProcess:
     )
     address = f"127.0.0.1:{free_port()}"
     command = [
-        *agentgw_command(), "serve", "--config", str(config), "--listen", address,
-        "--data-dir", str(workdir / "gateway-data"),
+        *agentgw_command(),
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        address,
+        "--data-dir",
+        str(workdir / "gateway-data"),
     ]
     return spawn("gateway", command, address, workdir)
 
@@ -446,8 +452,10 @@ async def run_benchmark(
             stack.callback(servers[name].stop)  # LIFO: processes stop before the dir goes
         await asyncio.gather(*(wait_until_serving(s) for s in servers.values()))
         machine = machine_info() | {"redis_server": redis_version(servers["gateway"])}
-        progress(f"servers ready: echo {servers['echo'].address}, gateway "
-                 f"{servers['gateway'].address} ({machine['redis_server']})")
+        progress(
+            f"servers ready: echo {servers['echo'].address}, gateway "
+            f"{servers['gateway'].address} ({machine['redis_server']})"
+        )
 
         for concurrency in settings.concurrencies:
             count = None if settings.seconds is not None else settings.count_for(concurrency)
@@ -456,14 +464,23 @@ async def run_benchmark(
                 server = servers[target]
                 if settings.warmup:
                     await drive(
-                        target, server.address, token,
+                        target,
+                        server.address,
+                        token,
                         functools.partial(mix.request, f"warm-{phase}"),
-                        concurrency=concurrency, channels=settings.channels, count=settings.warmup,
+                        concurrency=concurrency,
+                        channels=settings.channels,
+                        count=settings.warmup,
                     )
                 measurement = await drive(
-                    target, server.address, token, functools.partial(mix.request, phase),
-                    concurrency=concurrency, channels=settings.channels,
-                    count=count, seconds=settings.seconds,
+                    target,
+                    server.address,
+                    token,
+                    functools.partial(mix.request, phase),
+                    concurrency=concurrency,
+                    channels=settings.channels,
+                    count=count,
+                    seconds=settings.seconds,
                 )
                 results.append(measurement)
                 progress(
@@ -502,8 +519,10 @@ def format_report(report: Report) -> str:
             f"{r.target:<8} {r.concurrency:>4} {r.requests:>8} {sum(r.errors.values()):>6} "
             f"{r.decisions_per_s:>11.0f} {r.p50_ms:>7.3f} {r.p99_ms:>7.3f}  {verdicts}"
         )
-    lines += ["", f"{'conc':>4} {'gateway/echo throughput':>23} {'added p50 ms':>12} "
-              f"{'added p99 ms':>12}"]
+    lines += [
+        "",
+        f"{'conc':>4} {'gateway/echo throughput':>23} {'added p50 ms':>12} {'added p99 ms':>12}",
+    ]
     for c in report.comparisons:
         lines.append(
             f"{c.concurrency:>4} {c.throughput_pct:>21.1f} % {c.added_p50_ms:>+12.3f} "
@@ -523,15 +542,28 @@ def format_report(report: Report) -> str:
 def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--requests", type=int, help="requests per target and concurrency "
-                      "(default: 1000 at c=1, 3000 at c=32)")
+    size.add_argument(
+        "--requests",
+        type=int,
+        help="requests per target and concurrency (default: 1000 at c=1, 3000 at c=32)",
+    )
     size.add_argument("--seconds", type=float, help="run each measurement for this long instead")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=list(DEFAULT_CONCURRENCIES),
-                        help="concurrent workers (default: 1 32)")
-    parser.add_argument("--channels", type=int, default=1,
-                        help="gRPC channels the workers share (default: 1)")
-    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
-                        help="unmeasured requests before each measurement (default: 200)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_CONCURRENCIES),
+        help="concurrent workers (default: 1 32)",
+    )
+    parser.add_argument(
+        "--channels", type=int, default=1, help="gRPC channels the workers share (default: 1)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=DEFAULT_WARMUP,
+        help="unmeasured requests before each measurement (default: 200)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the request mix")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -542,8 +574,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
     ):
         parser.error("--requests and --seconds must be positive")
     settings = Settings(
-        concurrencies=tuple(args.concurrency), requests=args.requests, seconds=args.seconds,
-        warmup=args.warmup, channels=args.channels, seed=args.seed,
+        concurrencies=tuple(args.concurrency),
+        requests=args.requests,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        channels=args.channels,
+        seed=args.seed,
     )
     return settings, args.json
 

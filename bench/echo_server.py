@@ -25,9 +25,7 @@ class EchoGateway(gateway_pb2_grpc.GatewayServicer):
     async def Submit(
         self, request: gateway_pb2.ActionRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.Decision:
-        return gateway_pb2.Decision(
-            action_id=request.action_id, verdict=gateway_pb2.VERDICT_ALLOW
-        )
+        return gateway_pb2.Decision(action_id=request.action_id, verdict=gateway_pb2.VERDICT_ALLOW)
 
 
 async def serve(listen: str) -> None:

@@ -1,0 +1,353 @@
+"""The hold state machine: pending -> approved | rejected | expired, exactly once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.actions import (
+    ActionRequest,
+    Decision,
+    Finding,
+    Resolution,
+    ResolutionStatus,
+    Verdict,
+)
+from gateway.errors import Conflict, InvalidRequest
+from gateway.holds import (
+    MAX_REASON_CHARS,
+    Hold,
+    HoldStatus,
+    check_reason,
+    decision_from_json,
+    decision_to_json,
+    hold_from_json,
+    hold_to_json,
+    resolve,
+    with_resolution_seq,
+)
+
+CREATED = 1_700_000_000.0
+EXPIRES = CREATED + 900.0
+
+FINDING = Finding(
+    type="suspicious_action",
+    severity=0.7,
+    description="payment is a suspicious action type",
+    recommended_action="require_approval",
+)
+
+
+def pending_hold() -> Hold:
+    return Hold(
+        hold_id="hold-1",
+        request=ActionRequest(
+            action_id="act-1",
+            agent_id="agent-1",
+            session_id="sess-1",
+            action_type="payment",
+            resource="invoice/42",
+            parameters={"amount": 1200.0, "api_key": "[REDACTED]"},
+            reasoning="the invoice is due",
+            labels={"team": "finance"},
+        ),
+        findings=(FINDING,),
+        matched_rules=("hold-large-payments",),
+        reason="suspicious_action: payment is a suspicious action type",
+        created_at=CREATED,
+        expires_at=EXPIRES,
+        paused_session=False,
+        audit_seq=7,
+    )
+
+
+# -- transitions ----------------------------------------------------------------------------------
+
+
+def test_new_hold_is_pending() -> None:
+    hold = pending_hold()
+    assert hold.status is HoldStatus.PENDING
+    assert hold.resolution is None
+
+
+def test_approve_before_expiry_resolves_as_approved() -> None:
+    hold = pending_hold()
+    done = resolve(hold, ResolutionStatus.APPROVED, "alice", "looks fine", CREATED + 10)
+    assert done.status is HoldStatus.APPROVED
+    assert done.resolution == Resolution(
+        status=ResolutionStatus.APPROVED,
+        decided_by="alice",
+        reason="looks fine",
+        decided_at=CREATED + 10,
+        audit_seq=0,
+    )
+    # everything else is unchanged, and the input is a frozen value left as it was
+    assert replace(done, status=HoldStatus.PENDING, resolution=None) == hold
+    assert hold.status is HoldStatus.PENDING
+
+
+def test_reject_before_expiry_resolves_as_rejected() -> None:
+    done = resolve(pending_hold(), ResolutionStatus.REJECTED, "bob", "not today", CREATED)
+    assert done.status is HoldStatus.REJECTED
+    assert done.resolution is not None
+    assert done.resolution.status is ResolutionStatus.REJECTED
+    assert (done.resolution.decided_by, done.resolution.reason) == ("bob", "not today")
+
+
+def test_expire_at_the_expiry_time_resolves_as_expired() -> None:
+    done = resolve(pending_hold(), ResolutionStatus.EXPIRED, "system", "ttl elapsed", EXPIRES)
+    assert done.status is HoldStatus.EXPIRED
+    assert done.resolution is not None
+    assert done.resolution.decided_at == EXPIRES
+
+
+def test_expire_after_the_expiry_time_resolves_as_expired() -> None:
+    done = resolve(pending_hold(), ResolutionStatus.EXPIRED, "system", "ttl", EXPIRES + 3600)
+    assert done.status is HoldStatus.EXPIRED
+
+
+def test_expire_before_the_expiry_time_is_a_conflict() -> None:
+    with pytest.raises(Conflict, match="hold hold-1 has not expired yet"):
+        resolve(pending_hold(), ResolutionStatus.EXPIRED, "system", "ttl", EXPIRES - 0.001)
+
+
+@pytest.mark.parametrize("status", [ResolutionStatus.APPROVED, ResolutionStatus.REJECTED])
+def test_approve_or_reject_just_before_expiry_succeeds(status: ResolutionStatus) -> None:
+    done = resolve(pending_hold(), status, "alice", "ok", EXPIRES - 0.001)
+    assert done.resolution is not None
+    assert done.resolution.status is status
+
+
+@pytest.mark.parametrize("status", [ResolutionStatus.APPROVED, ResolutionStatus.REJECTED])
+@pytest.mark.parametrize("now", [EXPIRES, EXPIRES + 0.001, EXPIRES + 86400])
+def test_approve_or_reject_at_or_after_expiry_is_a_conflict(
+    status: ResolutionStatus, now: float
+) -> None:
+    with pytest.raises(Conflict) as caught:
+        resolve(pending_hold(), status, "alice", "ok", now)
+    assert str(caught.value) == f"hold hold-1 expired; it can no longer be {status.value}"
+
+
+@pytest.mark.parametrize("first", list(ResolutionStatus))
+@pytest.mark.parametrize("second", list(ResolutionStatus))
+def test_resolving_a_resolved_hold_is_a_conflict(
+    first: ResolutionStatus, second: ResolutionStatus
+) -> None:
+    when = EXPIRES if first is ResolutionStatus.EXPIRED else CREATED
+    done = resolve(pending_hold(), first, "alice", "first", when)
+    with pytest.raises(Conflict) as caught:
+        resolve(done, second, "bob", "second", when)
+    assert str(caught.value) == f"hold hold-1 is already {done.status.value}"
+
+
+def test_already_resolved_wins_over_expired_in_the_conflict_message() -> None:
+    done = resolve(pending_hold(), ResolutionStatus.APPROVED, "alice", "ok", CREATED)
+    with pytest.raises(Conflict, match="already approved"):
+        resolve(done, ResolutionStatus.REJECTED, "bob", "no", EXPIRES + 1)
+
+
+def test_with_resolution_seq_fills_in_the_audit_sequence() -> None:
+    done = resolve(pending_hold(), ResolutionStatus.APPROVED, "alice", "ok", CREATED)
+    sealed = with_resolution_seq(done, 42)
+    assert sealed.resolution is not None
+    assert sealed.resolution.audit_seq == 42
+    assert sealed.audit_seq == 7  # the hold's own entry is unchanged
+
+
+# -- what the agent sees --------------------------------------------------------------------------
+
+
+def test_pending_hold_verdict_is_hold_with_the_original_reason() -> None:
+    hold = pending_hold()
+    assert hold.final_verdict is Verdict.HOLD
+    assert hold.decision() == Decision(
+        action_id="act-1",
+        session_id="sess-1",
+        verdict=Verdict.HOLD,
+        reason="suspicious_action: payment is a suspicious action type",
+        findings=(FINDING,),
+        matched_rules=("hold-large-payments",),
+        hold_id="hold-1",
+        expires_at=EXPIRES,
+        resolution=None,
+        audit_seq=7,
+    )
+
+
+def test_approved_hold_allows_and_says_who_and_why() -> None:
+    done = resolve(pending_hold(), ResolutionStatus.APPROVED, "alice", "looks fine", CREATED)
+    assert done.final_verdict is Verdict.ALLOW
+    decision = done.decision()
+    assert decision.verdict is Verdict.ALLOW
+    assert decision.reason == "approved by alice: looks fine"
+    assert decision.resolution == done.resolution
+    assert decision.hold_id == "hold-1"
+
+
+def test_rejected_hold_denies_and_says_who_and_why() -> None:
+    done = resolve(pending_hold(), ResolutionStatus.REJECTED, "bob", "too much", CREATED)
+    assert done.final_verdict is Verdict.DENY
+    assert done.decision().verdict is Verdict.DENY
+    assert done.decision().reason == "rejected by bob: too much"
+
+
+def test_expired_hold_denies() -> None:
+    done = resolve(pending_hold(), ResolutionStatus.EXPIRED, "system", "no decision in time", EXPIRES)
+    assert done.final_verdict is Verdict.DENY
+    assert done.decision().verdict is Verdict.DENY
+    assert done.decision().reason == "expired by system: no decision in time"
+
+
+# -- reasons ------------------------------------------------------------------------------------
+
+
+def test_reason_is_trimmed() -> None:
+    assert check_reason("  looks fine \n") == "looks fine"
+
+
+@pytest.mark.parametrize("reason", ["", " ", "\n\t  "])
+def test_blank_reason_is_required(reason: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check_reason(reason)
+    assert (caught.value.field, caught.value.why) == ("reason", "is required")
+
+
+def test_reason_at_the_limit_passes() -> None:
+    assert check_reason("r" * MAX_REASON_CHARS) == "r" * MAX_REASON_CHARS
+
+
+def test_reason_limit_applies_after_trimming() -> None:
+    assert check_reason("  " + "r" * MAX_REASON_CHARS + "  ") == "r" * MAX_REASON_CHARS
+
+
+def test_reason_one_over_the_limit_is_refused() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check_reason("r" * (MAX_REASON_CHARS + 1))
+    assert caught.value.field == "reason"
+    assert caught.value.why == "length 2001 exceeds the limit of 2000"
+
+
+# -- storage form -------------------------------------------------------------------------------
+
+
+def through_json(obj: dict[str, Any]) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(json.dumps(obj))
+    return loaded
+
+
+def test_pending_hold_round_trips_through_json() -> None:
+    hold = pending_hold()
+    assert hold_from_json(through_json(hold_to_json(hold))) == hold
+
+
+def test_resolved_hold_round_trips_through_json() -> None:
+    done = with_resolution_seq(
+        resolve(pending_hold(), ResolutionStatus.REJECTED, "bob", "no", CREATED + 5), 9
+    )
+    assert hold_from_json(through_json(hold_to_json(done))) == done
+
+
+def test_hold_json_uses_the_domain_names() -> None:
+    obj = hold_to_json(resolve(pending_hold(), ResolutionStatus.APPROVED, "a", "ok", CREATED))
+    assert obj["status"] == "approved"
+    assert obj["request"]["action_type"] == "payment"
+    assert obj["resolution"]["status"] == "approved"
+    assert obj["findings"][0]["recommended_action"] == "require_approval"
+
+
+def test_decision_json_names_the_verdict() -> None:
+    obj = decision_to_json(pending_hold().decision())
+    assert obj["verdict"] == "HOLD"
+    assert obj["resolution"] is None
+    assert decision_from_json(through_json(obj)) == pending_hold().decision()
+
+
+identifiers = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._", min_size=1, max_size=20)
+texts = st.text(max_size=40)
+times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-(2**53), 2**53)
+    | texts
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
+    max_leaves=20,
+)
+findings = st.builds(
+    Finding,
+    type=identifiers,
+    severity=st.floats(min_value=0, max_value=1),
+    description=texts,
+    recommended_action=identifiers,
+)
+resolutions = st.builds(
+    Resolution,
+    status=st.sampled_from(list(ResolutionStatus)),
+    decided_by=identifiers,
+    reason=texts,
+    decided_at=times,
+    audit_seq=st.integers(min_value=0, max_value=2**62),
+)
+requests = st.builds(
+    ActionRequest,
+    action_id=identifiers,
+    agent_id=identifiers,
+    session_id=identifiers,
+    action_type=identifiers,
+    resource=texts,
+    parameters=st.dictionaries(texts, json_values, max_size=5),
+    reasoning=texts,
+    labels=st.dictionaries(identifiers, texts, max_size=4),
+)
+holds = st.builds(
+    Hold,
+    hold_id=identifiers,
+    request=requests,
+    findings=st.lists(findings, max_size=4).map(tuple),
+    matched_rules=st.lists(identifiers, max_size=3).map(tuple),
+    reason=texts,
+    created_at=times,
+    expires_at=times,
+    paused_session=st.booleans(),
+    audit_seq=st.integers(min_value=0, max_value=2**62),
+    status=st.sampled_from(list(HoldStatus)),
+    resolution=st.none() | resolutions,
+)
+decisions = st.builds(
+    Decision,
+    action_id=identifiers,
+    session_id=identifiers,
+    verdict=st.sampled_from(list(Verdict)),
+    reason=texts,
+    findings=st.lists(findings, max_size=4).map(tuple),
+    matched_rules=st.lists(identifiers, max_size=3).map(tuple),
+    hold_id=st.just("") | identifiers,
+    expires_at=times,
+    resolution=st.none() | resolutions,
+    audit_seq=st.integers(min_value=0, max_value=2**62),
+)
+
+
+@given(holds)
+def test_any_hold_round_trips_through_its_json_form(hold: Hold) -> None:
+    assert hold_from_json(through_json(hold_to_json(hold))) == hold
+
+
+@given(decisions)
+def test_any_decision_round_trips_through_its_json_form(decision: Decision) -> None:
+    assert decision_from_json(through_json(decision_to_json(decision))) == decision
+
+
+@given(holds)
+def test_any_hold_decision_round_trips_through_its_json_form(hold: Hold) -> None:
+    decision = hold.decision()
+    assert decision_from_json(through_json(decision_to_json(decision))) == decision
