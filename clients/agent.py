@@ -1,9 +1,9 @@
 """A small synchronous client for agents: submit an action, wait for a held one.
 
-    with AgentClient("127.0.0.1:50051", token, agent_id="demo-agent") as agent:
-        decision = agent.submit("send_email", session_id="s1", parameters={"to": "x@y"})
-        if decision.verdict == gateway_pb2.VERDICT_HOLD:
-            decision = agent.wait(decision, timeout=600)
+with AgentClient("127.0.0.1:50051", token, agent_id="demo-agent") as agent:
+    decision = agent.submit("send_email", session_id="s1", parameters={"to": "x@y"})
+    if decision.verdict == gateway_pb2.VERDICT_HOLD:
+        decision = agent.wait(decision, timeout=600)
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentgw: {e}", file=sys.stderr)
         return EXIT_USAGE
     except grpc.RpcError as e:
-        print(f"agentgw: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"agentgw: {e.code().name}: {e.details()}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -56,25 +56,41 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML config file (env AGENTGW_CONFIG)")
     serve.add_argument("--listen", help="HOST:PORT to listen on (env AGENTGW_LISTEN)")
     serve.add_argument("--data-dir", type=Path, help="state directory (env AGENTGW_DATA_DIR)")
-    serve.add_argument("--redis-url", help="use this Redis instead of the embedded one (env AGENTGW_REDIS_URL)")
+    serve.add_argument(
+        "--redis-url", help="use this Redis instead of the embedded one (env AGENTGW_REDIS_URL)"
+    )
     serve.set_defaults(run=run_serve)
 
     def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--server", default=os.environ.get("AGENTGW_SERVER", DEFAULT_SERVER),
-                       help=f"gateway address (env AGENTGW_SERVER, default {DEFAULT_SERVER})")
-        p.add_argument("--token", default=os.environ.get("AGENTGW_TOKEN"),
-                       help="bearer token (env AGENTGW_TOKEN)")
+        p.add_argument(
+            "--server",
+            default=os.environ.get("AGENTGW_SERVER", DEFAULT_SERVER),
+            help=f"gateway address (env AGENTGW_SERVER, default {DEFAULT_SERVER})",
+        )
+        p.add_argument(
+            "--token",
+            default=os.environ.get("AGENTGW_TOKEN"),
+            help="bearer token (env AGENTGW_TOKEN)",
+        )
         p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
         return p
 
     submit = client(sub.add_parser("submit", help="submit one action as an agent"))
     submit.add_argument("action_type")
-    submit.add_argument("--agent", default=os.environ.get("AGENTGW_AGENT"),
-                        help="your agent name (env AGENTGW_AGENT)")
+    submit.add_argument(
+        "--agent",
+        default=os.environ.get("AGENTGW_AGENT"),
+        help="your agent name (env AGENTGW_AGENT)",
+    )
     submit.add_argument("--session", default="cli", help="session id (default: cli)")
     submit.add_argument("--resource", default="")
-    submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="a parameter; VALUE is parsed as JSON when it can be")
+    submit.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter; VALUE is parsed as JSON when it can be",
+    )
     submit.add_argument("--params-json", help="all parameters as one JSON object")
     submit.add_argument("--reasoning", default="")
     submit.add_argument("--action-id")
@@ -82,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait")
     submit.set_defaults(run=run_submit)
 
-    holds = sub.add_parser("holds", help="held actions (approvers)").add_subparsers(metavar="ACTION")
+    holds = sub.add_parser("holds", help="held actions (approvers)").add_subparsers(
+        metavar="ACTION"
+    )
     hold_list = client(holds.add_parser("list", help="list pending holds"))
     hold_list.add_argument("--agent", default="")
     hold_list.add_argument("--session", default="")
@@ -94,14 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", required=True)
         p.set_defaults(run=run_hold_resolve, verb=verb)
 
-    sessions = sub.add_parser("sessions", help="paused sessions (approvers)").add_subparsers(metavar="ACTION")
+    sessions = sub.add_parser("sessions", help="paused sessions (approvers)").add_subparsers(
+        metavar="ACTION"
+    )
     resume = client(sessions.add_parser("resume", help="resume a session paused for review"))
     resume.add_argument("agent")
     resume.add_argument("session")
     resume.add_argument("--reason", required=True)
     resume.set_defaults(run=run_session_resume)
 
-    audit = sub.add_parser("audit", help="the signed audit log (auditors)").add_subparsers(metavar="ACTION")
+    audit = sub.add_parser("audit", help="the signed audit log (auditors)").add_subparsers(
+        metavar="ACTION"
+    )
     export = client(audit.add_parser("export", help="write the log as JSON Lines"))
     export.add_argument("--out", type=Path, help="file to write (default: stdout)")
     export.add_argument("--from-seq", type=int, default=1)
@@ -115,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.set_defaults(run=run_audit_checkpoint)
     verify = audit.add_parser("verify", help="verify an export offline")
     verify.add_argument("export", type=Path)
-    verify.add_argument("--keys", type=Path, required=True, help="key set from `agentgw audit keys`")
-    verify.add_argument("--checkpoint", type=Path, help="checkpoint from `agentgw audit checkpoint`")
+    verify.add_argument(
+        "--keys", type=Path, required=True, help="key set from `agentgw audit keys`"
+    )
+    verify.add_argument(
+        "--checkpoint", type=Path, help="checkpoint from `agentgw audit checkpoint`"
+    )
     verify.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(run=run_audit_verify)
@@ -134,7 +160,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from gateway.errors import GatewayError
 
     overrides = Overrides(
-        config_file=args.config, listen=args.listen, data_dir=args.data_dir, redis_url=args.redis_url
+        config_file=args.config,
+        listen=args.listen,
+        data_dir=args.data_dir,
+        redis_url=args.redis_url,
     )
     try:
         config, tokens = load_config(overrides, os.environ)
@@ -195,8 +224,16 @@ def run_submit(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
         print(decision_json(decision), flush=True)
-        if args.wait and decision.verdict == gateway_pb2.VERDICT_HOLD and not decision.HasField("resolution"):
-            print(f"held as {decision.hold_id}; waiting for an approver...", file=sys.stderr, flush=True)
+        if (
+            args.wait
+            and decision.verdict == gateway_pb2.VERDICT_HOLD
+            and not decision.HasField("resolution")
+        ):
+            print(
+                f"held as {decision.hold_id}; waiting for an approver...",
+                file=sys.stderr,
+                flush=True,
+            )
             decision = agent.wait(decision, timeout=args.wait_timeout)
             print(decision_json(decision), flush=True)
     return EXIT_OK if decision.verdict == gateway_pb2.VERDICT_ALLOW else 3
@@ -214,7 +251,8 @@ def run_holds_list(args: argparse.Namespace) -> int:
     stub, md = _approvals(args)
     response = stub.ListHolds(
         approvals_pb2.ListHoldsRequest(agent_id=args.agent, session_id=args.session),
-        metadata=md, timeout=args.timeout,
+        metadata=md,
+        timeout=args.timeout,
     )
     if args.json:
         for hold in response.holds:
@@ -226,8 +264,10 @@ def run_holds_list(args: argparse.Namespace) -> int:
     print(f"{'HOLD':<30} {'AGENT':<16} {'SESSION':<12} {'ACTION':<20} {'EXPIRES':<20} REASON")
     for h in response.holds:
         expires = h.expires_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{h.hold_id:<30} {h.agent_id:<16} {h.session_id:<12} {h.action.action_type:<20} "
-              f"{expires:<20} {h.reason}")
+        print(
+            f"{h.hold_id:<30} {h.agent_id:<16} {h.session_id:<12} {h.action.action_type:<20} "
+            f"{expires:<20} {h.reason}"
+        )
         params = json.dumps(struct_to_python(h.action.parameters), ensure_ascii=False)
         print(f"{'':<30} resource={h.action.resource!r} parameters={params}")
     return EXIT_OK
@@ -236,11 +276,17 @@ def run_holds_list(args: argparse.Namespace) -> int:
 def run_hold_resolve(args: argparse.Namespace) -> int:
     stub, md = _approvals(args)
     if args.verb == "approve":
-        hold = stub.Approve(approvals_pb2.ApproveRequest(hold_id=args.hold_id, reason=args.reason),
-                            metadata=md, timeout=args.timeout)
+        hold = stub.Approve(
+            approvals_pb2.ApproveRequest(hold_id=args.hold_id, reason=args.reason),
+            metadata=md,
+            timeout=args.timeout,
+        )
     else:
-        hold = stub.Reject(approvals_pb2.RejectRequest(hold_id=args.hold_id, reason=args.reason),
-                           metadata=md, timeout=args.timeout)
+        hold = stub.Reject(
+            approvals_pb2.RejectRequest(hold_id=args.hold_id, reason=args.reason),
+            metadata=md,
+            timeout=args.timeout,
+        )
     status = approvals_pb2.HoldStatus.Name(hold.status).removeprefix("HOLD_STATUS_").lower()
     print(f"{hold.hold_id}: {status} (audit seq {hold.resolution.audit_seq})")
     return EXIT_OK
@@ -249,8 +295,11 @@ def run_hold_resolve(args: argparse.Namespace) -> int:
 def run_session_resume(args: argparse.Namespace) -> int:
     stub, md = _approvals(args)
     response = stub.ResumeSession(
-        approvals_pb2.ResumeSessionRequest(agent_id=args.agent, session_id=args.session, reason=args.reason),
-        metadata=md, timeout=args.timeout,
+        approvals_pb2.ResumeSessionRequest(
+            agent_id=args.agent, session_id=args.session, reason=args.reason
+        ),
+        metadata=md,
+        timeout=args.timeout,
     )
     if response.was_paused:
         print(f"session {args.agent}/{args.session} resumed (audit seq {response.audit_seq})")
@@ -369,13 +418,22 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         try:
             checkpoint = open_checkpoint(note, keys)
         except CheckpointError as e:
-            _report({"ok": False, "kind": "checkpoint_signature", "message": str(e)}, args.json,
-                    lambda: f"FAILED checkpoint_signature: {e}")
+            message = str(e)
+            _report(
+                {"ok": False, "kind": "checkpoint_signature", "message": message},
+                args.json,
+                lambda: f"FAILED checkpoint_signature: {message}",
+            )
             return EXIT_FAILED
     report = verify_export(_lines(args.export), keys, checkpoint, workers=max(1, args.workers))
     if report.ok:
         _report(
-            {"ok": True, "count": report.count, "root_hash": report.root_hash, "head_hash": report.head_hash},
+            {
+                "ok": True,
+                "count": report.count,
+                "root_hash": report.root_hash,
+                "head_hash": report.head_hash,
+            },
             args.json,
             lambda: f"OK: {report.count} entries verified; root {report.root_hash}",
         )
@@ -383,8 +441,13 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     failure = report.failure
     assert failure is not None
     _report(
-        {"ok": False, "kind": str(failure.kind.value), "seq": failure.seq, "line": failure.line_number,
-         "message": failure.message},
+        {
+            "ok": False,
+            "kind": str(failure.kind.value),
+            "seq": failure.seq,
+            "line": failure.line_number,
+            "message": failure.message,
+        },
         args.json,
         lambda: f"FAILED {failure.kind.value} at line {failure.line_number}: {failure.message}",
     )

@@ -32,8 +32,8 @@ from agentgw.v1 import (
     gateway_pb2_grpc,
 )
 from gateway.api.auth import Authenticator
-from gateway.api.status import RequireToken
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
+from gateway.api.status import RequireToken
 from gateway.approvals import ApprovalDesk
 from gateway.audit.keys import Signer
 from gateway.config import Config
@@ -112,10 +112,14 @@ class App:
             options=[
                 ("grpc.max_receive_message_length", config.limits.max_request_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(auth, self.pipeline, self.desk), server)
-        approvals_pb2_grpc.add_ApprovalsServicer_to_server(ApprovalsService(auth, self.desk), server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(
+            GatewayService(auth, self.pipeline, self.desk), server
+        )
+        approvals_pb2_grpc.add_ApprovalsServicer_to_server(
+            ApprovalsService(auth, self.desk), server
+        )
         audit_pb2_grpc.add_AuditServicer_to_server(
             AuditService(auth, self.audit, signer, config.audit.origin), server
         )

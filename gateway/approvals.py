@@ -8,6 +8,7 @@ status makes racing approvers (and replicas) produce exactly one winner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -57,10 +58,14 @@ class ApprovalDesk:
         ]
 
     async def approve(self, principal: Principal, hold_id: str, reason: str) -> Hold:
-        return await self._resolve(hold_id, ResolutionStatus.APPROVED, principal.name, "user", reason)
+        return await self._resolve(
+            hold_id, ResolutionStatus.APPROVED, principal.name, "user", reason
+        )
 
     async def reject(self, principal: Principal, hold_id: str, reason: str) -> Hold:
-        return await self._resolve(hold_id, ResolutionStatus.REJECTED, principal.name, "user", reason)
+        return await self._resolve(
+            hold_id, ResolutionStatus.REJECTED, principal.name, "user", reason
+        )
 
     async def expire(self, hold_id: str) -> Hold:
         return await self._resolve(
@@ -187,7 +192,5 @@ class ApprovalDesk:
                         return (await self.expire(hold_id)).decision()
                     except Conflict:
                         continue
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), min(remaining, RECHECK_SECONDS))
-                except TimeoutError:
-                    pass

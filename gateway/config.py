@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -65,10 +66,10 @@ class Config:
     data_dir: Path = DEFAULT_DATA_DIR
     policy_file: Path | None = None  # None: the built-in default policy
     principals: tuple[Principal, ...] = ()
-    redis: RedisSettings = RedisSettings()
-    audit: AuditSettings = AuditSettings()
-    detection: LoopSettings = LoopSettings()
-    limits: Limits = Limits()
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    detection: LoopSettings = field(default_factory=LoopSettings)
+    limits: Limits = field(default_factory=Limits)
     hold_ttl_seconds: float = 900.0
     idempotency_ttl_seconds: float = 86400.0
     paused_session_verdict: Verdict = Verdict.HOLD
@@ -106,7 +107,8 @@ class _Reader:
 
     def fail(self, node: yaml.Node | None, key: str, why: str) -> ConfigError:
         line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return ConfigError(f"{self.source}{line}: {key}: {why}")
+        where = f"{key}: " if key else ""
+        return ConfigError(f"{self.source}{line}: {where}{why}")
 
     def mapping(self, node: yaml.Node, key: str, allowed: set[str]) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
@@ -116,7 +118,9 @@ class _Reader:
             name = k.value if isinstance(k, yaml.ScalarNode) else None
             path = f"{key}.{name}" if key else str(name)
             if name not in allowed:
-                raise self.fail(k, path, f"unknown key (expected one of {', '.join(sorted(allowed))})")
+                raise self.fail(
+                    k, path, f"unknown key (expected one of {', '.join(sorted(allowed))})"
+                )
             if name in out:
                 raise self.fail(k, path, "duplicate key")
             out[name] = v
@@ -125,7 +129,11 @@ class _Reader:
     def scalar(self, node: yaml.Node, key: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, key, "expected a single value")
-        return yaml.constructor.SafeConstructor().construct_object(node)  # type: ignore[no-untyped-call]
+        try:
+            return yaml.constructor.SafeConstructor().construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError) as e:
+            # e.g. `!!python/name:...` or `!!int abc`: still an error naming line and key.
+            raise self.fail(node, key, f"invalid value ({e.__class__.__name__})") from None
 
     def string(self, node: yaml.Node, key: str) -> str:
         value = self.scalar(node, key)
@@ -135,7 +143,12 @@ class _Reader:
 
     def number(self, node: yaml.Node, key: str, minimum: float) -> float:
         value = self.scalar(node, key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < minimum
+        ):
             raise self.fail(node, key, f"expected a number >= {minimum}")
         return float(value)
 
@@ -159,15 +172,29 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         mark = e.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{source}{line}: invalid YAML: {e.problem}") from e
+    except yaml.reader.ReaderError as e:
+        # Not a MarkedYAMLError: it carries a character position instead of a mark.
+        line_number = text.count("\n", 0, e.position) + 1
+        raise ConfigError(f"{source}:{line_number}: invalid YAML: {e.reason}") from e
     if root is None:
         return Config(source=source)
     top = r.mapping(
         root,
         "",
         {
-            "listen", "data_dir", "policy_file", "principals", "redis", "audit", "detection",
-            "limits", "holds", "idempotency_ttl_seconds", "paused_session_verdict",
-            "recommendations", "log_level",
+            "listen",
+            "data_dir",
+            "policy_file",
+            "principals",
+            "redis",
+            "audit",
+            "detection",
+            "limits",
+            "holds",
+            "idempotency_ttl_seconds",
+            "paused_session_verdict",
+            "recommendations",
+            "log_level",
         },
     )
     cfg = Config(source=source)
@@ -198,15 +225,21 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         if "key_prefix" in m:
             prefix = r.string(m["key_prefix"], "redis.key_prefix")
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", prefix):
-                raise r.fail(m["key_prefix"], "redis.key_prefix", "expected 1-32 of A-Z a-z 0-9 _ . -")
+                raise r.fail(
+                    m["key_prefix"], "redis.key_prefix", "expected 1-32 of A-Z a-z 0-9 _ . -"
+                )
             redis = replace(redis, key_prefix=prefix)
         if "appendfsync" in m:
             mode = r.string(m["appendfsync"], "redis.appendfsync")
             if mode not in {"always", "everysec", "no"}:
-                raise r.fail(m["appendfsync"], "redis.appendfsync", "expected always, everysec or no")
+                raise r.fail(
+                    m["appendfsync"], "redis.appendfsync", "expected always, everysec or no"
+                )
             redis = replace(redis, appendfsync=mode)
         if "server_binary" in m:
-            redis = replace(redis, server_binary=path_value(m["server_binary"], "redis.server_binary"))
+            redis = replace(
+                redis, server_binary=path_value(m["server_binary"], "redis.server_binary")
+            )
         changes["redis"] = redis
     if "audit" in top:
         m = r.mapping(top["audit"], "audit", {"origin", "signing_key_file"})
@@ -217,7 +250,9 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
                 raise r.fail(m["origin"], "audit.origin", "must not contain spaces or '+'")
             audit = replace(audit, origin=origin)
         if "signing_key_file" in m:
-            audit = replace(audit, signing_key_file=path_value(m["signing_key_file"], "audit.signing_key_file"))
+            audit = replace(
+                audit, signing_key_file=path_value(m["signing_key_file"], "audit.signing_key_file")
+            )
         changes["audit"] = audit
     if "detection" in top:
         names = {f.name for f in fields(LoopSettings)}
@@ -240,7 +275,9 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
     if "paused_session_verdict" in top:
         value = r.string(top["paused_session_verdict"], "paused_session_verdict")
         if value not in {"hold", "deny"}:
-            raise r.fail(top["paused_session_verdict"], "paused_session_verdict", "expected hold or deny")
+            raise r.fail(
+                top["paused_session_verdict"], "paused_session_verdict", "expected hold or deny"
+            )
         changes["paused_session_verdict"] = Verdict[value.upper()]
     if "recommendations" in top:
         node = top["recommendations"]
@@ -254,7 +291,9 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
             try:
                 effects[str(k.value)] = Effect(value)
             except ValueError:
-                raise r.fail(v, key, f"unknown effect '{value}' (expected one of {allowed})") from None
+                raise r.fail(
+                    v, key, f"unknown effect '{value}' (expected one of {allowed})"
+                ) from None
         changes["effects"] = effects
     return replace(cfg, **changes)
 
@@ -286,15 +325,23 @@ def _principals(r: _Reader, node: yaml.Node) -> tuple[Principal, ...]:
             role = Role(role_text)
         except ValueError:
             raise r.fail(
-                m["role"], f"{key}.role", f"unknown role '{role_text}' (expected agent, approver, auditor or admin)"
+                m["role"],
+                f"{key}.role",
+                f"unknown role '{role_text}' (expected agent, approver, auditor or admin)",
             ) from None
         digest = r.string(m["token_sha256"], f"{key}.token_sha256").lower()
         if not _HEX64.fullmatch(digest):
-            raise r.fail(m["token_sha256"], f"{key}.token_sha256", "expected 64 hex characters (SHA-256 of the token)")
+            raise r.fail(
+                m["token_sha256"],
+                f"{key}.token_sha256",
+                "expected 64 hex characters (SHA-256 of the token)",
+            )
         if name in seen_names:
             raise r.fail(m["name"], f"{key}.name", f"duplicate principal '{name}'")
         if digest in seen_tokens:
-            raise r.fail(m["token_sha256"], f"{key}.token_sha256", "the same token is used by two principals")
+            raise r.fail(
+                m["token_sha256"], f"{key}.token_sha256", "the same token is used by two principals"
+            )
         seen_names.add(name)
         seen_tokens.add(digest)
         out.append(Principal(name=name, role=role, token_sha256=digest))

@@ -80,13 +80,13 @@ def check_reason(reason: str) -> str:
     if not reason:
         raise InvalidRequest("reason", "is required")
     if len(reason) > MAX_REASON_CHARS:
-        raise InvalidRequest("reason", f"length {len(reason)} exceeds the limit of {MAX_REASON_CHARS}")
+        raise InvalidRequest(
+            "reason", f"length {len(reason)} exceeds the limit of {MAX_REASON_CHARS}"
+        )
     return reason
 
 
-def resolve(
-    hold: Hold, status: ResolutionStatus, decided_by: str, reason: str, now: float
-) -> Hold:
+def resolve(hold: Hold, status: ResolutionStatus, decided_by: str, reason: str, now: float) -> Hold:
     """Returns the resolved hold (audit_seq filled in by the caller after the append).
 
     Raises Conflict when the hold is no longer pending, or when an approver acts on a

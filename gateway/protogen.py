@@ -14,11 +14,10 @@ from pathlib import Path
 def generate(repo_root: Path, out_dir: Path) -> list[Path]:
     """Runs protoc (with mypy-protobuf stubs) over protos/ and returns the files written."""
     from grpc_tools import protoc  # type: ignore[import-untyped]
-    import grpc_tools
 
     protos = repo_root / "protos"
     sources = sorted(str(p.relative_to(protos)) for p in protos.rglob("*.proto"))
-    include = Path(grpc_tools.__file__).parent / "_proto"
+    include = Path(protoc.__file__).parent / "_proto"
     scripts = Path(sys.executable).parent
     args = [
         "grpc_tools.protoc",

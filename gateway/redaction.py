@@ -22,9 +22,7 @@ def is_sensitive_key(name: str) -> bool:
 def redact(value: Any) -> Any:
     """Returns a copy of a JSON-like value with sensitive keys' values replaced."""
     if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if is_sensitive_key(str(k)) else redact(v)) for k, v in value.items()
-        }
+        return {k: (REDACTED if is_sensitive_key(str(k)) else redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     return value

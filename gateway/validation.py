@@ -39,8 +39,7 @@ class Limits:
 def require_identifier(field: str, value: str, limit: int) -> None:
     if not value:
         raise InvalidRequest(field, "is required")
-    if len(value) > limit:
-        raise InvalidRequest(field, f"length {len(value)} exceeds the limit of {limit}")
+    _check_length(field, value, limit)
     if not IDENTIFIER.fullmatch(value):
         raise InvalidRequest(
             field, "must start with a letter or digit and contain only A-Z a-z 0-9 . _ : @ / -"
@@ -53,22 +52,14 @@ def validate_request(request: ActionRequest, limits: Limits) -> None:
     require_identifier("session_id", request.session_id, limits.max_id_chars)
     if not request.action_type:
         raise InvalidRequest("action_type", "is required")
-    if len(request.action_type) > limits.max_action_type_chars:
-        raise InvalidRequest(
-            "action_type",
-            f"length {len(request.action_type)} exceeds the limit of {limits.max_action_type_chars}",
-        )
+    _check_length("action_type", request.action_type, limits.max_action_type_chars)
     if not ACTION_TYPE.fullmatch(request.action_type):
         raise InvalidRequest(
             "action_type",
             "must start with a letter or digit and contain only A-Z a-z 0-9 . _ : / -",
         )
     _check_text("resource", request.resource, limits.max_resource_chars)
-    if len(request.reasoning) > limits.max_reasoning_chars:
-        raise InvalidRequest(
-            "reasoning",
-            f"length {len(request.reasoning)} exceeds the limit of {limits.max_reasoning_chars}",
-        )
+    _check_length("reasoning", request.reasoning, limits.max_reasoning_chars)
     if len(request.labels) > limits.max_labels:
         raise InvalidRequest(
             "labels", f"{len(request.labels)} labels exceed the limit of {limits.max_labels}"
@@ -84,9 +75,13 @@ def validate_request(request: ActionRequest, limits: Limits) -> None:
         )
 
 
-def _check_text(field: str, value: str, limit: int) -> None:
+def _check_length(field: str, value: str, limit: int) -> None:
     if len(value) > limit:
         raise InvalidRequest(field, f"length {len(value)} exceeds the limit of {limit}")
+
+
+def _check_text(field: str, value: str, limit: int) -> None:
+    _check_length(field, value, limit)
     if CONTROL.search(value):
         raise InvalidRequest(field, "must not contain control characters")
 

@@ -40,4 +40,6 @@ def require_role(principal: Principal, roles: frozenset[Role]) -> None:
     if principal.role is Role.ADMIN or principal.role in roles:
         return
     allowed = ", ".join(sorted(r.value for r in roles))
-    raise Forbidden(f"principal '{principal.name}' has role {principal.role.value}; this call needs {allowed}")
+    raise Forbidden(
+        f"principal '{principal.name}' has role {principal.role.value}; this call needs {allowed}"
+    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
-from gateway.api.structs import python_to_struct, struct_to_python
 from gateway.actions import ActionRequest, Decision, Finding, Resolution, ResolutionStatus, Verdict
+from gateway.api.structs import python_to_struct, struct_to_python
 from gateway.audit.entry import AuditEntry
 from gateway.holds import Hold, HoldStatus
 

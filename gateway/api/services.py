@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 
 from agentgw.v1 import (
+    alerts_pb2,
     alerts_pb2_grpc,
     approvals_pb2,
     approvals_pb2_grpc,
@@ -36,6 +38,11 @@ from gateway.store.audit_log import AuditLog
 READ_CHUNK = 500
 
 
+async def unimplemented(context: grpc.aio.ServicerContext, what: str) -> NoReturn:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented yet")
+    raise AssertionError("abort raises")
+
+
 class GatewayService(Servicer, gateway_pb2_grpc.GatewayServicer):
     def __init__(self, auth: Authenticator, pipeline: DecisionPipeline, desk: ApprovalDesk) -> None:
         super().__init__(auth)
@@ -44,17 +51,33 @@ class GatewayService(Servicer, gateway_pb2_grpc.GatewayServicer):
 
     @rpc(Role.AGENT)
     async def Submit(
-        self, request: gateway_pb2.ActionRequest, context: grpc.aio.ServicerContext, principal: Principal
+        self,
+        request: gateway_pb2.ActionRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> gateway_pb2.Decision:
         decision = await self.pipeline.submit(principal, convert.action_from_proto(request))
         return convert.decision_to_proto(decision)
 
     @rpc(Role.AGENT)
     async def Await(
-        self, request: gateway_pb2.AwaitRequest, context: grpc.aio.ServicerContext, principal: Principal
+        self,
+        request: gateway_pb2.AwaitRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> gateway_pb2.Decision:
         decision = await self.desk.await_decision(principal, request.hold_id, request.action_id)
         return convert.decision_to_proto(decision)
+
+    async def ReportOutcome(
+        self, request: gateway_pb2.Outcome, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ReportOutcomeResponse:
+        await unimplemented(context, "Gateway.ReportOutcome")
+
+    async def Log(
+        self, request: gateway_pb2.LogEvent, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.LogResponse:
+        await unimplemented(context, "Gateway.Log")
 
 
 class ApprovalsService(Servicer, approvals_pb2_grpc.ApprovalsServicer):
@@ -64,22 +87,35 @@ class ApprovalsService(Servicer, approvals_pb2_grpc.ApprovalsServicer):
 
     @rpc(Role.APPROVER)
     async def ListHolds(
-        self, request: approvals_pb2.ListHoldsRequest, context: grpc.aio.ServicerContext, principal: Principal
+        self,
+        request: approvals_pb2.ListHoldsRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> approvals_pb2.ListHoldsResponse:
         holds = await self.desk.list_holds(request.agent_id, request.session_id)
         return approvals_pb2.ListHoldsResponse(holds=[convert.hold_to_proto(h) for h in holds])
 
     @rpc(Role.APPROVER)
     async def Approve(
-        self, request: approvals_pb2.ApproveRequest, context: grpc.aio.ServicerContext, principal: Principal
+        self,
+        request: approvals_pb2.ApproveRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> approvals_pb2.Hold:
-        return convert.hold_to_proto(await self.desk.approve(principal, request.hold_id, request.reason))
+        return convert.hold_to_proto(
+            await self.desk.approve(principal, request.hold_id, request.reason)
+        )
 
     @rpc(Role.APPROVER)
     async def Reject(
-        self, request: approvals_pb2.RejectRequest, context: grpc.aio.ServicerContext, principal: Principal
+        self,
+        request: approvals_pb2.RejectRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> approvals_pb2.Hold:
-        return convert.hold_to_proto(await self.desk.reject(principal, request.hold_id, request.reason))
+        return convert.hold_to_proto(
+            await self.desk.reject(principal, request.hold_id, request.reason)
+        )
 
     @rpc(Role.APPROVER)
     async def ResumeSession(
@@ -93,6 +129,12 @@ class ApprovalsService(Servicer, approvals_pb2_grpc.ApprovalsServicer):
         )
         return approvals_pb2.ResumeSessionResponse(was_paused=was_paused, audit_seq=seq)
 
+    async def WatchHolds(
+        self, request: approvals_pb2.WatchHoldsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[approvals_pb2.HoldEvent]:
+        await unimplemented(context, "Approvals.WatchHolds")
+        yield approvals_pb2.HoldEvent()  # unreachable: abort raises
+
 
 class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
     def __init__(self, auth: Authenticator, audit: AuditLog, signer: Signer, origin: str) -> None:
@@ -103,7 +145,10 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
 
     @rpc(Role.AUDITOR)
     async def GetCheckpoint(
-        self, request: audit_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext, principal: Principal
+        self,
+        request: audit_pb2.GetCheckpointRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> audit_pb2.Checkpoint:
         cp, note = await self.audit.checkpoint()
         signature_line = note.rstrip("\n").rsplit("\n", 1)[-1]
@@ -121,7 +166,10 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
 
     @stream_rpc(Role.AUDITOR)
     async def ReadEntries(
-        self, request: audit_pb2.ReadEntriesRequest, context: grpc.aio.ServicerContext, principal: Principal
+        self,
+        request: audit_pb2.ReadEntriesRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> AsyncIterator[audit_pb2.AuditEntry]:
         start = max(request.start_seq, 1)
         head = (await self.audit.head()).seq
@@ -136,7 +184,10 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
 
     @rpc(Role.AUDITOR)
     async def GetPublicKeys(
-        self, request: audit_pb2.GetPublicKeysRequest, context: grpc.aio.ServicerContext, principal: Principal
+        self,
+        request: audit_pb2.GetPublicKeysRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> audit_pb2.PublicKeys:
         key = audit_pb2.PublicKey(
             key_id=self.signer.key_id,
@@ -147,9 +198,36 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
         )
         return audit_pb2.PublicKeys(origin=self.origin, keys=[key])
 
+    async def Query(
+        self, request: audit_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[audit_pb2.AuditEntry]:
+        await unimplemented(context, "Audit.Query")
+        yield audit_pb2.AuditEntry()  # unreachable: abort raises
+
+    async def Report(
+        self, request: audit_pb2.ReportRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.ReportResponse:
+        await unimplemented(context, "Audit.Report")
+
 
 class AlertsService(alerts_pb2_grpc.AlertsServicer):
     """Alerts arrive with their own issue; every RPC answers UNIMPLEMENTED until then."""
+
+    async def List(
+        self, request: alerts_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext
+    ) -> alerts_pb2.ListAlertsResponse:
+        await unimplemented(context, "Alerts.List")
+
+    async def Watch(
+        self, request: alerts_pb2.WatchAlertsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[alerts_pb2.Alert]:
+        await unimplemented(context, "Alerts.Watch")
+        yield alerts_pb2.Alert()  # unreachable: abort raises
+
+    async def Acknowledge(
+        self, request: alerts_pb2.AcknowledgeRequest, context: grpc.aio.ServicerContext
+    ) -> alerts_pb2.Alert:
+        await unimplemented(context, "Alerts.Acknowledge")
 
 
 def parse_time(text: str) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
@@ -114,7 +114,7 @@ def stream_rpc(
     return wrap
 
 
-class RequireToken(grpc.aio.ServerInterceptor):
+class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates calls to services we do not implement ourselves (reflection).
 
     Our own servicers authenticate in `rpc`; health checking stays open so load
@@ -132,10 +132,10 @@ class RequireToken(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        if not method.startswith(self.OPEN_PREFIXES + (self.OWN_PREFIX,)):
+        method: str = handler_call_details.method
+        if not method.startswith((*self.OPEN_PREFIXES, self.OWN_PREFIX)):
             try:
-                self.auth.authenticate(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+                self.auth.authenticate(handler_call_details.invocation_metadata)
             except Unauthenticated as e:
                 return _refuse(str(e))
         return await continuation(handler_call_details)

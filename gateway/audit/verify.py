@@ -21,14 +21,12 @@ from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Final
 
-from gateway.audit.canonical import CanonicalError
 from gateway.audit.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from gateway.audit.entry import (
     GENESIS_HASH,
-    AuditEntry,
     EntryFormatError,
-    canonical_bytes,
     entry_hash_of,
+    read_export_object,
     signature_is_valid,
 )
 from gateway.audit.keys import KeySet
@@ -155,13 +153,9 @@ def _inspect_line(line_number: int, line: str, keys: KeySet) -> _Inspected:
         if isinstance(candidate, int) and not isinstance(candidate, bool) and candidate >= 1:
             seq = candidate
     try:
-        entry = AuditEntry.from_json_dict(obj)
-        canonical_line = entry.to_json_line()
-        canonical = canonical_bytes(entry)
-    except (EntryFormatError, CanonicalError) as exc:
+        entry, canonical = read_export_object(obj, text)
+    except EntryFormatError as exc:
         return problem(FailureKind.MALFORMED, str(exc))
-    if canonical_line != text:
-        return problem(FailureKind.MALFORMED, "line is not the RFC 8785 form of its entry")
     if entry_hash_of(canonical) != entry.entry_hash:
         return problem(FailureKind.EDITED, "entry_hash does not match its contents")
     key = keys.find(entry.key_id)

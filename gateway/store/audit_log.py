@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
-from gateway.audit.entry import GENESIS_HASH, AuditEntry, EntryDraft, build_entry, format_timestamp, leaf_hash
+from gateway.audit.entry import (
+    GENESIS_HASH,
+    AuditEntry,
+    EntryDraft,
+    build_entry,
+    format_timestamp,
+    leaf_hash,
+)
 from gateway.audit.keys import Signer
 from gateway.audit.merkle import CompactRange
 from gateway.errors import Conflict, StoreUnavailable
@@ -39,7 +46,9 @@ class Head:
     tree: CompactRange
 
     def copy(self) -> Head:
-        return Head(self.seq, self.hash, CompactRange.from_hex_list(self.tree.size, self.tree.to_hex_list()))
+        return Head(
+            self.seq, self.hash, CompactRange.from_hex_list(self.tree.size, self.tree.to_hex_list())
+        )
 
 
 @dataclass
@@ -99,7 +108,9 @@ class AuditLog:
 
     async def _read_head(self) -> Head:
         with unavailable_on_error("reading the audit head"):
-            seq, hash_, frontier = await self.client.hmget(self.keys.audit_head, ["seq", "hash", "frontier"])
+            seq, hash_, frontier = await self.client.hmget(
+                self.keys.audit_head, ["seq", "hash", "frontier"]
+            )
         return _head_from(seq, hash_, frontier)
 
     async def _write(self, batch: list[_Pending]) -> None:
@@ -114,39 +125,11 @@ class AuditLog:
                     _fail(batch, e)
                     return
             start = self._head
-            head = start.copy()
-            built: list[list[AuditEntry]] = []
-            for pending in batch:
-                entries = []
-                for draft in pending.drafts:
-                    entry = build_entry(draft, head.seq + 1, head.hash, self.signer)
-                    head.tree.append(leaf_hash(entry))
-                    head.seq, head.hash = entry.seq, entry.entry_hash
-                    entries.append(entry)
-                built.append(entries)
-            key_index: dict[str, int] = {self.keys.audit_head: 1, self.keys.audit_entries: 2}
-
-            def index(key: str) -> int:
-                return key_index.setdefault(key, len(key_index) + 1)
-
-            items = []
-            for pending, entries in zip(batch, built, strict=True):
-                checks = [[index(c[0]), *c[1:]] for c in pending.mutation.checks]
-                ops = [
-                    [op[0], op[1] if op[0] == "publish" else index(op[1])]
-                    + [v(entries) if callable(v) else v for v in op[2:]]
-                    for op in pending.mutation.ops
-                ]
-                items.append({"entries": [e.to_json_line() for e in entries], "checks": checks, "ops": ops})
-            payload = {
-                "head": {"seq": head.seq, "hash": head.hash, "frontier": head.tree.to_hex_list()},
-                "items": items,
-            }
+            head, built = self._chain(start, batch)
+            keys, payload = _script_arguments(self.keys, head, batch, built)
             try:
                 with unavailable_on_error("appending to the audit log"):
-                    reply = await self._script(
-                        keys=list(key_index), args=[start.seq, json.dumps(payload, ensure_ascii=False)]
-                    )
+                    reply = await self._script(keys=keys, args=[start.seq, payload])
             except StoreUnavailable as e:
                 # The write may or may not have landed; re-read the head next time.
                 self._head = None
@@ -171,6 +154,20 @@ class AuditLog:
                 self._wakeup.set()
         _fail(batch, StoreUnavailable("audit log append kept conflicting with other writers"))
 
+    def _chain(self, start: Head, batch: list[_Pending]) -> tuple[Head, list[list[AuditEntry]]]:
+        """Signs and links the batch's entries on top of `start`; returns the new head."""
+        head = start.copy()
+        built: list[list[AuditEntry]] = []
+        for pending in batch:
+            entries = []
+            for draft in pending.drafts:
+                entry = build_entry(draft, head.seq + 1, head.hash, self.signer)
+                head.tree.append(leaf_hash(entry))
+                head.seq, head.hash = entry.seq, entry.entry_hash
+                entries.append(entry)
+            built.append(entries)
+        return head, built
+
     async def head(self) -> Head:
         """The current head as stored in Redis (not this process's cached view)."""
         return await self._read_head()
@@ -190,13 +187,38 @@ class AuditLog:
         """Entries start_seq..end_seq inclusive, as stored (JSON lines)."""
         with unavailable_on_error("reading audit entries"):
             lines = await self.client.lrange(self.keys.audit_entries, start_seq - 1, end_seq - 1)
-        return list(lines)
+        return [str(line) for line in lines]
 
 
-def _head_from(seq: str | None, hash_: str | None, frontier: str | None) -> Head:
-    size = int(seq or 0)
-    hashes = json.loads(frontier) if frontier else []
-    return Head(size, hash_ or GENESIS_HASH, CompactRange.from_hex_list(size, hashes))
+def _script_arguments(
+    keyspace: KeySpace, head: Head, batch: list[_Pending], built: list[list[AuditEntry]]
+) -> tuple[list[str], str]:
+    """KEYS and the JSON argument of commit.lua; ops name their keys by KEYS index."""
+    key_index: dict[str, int] = {keyspace.audit_head: 1, keyspace.audit_entries: 2}
+
+    def index(key: str) -> int:
+        return key_index.setdefault(key, len(key_index) + 1)
+
+    items = []
+    for pending, entries in zip(batch, built, strict=True):
+        checks = [[index(c[0]), *c[1:]] for c in pending.mutation.checks]
+        ops = [
+            [op[0], op[1] if op[0] == "publish" else index(op[1])]
+            + [v(entries) if callable(v) else v for v in op[2:]]
+            for op in pending.mutation.ops
+        ]
+        items.append({"entries": [e.to_json_line() for e in entries], "checks": checks, "ops": ops})
+    payload = {
+        "head": {"seq": head.seq, "hash": head.hash, "frontier": head.tree.to_hex_list()},
+        "items": items,
+    }
+    return list(key_index), json.dumps(payload, ensure_ascii=False)
+
+
+def _head_from(seq: object, hash_: object, frontier: object) -> Head:
+    size = int(str(seq or 0))
+    hashes = json.loads(str(frontier)) if frontier else []
+    return Head(size, str(hash_ or GENESIS_HASH), CompactRange.from_hex_list(size, hashes))
 
 
 def _fail(batch: list[_Pending], error: Exception) -> None:

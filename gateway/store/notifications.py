@@ -71,4 +71,4 @@ class ResolutionListener:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
@@ -136,7 +136,9 @@ class StateStore:
         """Frees an action_id whose decision could not be committed, so a retry works."""
         key = self.keys.action(request.agent_id, request.action_id)
         with unavailable_on_error("releasing the action claim"):
-            script = "if redis.call('GET', KEYS[1]) == 'pending' then redis.call('DEL', KEYS[1]) end"
+            script = (
+                "if redis.call('GET', KEYS[1]) == 'pending' then redis.call('DEL', KEYS[1]) end"
+            )
             await self.client.eval(script, 1, key)
 
     async def get_hold(self, hold_id: str) -> Hold | None:
@@ -153,7 +155,7 @@ class StateStore:
 
     async def pending_holds(self) -> list[Hold]:
         with unavailable_on_error("listing holds"):
-            ids = await self.client.zrange(self.keys.pending_holds, 0, -1)
+            ids = [str(i) for i in await self.client.zrange(self.keys.pending_holds, 0, -1)]
             if not ids:
                 return []
             async with self.client.pipeline(transaction=False) as pipe:
@@ -167,7 +169,7 @@ class StateStore:
             ids = await self.client.zrangebyscore(
                 self.keys.pending_holds, "-inf", now, start=0, num=limit
             )
-        return list(ids)
+        return [str(i) for i in ids]
 
     async def next_expiry(self) -> float | None:
         with unavailable_on_error("finding the next hold expiry"):
@@ -199,13 +201,19 @@ class StateStore:
             m.hset(
                 k.hold(hold.hold_id),
                 {
-                    "json": lambda entries: _dumps(hold_to_json(replace(hold, audit_seq=entries[0].seq))),
+                    "json": lambda entries: _dumps(
+                        hold_to_json(replace(hold, audit_seq=entries[0].seq))
+                    ),
                     "status": hold.status.value,
                 },
             )
             m.zadd(k.pending_holds, hold.expires_at, hold.hold_id)
             if hold.paused_session:
-                pause = {"hold_id": hold.hold_id, "reason": hold.reason, "paused_at": hold.created_at}
+                pause = {
+                    "hold_id": hold.hold_id,
+                    "reason": hold.reason,
+                    "paused_at": hold.created_at,
+                }
                 m.set(k.session_pause(request.agent_id, request.session_id), _dumps(pause))
         return m
 
@@ -216,7 +224,9 @@ class StateStore:
         m.hset(
             k.hold(hold.hold_id),
             {
-                "json": lambda entries: _dumps(hold_to_json(with_resolution_seq(hold, entries[0].seq))),
+                "json": lambda entries: _dumps(
+                    hold_to_json(with_resolution_seq(hold, entries[0].seq))
+                ),
                 "status": hold.status.value,
             },
         )

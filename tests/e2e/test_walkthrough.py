@@ -49,7 +49,14 @@ class Server:
     def __init__(self, data_dir: Path, port: int) -> None:
         self.output: list[str] = []
         self.process = subprocess.Popen(
-            [str(BIN / "agentgw"), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
+            [
+                str(BIN / "agentgw"),
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -82,8 +89,11 @@ def server(tmp_path: Path) -> Iterator[tuple[Server, int]]:
     port = free_port()
     srv = Server(tmp_path / "agentgw-data", port)
     try:
-        wait_for(lambda: "export AGENTGW_TOKEN" in srv.text() or srv.process.poll() is not None,
-                 timeout=60, what="the gateway to start")
+        wait_for(
+            lambda: "export AGENTGW_TOKEN" in srv.text() or srv.process.poll() is not None,
+            timeout=60,
+            what="the gateway to start",
+        )
         assert srv.process.poll() is None, srv.text()
         yield srv, port
     finally:
@@ -102,8 +112,14 @@ def pid_alive(pid: int) -> bool:
 
 def test_readme_walkthrough(server: tuple[Server, int], tmp_path: Path) -> None:
     srv, port = server
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "AGENTGW_SERVER": f"127.0.0.1:{port}"}
-    placeholders = {f"<{name} token>": srv.token(name) for name in ("demo-agent", "approver", "auditor")}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "AGENTGW_SERVER": f"127.0.0.1:{port}",
+    }
+    placeholders = {
+        f"<{name} token>": srv.token(name) for name in ("demo-agent", "approver", "auditor")
+    }
     waiting: subprocess.Popen[str] | None = None
     results: list[tuple[str, subprocess.CompletedProcess[str]]] = []
     lines = walkthrough_lines()
@@ -119,15 +135,23 @@ def test_readme_walkthrough(server: tuple[Server, int], tmp_path: Path) -> None:
             continue
         if "--wait" in line:
             waiting = subprocess.Popen(
-                shlex.split(line), env=env, cwd=tmp_path, text=True,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                shlex.split(line),
+                env=env,
+                cwd=tmp_path,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
             approver = srv.token("approver")
-            wait_for(lambda: "hold_" in pending_holds(env, tmp_path, approver), timeout=30,
-                     what="the hold")
+            wait_for(
+                lambda approver=approver: "hold_" in pending_holds(env, tmp_path, approver),
+                timeout=30,
+                what="the hold",
+            )
             continue
-        done = subprocess.run(shlex.split(line), env=env, cwd=tmp_path, text=True,
-                              capture_output=True, timeout=60)
+        done = subprocess.run(
+            shlex.split(line), env=env, cwd=tmp_path, text=True, capture_output=True, timeout=60
+        )
         results.append((line, done))
         if line.startswith("agentgw holds list"):
             match = re.search(r"^(hold_[0-9a-f]+)", done.stdout, flags=re.M)
@@ -137,7 +161,10 @@ def test_readme_walkthrough(server: tuple[Server, int], tmp_path: Path) -> None:
             assert waiting is not None
             out, err = waiting.communicate(timeout=30)
             assert waiting.returncode == 0, err
-            assert '"VERDICT_HOLD"' in out and out.strip().splitlines()[-1].count('"VERDICT_ALLOW"') == 1
+            assert (
+                '"VERDICT_HOLD"' in out
+                and out.strip().splitlines()[-1].count('"VERDICT_ALLOW"') == 1
+            )
             assert '"RESOLUTION_STATUS_APPROVED"' in out
 
     by_command = [(line.split()[1:3], done) for line, done in results]
@@ -156,13 +183,19 @@ def test_readme_walkthrough(server: tuple[Server, int], tmp_path: Path) -> None:
 
 def pending_holds(env: dict[str, str], cwd: Path, approver_token: str) -> str:
     done = subprocess.run(
-        ["agentgw", "holds", "list"], env={**env, "AGENTGW_TOKEN": approver_token},
-        cwd=cwd, text=True, capture_output=True, timeout=30,
+        ["agentgw", "holds", "list"],
+        env={**env, "AGENTGW_TOKEN": approver_token},
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        timeout=30,
     )
     return done.stdout
 
 
-def test_sigterm_ends_waiting_calls_and_stops_redis(server: tuple[Server, int], tmp_path: Path) -> None:
+def test_sigterm_ends_waiting_calls_and_stops_redis(
+    server: tuple[Server, int], tmp_path: Path
+) -> None:
     srv, port = server
     env = {
         **os.environ,
@@ -173,7 +206,11 @@ def test_sigterm_ends_waiting_calls_and_stops_redis(server: tuple[Server, int], 
     }
     waiting = subprocess.Popen(
         ["agentgw", "submit", "send_email", "--param", "to=x@y.z", "--wait"],
-        env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     approver = srv.token("approver")
     wait_for(lambda: "hold_" in pending_holds(env, tmp_path, approver), timeout=30, what="the hold")

@@ -49,7 +49,9 @@ def test_checkpoint_is_signed_and_matches_the_export(gw: RunningGateway) -> None
     assert opened.size == 7 and opened.root_hash.hex() == cp.root_hash
     report = verify_export(export_lines(gw), keys, opened)
     assert report.ok, report.failure
-    assert report.count == 7 and report.root_hash == cp.root_hash and report.head_hash == cp.head_hash
+    assert (
+        report.count == 7 and report.root_hash == cp.root_hash and report.head_hash == cp.head_hash
+    )
 
 
 def test_read_entries_by_range(gw: RunningGateway) -> None:

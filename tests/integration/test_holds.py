@@ -12,7 +12,9 @@ from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
 from tests.harness import ManualClock, RunningGateway, wait_for
 
 
-def approve(gw: RunningGateway, hold_id: str, who: str = "approver-1", reason: str = "ok") -> approvals_pb2.Hold:
+def approve(
+    gw: RunningGateway, hold_id: str, who: str = "approver-1", reason: str = "ok"
+) -> approvals_pb2.Hold:
     return gw.approvals.Approve(
         approvals_pb2.ApproveRequest(hold_id=hold_id, reason=reason), metadata=gw.md(who)
     )
@@ -68,7 +70,9 @@ def test_await_by_action_id(gw: RunningGateway) -> None:
     decision = held(gw)
     approve(gw, decision.hold_id)
     final = gw.gateway.Await(
-        gateway_pb2.AwaitRequest(action_id=decision.action_id), metadata=gw.md("agent-1"), timeout=10
+        gateway_pb2.AwaitRequest(action_id=decision.action_id),
+        metadata=gw.md("agent-1"),
+        timeout=10,
     )
     assert final.verdict == gateway_pb2.VERDICT_ALLOW
 

@@ -33,16 +33,21 @@ def test_health_check_serves_without_a_token(gw: RunningGateway) -> None:
 def list_services(gw: RunningGateway, metadata: tuple[tuple[str, str], ...] | None) -> list[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(gw.channel)
     replies = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=metadata, timeout=5
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+        metadata=metadata,
+        timeout=5,
     )
     return [s.name for r in replies for s in r.list_services_response.service]
 
 
 def test_reflection_lists_the_services_for_an_authenticated_caller(gw: RunningGateway) -> None:
     names = list_services(gw, gw.md("auditor-1"))
-    assert {"agentgw.v1.Gateway", "agentgw.v1.Approvals", "agentgw.v1.Audit", "agentgw.v1.Alerts"} <= set(
-        names
-    )
+    assert {
+        "agentgw.v1.Gateway",
+        "agentgw.v1.Approvals",
+        "agentgw.v1.Audit",
+        "agentgw.v1.Alerts",
+    } <= set(names)
 
 
 def test_reflection_needs_a_token(gw: RunningGateway) -> None:
@@ -88,6 +93,8 @@ def test_invalid_policy_at_start_is_refused(make_gateway, tmp_path: Path) -> Non
     from gateway.errors import ConfigError
 
     policy = tmp_path / "policy.yaml"
-    policy.write_text("version: 1\ndefault_verdict: allow\nrules:\n  - name: x\n    verdict: nope\n")
+    policy.write_text(
+        "version: 1\ndefault_verdict: allow\nrules:\n  - name: x\n    verdict: nope\n"
+    )
     with pytest.raises(ConfigError, match=r"policy.yaml:5: rules\[0\].verdict"):
         make_gateway(policy_file=policy)

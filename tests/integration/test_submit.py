@@ -38,7 +38,9 @@ def test_benign_action_is_allowed_and_audited(gw: RunningGateway) -> None:
     assert entry.action_id == decision.action_id
 
 
-@pytest.mark.parametrize("action_type", ["send_email", "fs.delete_file", "wire_transfer", "DROP_TABLE"])
+@pytest.mark.parametrize(
+    "action_type", ["send_email", "fs.delete_file", "wire_transfer", "DROP_TABLE"]
+)
 def test_suspicious_action_is_held_with_its_rule(gw: RunningGateway, action_type: str) -> None:
     decision = gw.agent().submit(action_type, session_id="s1")
     assert decision.verdict == gateway_pb2.VERDICT_HOLD
@@ -210,7 +212,9 @@ def test_loop_pauses_the_session_until_an_approver_resumes_it(gw: RunningGateway
     # ...but other sessions are not affected.
     assert agent.submit("search", session_id="other").verdict == gateway_pb2.VERDICT_ALLOW
     resumed = gw.approvals.ResumeSession(
-        approvals_pb2.ResumeSessionRequest(agent_id="agent-1", session_id="loop", reason="fixed prompt"),
+        approvals_pb2.ResumeSessionRequest(
+            agent_id="agent-1", session_id="loop", reason="fixed prompt"
+        ),
         metadata=gw.md("approver-1"),
     )
     assert resumed.was_paused and resumed.audit_seq > 0

@@ -92,7 +92,7 @@ def test_keys_sort_by_utf16_code_units_as_in_rfc_8785_section_3_2_3() -> None:
 
 
 def test_strings_escape_only_quote_backslash_and_control_characters() -> None:
-    text = "\"\\\b\t\n\f\r\x00\x1f\x7f/\u2028\u00e9\U0001d11e"
+    text = '"\\\b\t\n\f\r\x00\x1f\x7f/\u2028\u00e9\U0001d11e'
     assert canonical_json(text) == (
         '"\\"\\\\\\b\\t\\n\\f\\r\\u0000\\u001f\x7f/\u2028\u00e9\U0001d11e"'
     ).encode("utf-8")
@@ -172,8 +172,9 @@ json_values = st.recursive(
     | st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
     | finite_floats
     | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5)
+    ),
     max_leaves=25,
 )
 

@@ -47,12 +47,14 @@ def draft(**changes: Any) -> EntryDraft:
 
 
 def test_genesis_hash_is_sha256_of_the_genesis_label() -> None:
-    assert GENESIS_HASH == hashlib.sha256(b"agentgw/audit/v1/genesis").hexdigest()
+    assert hashlib.sha256(b"agentgw/audit/v1/genesis").hexdigest() == GENESIS_HASH
 
 
 def test_built_entry_hashes_and_signs_exactly_the_documented_bytes() -> None:
     entry = build_entry(draft(), 1, GENESIS_HASH, SIGNER)
-    unsigned = {k: v for k, v in entry.to_json_dict().items() if k not in ("entry_hash", "signature")}
+    unsigned = {
+        k: v for k, v in entry.to_json_dict().items() if k not in ("entry_hash", "signature")
+    }
     c = canonical_json(unsigned)
     assert canonical_bytes(entry) == c
     assert entry.entry_hash == hashlib.sha256(b"agentgw/audit/v1/entry\x00" + c).hexdigest()
@@ -175,7 +177,7 @@ def test_format_timestamp_has_six_fraction_digits_and_z() -> None:
         "2026-11-25t05:55:27.123456z",
         "2026-11-25T24:00:00.000000Z",
         "2026-11-25T23:59:60.000000Z",
-        "２026-11-25T05:55:27.123456Z",
+        "\uff12026-11-25T05:55:27.123456Z",  # a fullwidth digit two
     ],
 )
 def test_parse_timestamp_refuses_other_spellings(text: str) -> None:

@@ -61,8 +61,10 @@ LEAVES_130 = [leaf_hash_of(i.to_bytes(2, "big")) for i in range(130)]
 
 def test_hash_prefixes_are_rfc_6962() -> None:
     assert leaf_hash_of(b"x") == hashlib.sha256(b"\x00x").digest()
-    assert node_hash(b"a" * 32, b"b" * 32) == hashlib.sha256(b"\x01" + b"a" * 32 + b"b" * 32).digest()
-    assert EMPTY_ROOT == hashlib.sha256(b"").digest()
+    assert (
+        node_hash(b"a" * 32, b"b" * 32) == hashlib.sha256(b"\x01" + b"a" * 32 + b"b" * 32).digest()
+    )
+    assert hashlib.sha256(b"").digest() == EMPTY_ROOT
 
 
 @pytest.mark.parametrize("size", range(9))

@@ -50,6 +50,10 @@ def test_vector_file_is_exactly_what_the_code_derives_from_the_seed() -> None:
     )
 
 
+def node(left: bytes, right: bytes) -> bytes:
+    return sha256(b"\x01" + left + right)
+
+
 def test_vectors_hold_from_first_principles() -> None:
     # Only hashlib and the Ed25519 primitive here: what another implementation would do.
     v = vectors()
@@ -78,7 +82,6 @@ def test_vectors_hold_from_first_principles() -> None:
         assert json.loads(canonical) == line
         prev = item["entry_hash"]
         leaves.append(bytes.fromhex(item["leaf_hash"]))
-    node = lambda left, right: sha256(b"\x01" + left + right)  # noqa: E731
     root = node(node(leaves[0], leaves[1]), node(leaves[2], leaves[3]))
     assert v["tree_size"] == 4 and v["root_hash"] == root.hex()
     assert base64.b64decode(v["root_hash_base64"]) == root
@@ -93,7 +96,11 @@ def test_vectors_hold_from_first_principles() -> None:
     assert blob[:4] == key_hash
     ed25519.verify(blob[4:], body.encode("utf-8"))
     name, hash_hex, key_b64 = v["note_verifier_key"].split("+", 2)
-    assert (name, hash_hex, base64.b64decode(key_b64)) == (v["origin"], key_hash.hex(), b"\x01" + public_key)
+    assert (name, hash_hex, base64.b64decode(key_b64)) == (
+        v["origin"],
+        key_hash.hex(),
+        b"\x01" + public_key,
+    )
 
 
 def test_vector_proofs_verify() -> None:

@@ -108,7 +108,9 @@ def test_an_empty_export_matches_an_empty_checkpoint() -> None:
 
 
 def test_an_opened_checkpoint_value_is_accepted() -> None:
-    checkpoint = Checkpoint(ORIGIN, COUNT, ROOT, ENTRIES[-1].entry_hash, "2026-11-25T06:00:00.000000Z")
+    checkpoint = Checkpoint(
+        ORIGIN, COUNT, ROOT, ENTRIES[-1].entry_hash, "2026-11-25T06:00:00.000000Z"
+    )
     assert verify_export(LINES, KEYS, checkpoint=checkpoint).ok
 
 
@@ -174,7 +176,9 @@ def test_key_out_of_range_after_rotation() -> None:
             TrustedKey(OTHER.key_id, OTHER.public_key_raw, 11, None),
         ),
     )
-    assert verify_export(lines_of(chain(signer_for=lambda s: SIGNER if s <= 10 else OTHER)), rotated).ok
+    assert verify_export(
+        lines_of(chain(signer_for=lambda s: SIGNER if s <= 10 else OTHER)), rotated
+    ).ok
     failure = failure_of(LINES, keys=rotated)
     assert (failure.kind, failure.seq) == (FailureKind.KEY_OUT_OF_RANGE, 11)
     assert "may only sign seq 1..10" in failure.message
@@ -247,40 +251,40 @@ def test_reordered_entry_moved_later() -> None:
 
 
 def test_reordered_entry_moved_earlier() -> None:
-    lines = LINES[:4] + [LINES[9]] + LINES[4:9] + LINES[10:]
+    lines = [*LINES[:4], LINES[9], *LINES[4:9], *LINES[10:]]
     failure = failure_of(lines)
     assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.REORDERED, 10, 5)
 
 
 def test_reordered_seq_goes_backwards() -> None:
     # Entry 3 appears again after 10 while 11 does not follow it: seq goes backwards.
-    lines = LINES[:10] + [LINES[2]]
+    lines = [*LINES[:10], LINES[2]]
     failure = failure_of(lines)
     assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.REORDERED, 3, 11)
 
 
 def test_inserted_copy_of_a_later_entry() -> None:
-    lines = LINES[:4] + [LINES[14]] + LINES[4:]
+    lines = [*LINES[:4], LINES[14], *LINES[4:]]
     failure = failure_of(lines)
     assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.INSERTED, 15, 5)
 
 
 def test_inserted_copy_of_an_earlier_entry() -> None:
-    lines = LINES[:10] + [LINES[2]] + LINES[10:]
+    lines = [*LINES[:10], LINES[2], *LINES[10:]]
     failure = failure_of(lines)
     assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.INSERTED, 3, 11)
 
 
 def test_inserted_forged_entry_claiming_the_next_seq() -> None:
     forged = resign(ENTRIES[4], prev_hash="22" * 32, outcome="deny")
-    lines = LINES[:4] + [forged.to_json_line() + "\n"] + LINES[4:]
+    lines = [*LINES[:4], forged.to_json_line() + "\n", *LINES[4:]]
     failure = failure_of(lines)
     assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.INSERTED, 5, 5)
 
 
 def test_inserted_fork_entry_after_its_twin() -> None:
     fork = resign(ENTRIES[6], outcome="deny")
-    lines = LINES[:7] + [fork.to_json_line() + "\n"] + LINES[7:]
+    lines = [*LINES[:7], fork.to_json_line() + "\n", *LINES[7:]]
     failure = failure_of(lines)
     assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.INSERTED, 7, 8)
 
@@ -312,7 +316,9 @@ def test_checkpoint_signature_is_checked_before_any_line() -> None:
 
 
 def test_checkpoint_for_another_origin_is_refused() -> None:
-    other = Checkpoint("other.example", COUNT, ROOT, ENTRIES[-1].entry_hash, "2026-11-25T06:00:00.000000Z")
+    other = Checkpoint(
+        "other.example", COUNT, ROOT, ENTRIES[-1].entry_hash, "2026-11-25T06:00:00.000000Z"
+    )
     assert failure_of(LINES, checkpoint=other).kind is FailureKind.CHECKPOINT_SIGNATURE
 
 
@@ -329,7 +335,11 @@ def test_head_mismatch() -> None:
 
 def test_an_empty_checkpoint_with_a_wrong_head_fails_before_any_entry() -> None:
     failure = failure_of(LINES, checkpoint=note(size=0, head="ab" * 32))
-    assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.HEAD_MISMATCH, None, None)
+    assert (failure.kind, failure.seq, failure.line_number) == (
+        FailureKind.HEAD_MISMATCH,
+        None,
+        None,
+    )
 
 
 def test_the_report_covers_the_entries_before_the_failure() -> None:
@@ -368,7 +378,7 @@ CASES = {
     "ok": (LINES, note()),
     "edited": ([*LINES[:5], LINES[5].replace('"deny"', '"allow"'), *LINES[6:]], None),
     "deleted": (LINES[:6] + LINES[7:], None),
-    "inserted": (LINES[:4] + [LINES[14]] + LINES[4:], None),
+    "inserted": ([*LINES[:4], LINES[14], *LINES[4:]], None),
     "reordered": (LINES[:4] + LINES[5:10] + [LINES[4]] + LINES[10:], None),
     "truncated": (LINES[:17], note()),
     "root": (LINES, note(size=12, root=bytes(32))),

@@ -13,8 +13,19 @@ from gateway.config import Overrides, load_config
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_KEYS = {"services", "volumes", "networks", "configs", "secrets", "name"}
 SERVICE_KEYS = {
-    "image", "build", "command", "entrypoint", "environment", "ports", "volumes", "depends_on",
-    "healthcheck", "restart", "stop_grace_period", "networks", "env_file",
+    "image",
+    "build",
+    "command",
+    "entrypoint",
+    "environment",
+    "ports",
+    "volumes",
+    "depends_on",
+    "healthcheck",
+    "restart",
+    "stop_grace_period",
+    "networks",
+    "env_file",
 }
 
 

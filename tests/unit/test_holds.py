@@ -197,7 +197,9 @@ def test_rejected_hold_denies_and_says_who_and_why() -> None:
 
 
 def test_expired_hold_denies() -> None:
-    done = resolve(pending_hold(), ResolutionStatus.EXPIRED, "system", "no decision in time", EXPIRES)
+    done = resolve(
+        pending_hold(), ResolutionStatus.EXPIRED, "system", "no decision in time", EXPIRES
+    )
     assert done.final_verdict is Verdict.DENY
     assert done.decision().verdict is Verdict.DENY
     assert done.decision().reason == "expired by system: no decision in time"

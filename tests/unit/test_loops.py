@@ -165,9 +165,7 @@ def test_custom_stuck_window_and_distinct_limit() -> None:
     types = ["a", "b", "c", "d"]
     found = detect_loops(types, ["w", "x", "y", "w"], settings)
     assert of_type(found, STUCK_PATTERN)
-    assert found[0].description == (
-        "the last 4 actions of this session repeat 3 distinct input(s)"
-    )
+    assert found[0].description == ("the last 4 actions of this session repeat 3 distinct input(s)")
     assert detect_loops(types, ["w", "x", "y", "z"], settings) == []
     assert detect_loops(types[:3], ["w", "w", "w"], settings) == []
 

@@ -146,8 +146,10 @@ def trees(leaves: st.SearchStrategy[Any], secrets: st.SearchStrategy[Any]) -> An
     """JSON-like trees; every value under a sensitive key is drawn from `secrets` trees."""
     secret_trees = st.recursive(
         secrets,
-        lambda children: st.lists(children, max_size=3)
-        | st.dictionaries(st.sampled_from(PLAIN_KEYS + SENSITIVE_KEYS), children, max_size=3),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(st.sampled_from(PLAIN_KEYS + SENSITIVE_KEYS), children, max_size=3)
+        ),
         max_leaves=8,
     )
 

@@ -200,9 +200,7 @@ def test_action_type_with_allowed_characters_passes(value: str) -> None:
 def test_action_type_with_a_forbidden_character_is_refused(value: str) -> None:
     error = refusal(request(action_type=value))
     assert error.field == "action_type"
-    assert error.why == (
-        "must start with a letter or digit and contain only A-Z a-z 0-9 . _ : / -"
-    )
+    assert error.why == ("must start with a letter or digit and contain only A-Z a-z 0-9 . _ : / -")
 
 
 # -- resource and reasoning -------------------------------------------------------------------
@@ -431,13 +429,16 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(alphabet=st.characters(
-        min_codepoint=0x20, exclude_characters='"\\', exclude_categories=("Cs",)
+    | st.text(
+        alphabet=st.characters(
+            min_codepoint=0x20, exclude_characters='"\\', exclude_categories=("Cs",)
+        ),
+        max_size=30,
     ),
-    max_size=30,
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(alphabet="abcxyz_", min_size=1, max_size=8), children, max_size=5)
     ),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(alphabet="abcxyz_", min_size=1, max_size=8), children, max_size=5),
     max_leaves=40,
 )
 

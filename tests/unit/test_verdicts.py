@@ -13,16 +13,19 @@ from gateway.verdicts import DEFAULT_EFFECTS, Effect, VerdictOutcome, combine_ve
 PAUSED_REASON = "the session is paused for review; an approver must resume it"
 
 
-def policy(verdict: Verdict = Verdict.ALLOW, reason: str = "no rule matched; default allow") -> (
-    PolicyResult
-):
+def policy(
+    verdict: Verdict = Verdict.ALLOW, reason: str = "no rule matched; default allow"
+) -> PolicyResult:
     rules = () if verdict is Verdict.ALLOW else ("rule-1",)
     return PolicyResult(verdict=verdict, matched_rules=rules, reason=reason)
 
 
 def finding(recommended_action: str, kind: str = "detector") -> Finding:
     return Finding(
-        type=kind, severity=0.5, description=f"{kind} saw something", recommended_action=recommended_action
+        type=kind,
+        severity=0.5,
+        description=f"{kind} saw something",
+        recommended_action=recommended_action,
     )
 
 
@@ -117,9 +120,7 @@ def test_configured_effects_override_the_defaults() -> None:
     effects = {**DEFAULT_EFFECTS, "investigate": Effect.DENY, "require_approval": Effect.ALLOW}
     denied = combine_verdict(policy(), [finding("investigate")], effects, False, Verdict.HOLD)
     assert denied.verdict is Verdict.DENY
-    allowed = combine_verdict(
-        policy(), [finding("require_approval")], effects, False, Verdict.HOLD
-    )
+    allowed = combine_verdict(policy(), [finding("require_approval")], effects, False, Verdict.HOLD)
     assert allowed.verdict is Verdict.ALLOW
 
 
@@ -147,7 +148,10 @@ def test_policy_hold_with_a_hold_finding_keeps_the_policy_reason() -> None:
 def test_deny_finding_beats_a_policy_hold() -> None:
     effects = {"block": Effect.DENY}
     outcome = combine_verdict(
-        policy(Verdict.HOLD, "large payment"), [finding("block", "fraud")], effects, False,
+        policy(Verdict.HOLD, "large payment"),
+        [finding("block", "fraud")],
+        effects,
+        False,
         Verdict.HOLD,
     )
     assert outcome.verdict is Verdict.DENY
@@ -156,7 +160,11 @@ def test_deny_finding_beats_a_policy_hold() -> None:
 
 def test_strictest_finding_wins_regardless_of_order() -> None:
     effects = {**DEFAULT_EFFECTS, "block": Effect.DENY}
-    findings = [finding("investigate", "a"), finding("block", "b"), finding("require_approval", "c")]
+    findings = [
+        finding("investigate", "a"),
+        finding("block", "b"),
+        finding("require_approval", "c"),
+    ]
     for ordering in (findings, list(reversed(findings))):
         outcome = combine_verdict(policy(), ordering, effects, False, Verdict.HOLD)
         assert outcome.verdict is Verdict.DENY
@@ -164,7 +172,9 @@ def test_strictest_finding_wins_regardless_of_order() -> None:
 
 
 def test_first_finding_of_the_winning_strictness_gives_the_reason() -> None:
-    outcome = combine(policy(), finding("require_approval", "first"), finding("pause_and_review", "second"))
+    outcome = combine(
+        policy(), finding("require_approval", "first"), finding("pause_and_review", "second")
+    )
     assert outcome.verdict is Verdict.HOLD
     assert outcome.reason == "first: first saw something"
     assert outcome.pause_session is True
@@ -184,14 +194,19 @@ def test_paused_session_holds_an_allowed_action() -> None:
 
 
 def test_paused_session_denies_when_configured_to_deny() -> None:
-    outcome = combine(policy(Verdict.HOLD, "held by rule"), paused=True, paused_verdict=Verdict.DENY)
+    outcome = combine(
+        policy(Verdict.HOLD, "held by rule"), paused=True, paused_verdict=Verdict.DENY
+    )
     assert outcome.verdict is Verdict.DENY
     assert outcome.reason == PAUSED_REASON
 
 
 def test_paused_session_reason_replaces_an_equal_hold() -> None:
     outcome = combine(
-        policy(), finding("require_approval", "suspicious"), paused=True, paused_verdict=Verdict.HOLD
+        policy(),
+        finding("require_approval", "suspicious"),
+        paused=True,
+        paused_verdict=Verdict.HOLD,
     )
     assert outcome.verdict is Verdict.HOLD
     assert outcome.reason == PAUSED_REASON
@@ -216,9 +231,7 @@ def test_unpaused_session_ignores_the_paused_verdict() -> None:
 
 # -- properties ---------------------------------------------------------------------------------
 
-recommendations = st.sampled_from(
-    [*DEFAULT_EFFECTS, "unknown", "block"]
-)
+recommendations = st.sampled_from([*DEFAULT_EFFECTS, "unknown", "block"])
 EFFECTS = {**DEFAULT_EFFECTS, "block": Effect.DENY}
 
 
