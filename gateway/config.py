@@ -356,6 +356,9 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, d
     config_file = overrides.config_file or _env_path(env, "AGENTGW_CONFIG")
     data_dir = overrides.data_dir or _env_path(env, "AGENTGW_DATA_DIR")
     tokens: dict[str, str] = {}
+    # The config found inside the data dir (generated on first start) defines it;
+    # an explicit config file (flag or environment) keeps the data_dir it names.
+    in_data_dir = config_file is None
     if config_file is None:
         config_file = (data_dir or DEFAULT_DATA_DIR) / CONFIG_FILE_NAME
         if not config_file.exists():
@@ -364,7 +367,7 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, d
         raise ConfigError(f"{config_file}: config file not found")
     text = config_file.read_text(encoding="utf-8")
     config = parse_config(text, str(config_file), config_file.parent.resolve())
-    if data_dir is None and config.data_dir == DEFAULT_DATA_DIR and overrides.config_file is None:
+    if data_dir is None and config.data_dir == DEFAULT_DATA_DIR and in_data_dir:
         data_dir = config_file.parent
     changes: dict[str, Any] = {}
     listen = overrides.listen or env.get("AGENTGW_LISTEN")

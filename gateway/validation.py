@@ -6,6 +6,7 @@ that nothing about a bad request is counted or recorded.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -95,7 +96,7 @@ def _check_value(path: str, value: Any, depth: int, limits: Limits) -> int:
     if isinstance(value, Mapping):
         total = 2
         for key, item in value.items():
-            total += len(str(key).encode()) + 4
+            total += len(json.dumps(str(key), ensure_ascii=False).encode("utf-8", "surrogatepass")) + 1
             total += _check_value(f"{path}.{key}", item, depth + 1, limits)
             if total > limits.max_parameters_bytes:
                 break
@@ -110,5 +111,6 @@ def _check_value(path: str, value: Any, depth: int, limits: Limits) -> int:
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRequest(path, "must be a finite number")
     if isinstance(value, str):
-        return len(value.encode("utf-8", "surrogatepass")) + 2
+        # The size of the JSON string, escapes included.
+        return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
     return 24

@@ -611,11 +611,6 @@ def test_config_with_an_empty_principals_list_is_refused(tmp_path: Path) -> None
         load_config(Overrides(config_file=path), {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with no data_dir in the file, AGENTGW_CONFIG makes the data dir the config "
-    "file's directory while --config leaves it at ./agentgw-data",
-)
 def test_config_file_from_env_or_flag_gives_the_same_data_dir(tmp_path: Path) -> None:
     path = full_principals_file(tmp_path / "etc")
     from_flag, _ = load_config(Overrides(config_file=path), {})

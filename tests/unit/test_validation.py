@@ -457,12 +457,6 @@ def test_parameters_whose_json_exceeds_the_limit_are_always_refused(params: Any)
             assert error.field == "parameters"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="size estimate counts a string as its UTF-8 length + 2, ignoring JSON escapes "
-    "(a quote or backslash doubles, a control character becomes \\u00XX), so it is not the "
-    "upper bound its docstring promises",
-)
 @pytest.mark.parametrize("char", ['"', "\\", "\x00"])
 def test_escaped_characters_count_toward_the_size_limit(char: str) -> None:
     limits = Limits(max_parameters_bytes=100)
