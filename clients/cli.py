@@ -394,7 +394,7 @@ def run_audit_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    with path.open("r", encoding="utf-8", errors="surrogateescape") as f:
+    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
         yield from f
 
 

@@ -52,7 +52,10 @@ class DecisionPipeline:
     async def submit(self, principal: Principal, request: ActionRequest) -> Decision:
         authorize_agent(principal, request)
         validate_request(request, self.config.limits)
-        stored = replace(request, parameters=redact(request.parameters))
+        # Everything stored, logged or audited from here on uses the redacted copy.
+        stored = replace(
+            request, parameters=redact(request.parameters), labels=redact(request.labels)
+        )
         observed = await self.state.observe(
             stored, fingerprint(stored, self.config.detection), self.config.detection
         )
@@ -120,7 +123,7 @@ class DecisionPipeline:
                 paused_session=outcome.pause_session,
             )
             decision = replace(decision, hold_id=hold.hold_id, expires_at=hold.expires_at)
-        draft = decision_entry(stored, decision, outcome, now)
+        draft = decision_entry(stored, decision, outcome, now)  # `stored` is redacted
         mutation = self.state.record_decision(
             request, decision, hold, self.config.idempotency_ttl_seconds
         )
@@ -169,6 +172,6 @@ def decision_entry(
         action_id=request.action_id,
         action_type=request.action_type,
         resource=request.resource,
-        details=redact(details),
+        details=details,
         outcome=decision.verdict.name.lower(),
     )

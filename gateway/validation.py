@@ -96,7 +96,7 @@ def _check_value(path: str, value: Any, depth: int, limits: Limits) -> int:
     if isinstance(value, Mapping):
         total = 2
         for key, item in value.items():
-            total += len(json.dumps(str(key), ensure_ascii=False).encode("utf-8", "surrogatepass")) + 1
+            total += _json_size(str(key)) + 1
             total += _check_value(f"{path}.{key}", item, depth + 1, limits)
             if total > limits.max_parameters_bytes:
                 break
@@ -111,6 +111,10 @@ def _check_value(path: str, value: Any, depth: int, limits: Limits) -> int:
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRequest(path, "must be a finite number")
     if isinstance(value, str):
-        # The size of the JSON string, escapes included.
-        return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        return _json_size(value)
     return 24
+
+
+def _json_size(text: str) -> int:
+    """Bytes of `text` as a JSON string, quotes and escapes included."""
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))

@@ -195,19 +195,18 @@ def canonical_bytes(entry: AuditEntry) -> bytes:
 
 
 def canonical_forms(entry: AuditEntry) -> tuple[bytes, str]:
-    """(C, export line), encoding `details` once.
+    """(C, export line), encoding `details` once; EntryFormatError names a bad value.
 
     Equal to canonical_json of unsigned_dict() and of to_json_dict(): the top-level
     keys are fixed ASCII names, so their RFC 8785 order is the constant _FULL_ORDER and
     only the values need encoding. Verifying an export spends most of its time here.
     """
-    fields = {
-        key: canonical_json(value).decode("utf-8")
-        for key, value in entry.to_json_dict().items()
-        if key not in ("details", "seq")
-    }
-    fields["details"] = canonical_json(entry.details).decode("utf-8")
-    fields["seq"] = str(entry.seq)
+    fields: dict[str, str] = {}
+    for key, value in entry.to_json_dict().items():
+        try:
+            fields[key] = str(value) if key == "seq" else canonical_json(value).decode("utf-8")
+        except CanonicalError as exc:
+            raise EntryFormatError(key, str(exc)) from None
     unsigned = ",".join(f'"{key}":{fields[key]}' for key in _UNSIGNED_ORDER)
     full = ",".join(f'"{key}":{fields[key]}' for key in _FULL_ORDER)
     return f"{{{unsigned}}}".encode(), f"{{{full}}}"
@@ -220,10 +219,7 @@ def read_export_object(obj: object, line: str) -> tuple[AuditEntry, bytes]:
     canonical form.
     """
     entry = _entry_from_mapping(obj)
-    try:
-        canonical, expected_line = canonical_forms(entry)
-    except CanonicalError as exc:
-        raise EntryFormatError("details", str(exc)) from None
+    canonical, expected_line = canonical_forms(entry)
     if expected_line != line:
         raise EntryFormatError("$", "line is not the RFC 8785 form of its entry")
     return entry, canonical

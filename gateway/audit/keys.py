@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -241,11 +241,3 @@ def _field(item: Mapping[str, object], where: str, name: str, kind: type[_T]) ->
     if not isinstance(value, kind) or isinstance(value, bool):
         raise KeyFileError(f"{where}.{name}: missing or not a {kind.__name__}")
     return value
-
-
-def keys_from_signers(origin: str, ranges: Iterable[tuple[Signer, int, int | None]]) -> KeySet:
-    """A key set for a rotation history: (signer, first_seq, last_seq or None) in order."""
-    return KeySet(
-        origin,
-        tuple(TrustedKey(s.key_id, s.public_key_raw, first, last) for s, first, last in ranges),
-    )

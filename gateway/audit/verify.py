@@ -155,7 +155,8 @@ def _inspect_line(line_number: int, line: str, keys: KeySet) -> _Inspected:
     try:
         entry, canonical = read_export_object(obj, text)
     except EntryFormatError as exc:
-        return problem(FailureKind.MALFORMED, str(exc))
+        # "$" is the whole line; any other key is named in the message.
+        return problem(FailureKind.MALFORMED, exc.why if exc.key == "$" else str(exc))
     if entry_hash_of(canonical) != entry.entry_hash:
         return problem(FailureKind.EDITED, "entry_hash does not match its contents")
     key = keys.find(entry.key_id)

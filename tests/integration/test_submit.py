@@ -180,7 +180,9 @@ def test_secrets_are_redacted_in_audit_holds_and_logs(
         "nested": {"API_Key": secret, "list": [{"auth_token": secret}]},
     }
     with caplog.at_level("DEBUG", logger="agentgw"):
-        decision = gw.agent().submit("send_email", session_id="s1", parameters=params)
+        decision = gw.agent().submit(
+            "send_email", session_id="s1", parameters=params, labels={"session_token": secret}
+        )
     holds = gw.approvals.ListHolds(approvals_pb2.ListHoldsRequest(), metadata=gw.md("approver-1"))
     assert secret not in str(holds)
     [entry] = entries(gw)
@@ -189,6 +191,7 @@ def test_secrets_are_redacted_in_audit_holds_and_logs(
     assert details["password"] == "[REDACTED]"
     assert details["nested"]["list"][0]["auth_token"] == "[REDACTED]"
     assert details["to"] == "bob@example.com"
+    assert struct_to_python(entry.details)["labels"] == {"session_token": "[REDACTED]"}
     logged = "\n".join(JsonFormatter().format(r) for r in caplog.records)
     assert secret not in logged
     assert decision.hold_id in logged

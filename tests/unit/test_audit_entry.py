@@ -20,9 +20,11 @@ from gateway.audit.entry import (
     EntryFormatError,
     build_entry,
     canonical_bytes,
+    canonical_forms,
     format_timestamp,
     leaf_hash,
     parse_timestamp,
+    read_export_object,
     signature_is_valid,
 )
 from gateway.audit.keys import Signer
@@ -196,3 +198,52 @@ def test_timestamps_round_trip_at_microsecond_precision(micros: int) -> None:
 def test_format_timestamp_refuses_times_beyond_year_9999() -> None:
     with pytest.raises(EntryFormatError, match="timestamp"):
         format_timestamp(1e12)
+
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_objects = st.dictionaries(
+    st.text(),
+    st.recursive(
+        json_scalars,
+        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
+        max_leaves=15,
+    ),
+    max_size=6,
+)
+
+
+@given(json_objects, st.text(), st.text(), st.integers(1, 2**53))
+def test_canonical_forms_equal_jcs_of_the_entry_objects(
+    details: dict[str, Any], actor: str, resource: str, seq: int
+) -> None:
+    # canonical_forms lays out the fixed top-level keys itself; it must agree with JCS.
+    entry = build_entry(
+        draft(details=details, actor=actor, resource=resource), seq, "ab" * 32, SIGNER
+    )
+    unsigned, line = canonical_forms(entry)
+    assert unsigned == canonical_json(entry.unsigned_dict())
+    assert line.encode() == canonical_json(entry.to_json_dict())
+    # A parser may return 1.0 as 1 or a large double as an int: equal bytes, not objects.
+    parsed, parsed_unsigned = read_export_object(json.loads(line), line)
+    assert parsed_unsigned == unsigned
+    assert parsed.to_json_line() == line
+
+
+def test_read_export_object_refuses_a_line_that_is_not_canonical() -> None:
+    entry = build_entry(draft(), 1, GENESIS_HASH, SIGNER)
+    spaced = json.dumps(entry.to_json_dict())
+    with pytest.raises(EntryFormatError, match="not the RFC 8785 form") as caught:
+        read_export_object(json.loads(spaced), spaced)
+    assert caught.value.key == "$"
+
+
+def test_a_lone_surrogate_is_reported_under_its_own_key() -> None:
+    with pytest.raises(EntryFormatError) as caught:
+        build_entry(draft(actor="\ud800"), 1, GENESIS_HASH, SIGNER)
+    assert caught.value.key == "actor"

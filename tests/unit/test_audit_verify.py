@@ -121,7 +121,7 @@ def test_an_opened_checkpoint_value_is_accepted() -> None:
     ("line", "why"),
     [
         ("not json\n", "line 7: not a JSON value"),
-        ("[1, 2]\n", "line 7: $: an entry is a JSON object"),
+        ("[1, 2]\n", "line 7: an entry is a JSON object"),
         ("\n", "line 7: not a JSON value"),
         (LINES[6].replace('"seq":7,', ""), "line 7: seq: missing"),
         (LINES[6].replace('"seq":7', '"seq":"7"'), "line 7: seq: must be an integer"),
