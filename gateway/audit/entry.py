@@ -148,7 +148,12 @@ class AuditEntry:
 
     def to_json_line(self) -> str:
         """The export line: JCS of the full entry, without a trailing newline."""
-        return canonical_forms(self)[1]
+        return self.forms[1]
+
+    @functools.cached_property
+    def forms(self) -> tuple[bytes, str]:
+        """(C, export line), computed once per entry; see canonical_forms."""
+        return _assemble(_encoded_fields(self))
 
     @classmethod
     def from_json_dict(cls, obj: object) -> AuditEntry:
@@ -201,12 +206,20 @@ def canonical_forms(entry: AuditEntry) -> tuple[bytes, str]:
     keys are fixed ASCII names, so their RFC 8785 order is the constant _FULL_ORDER and
     only the values need encoding. Verifying an export spends most of its time here.
     """
+    return entry.forms
+
+
+def _encoded_fields(entry: AuditEntry) -> dict[str, str]:
     fields: dict[str, str] = {}
     for key, value in entry.to_json_dict().items():
         try:
             fields[key] = str(value) if key == "seq" else canonical_json(value).decode("utf-8")
         except CanonicalError as exc:
             raise EntryFormatError(key, str(exc)) from None
+    return fields
+
+
+def _assemble(fields: Mapping[str, str]) -> tuple[bytes, str]:
     unsigned = ",".join(f'"{key}":{fields[key]}' for key in _UNSIGNED_ORDER)
     full = ",".join(f'"{key}":{fields[key]}' for key in _FULL_ORDER)
     return f"{{{unsigned}}}".encode(), f"{{{full}}}"
@@ -279,10 +292,16 @@ def build_entry(draft: EntryDraft, seq: int, prev_hash: str, signer: Signer) -> 
         raise EntryFormatError("seq", "must be an integer from 1 to 2**53")
     _check_hex("prev_hash", prev_hash, 64)
     _check_values(unsigned)
-    _check_details(unsigned)
-    entry_hash = entry_hash_of(canonical_bytes(unsigned))
+    # Encode every field once: C for the hash, then the export line from the same text.
+    fields = _encoded_fields(unsigned)
+    canonical = _assemble(fields)[0]
+    entry_hash = entry_hash_of(canonical)
     signature = signer.sign(signed_message(entry_hash)).hex()
-    return replace(unsigned, entry_hash=entry_hash, signature=signature)
+    fields["entry_hash"] = f'"{entry_hash}"'
+    fields["signature"] = f'"{signature}"'
+    entry = replace(unsigned, entry_hash=entry_hash, signature=signature)
+    entry.__dict__["forms"] = (canonical, _assemble(fields)[1])
+    return entry
 
 
 def _check_hex(key: str, value: object, length: int) -> None:

@@ -10,10 +10,16 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.canonical import MAX_SAFE_INTEGER, CanonicalError, canonical_json, format_number
+from gateway.audit.canonical import (
+    MAX_SAFE_INTEGER,
+    CanonicalError,
+    canonical_json,
+    format_number,
+    reference_canonical_json,
+)
 
 # RFC 8785 Appendix B: IEEE 754 bit patterns and their canonical text.
 APPENDIX_B = [
@@ -205,3 +211,43 @@ def test_every_finite_double_round_trips_exactly(value: float) -> None:
 def test_key_insertion_order_does_not_change_the_bytes(value: dict[str, int]) -> None:
     reversed_value = dict(reversed(list(value.items())))
     assert canonical_json(value) == canonical_json(reversed_value)
+
+
+# -- the fast path must be byte-identical to the reference encoder ----------------------
+
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.1, 1e-7, 1e-6, 1e21, 1e16 + 2, 2.0**53, 2.0**60, -0.0, 5e-324]),
+    st.text(),
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(max_size=6), children, max_size=4),
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=1000)
+@given(_json_values)
+def test_fast_path_equals_the_reference_encoder(value: object) -> None:
+    try:
+        expected = reference_canonical_json(value)
+    except CanonicalError:
+        with pytest.raises(CanonicalError):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"\U0001f600": 1, "\ufb01": 2}, {"a": 1e-5}, {"n": 2.0**60}, {"b": 2**54}],
+)
+def test_values_the_fast_path_cannot_take_still_encode_canonically(value: object) -> None:
+    assert canonical_json(value) == reference_canonical_json(value)
