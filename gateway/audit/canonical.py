@@ -58,6 +58,11 @@ def reference_canonical_json(value: object) -> bytes:
         raise CanonicalError(f"string contains a lone surrogate at offset {exc.start}") from None
 
 
+_ENCODER: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 class _NotFast(Exception):
     """The value needs the reference encoder below."""
 
@@ -73,11 +78,7 @@ def _fast_canonical(value: object) -> bytes | None:
     send the value to the reference encoder. A property test holds the two equal.
     """
     try:
-        prepared = _prepare(value, 0)
-        text = json.dumps(
-            prepared, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-        return text.encode("utf-8")
+        return _ENCODER.encode(_prepare(value, 0)).encode("utf-8")
     except (_NotFast, ValueError, TypeError, UnicodeEncodeError):
         return None
 
