@@ -1,4 +1,7 @@
-"""Conversions between protobuf messages and domain values. No rules here."""
+"""Conversions between protobuf messages and domain values. No rules here.
+
+Protobuf and pure domain modules only: the CLI imports it too.
+"""
 
 from __future__ import annotations
 
@@ -114,6 +117,25 @@ def hold_to_proto(h: Hold) -> approvals_pb2.Hold:
     if h.resolution is not None:
         msg.resolution.CopyFrom(resolution_to_proto(h.resolution))
     return msg
+
+
+def entry_from_proto(msg: audit_pb2.AuditEntry) -> AuditEntry:
+    return AuditEntry(
+        seq=msg.seq,
+        timestamp=msg.timestamp,
+        event_type=msg.event_type,
+        actor=msg.actor,
+        actor_type=msg.actor_type,
+        action_id=msg.action_id,
+        action_type=msg.action_type,
+        resource=msg.resource,
+        details=struct_to_python(msg.details),
+        outcome=msg.outcome,
+        prev_hash=msg.prev_hash,
+        key_id=msg.key_id,
+        entry_hash=msg.entry_hash,
+        signature=msg.signature,
+    )
 
 
 def entry_to_proto(e: AuditEntry) -> audit_pb2.AuditEntry:

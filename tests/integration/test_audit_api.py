@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from agentgw.v1 import audit_pb2, gateway_pb2
-from clients.cli import entry_from_proto
+from gateway.api.convert import entry_from_proto
 from gateway.audit.checkpoint import open_checkpoint
 from gateway.audit.keys import KeySet, TrustedKey
 from gateway.audit.verify import verify_export
