@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, audit_pb2, audit_pb2_grpc, gateway_pb2
 from clients.agent import AgentClient, bearer
+from gateway.api.convert import entry_from_proto
 from gateway.api.structs import struct_to_python
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -146,6 +147,35 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(run=run_audit_verify)
+    inclusion = client(
+        audit.add_parser("prove-inclusion", help="prove an entry is in a saved checkpoint's tree")
+    )
+    inclusion.add_argument("--seq", type=int, required=True, help="the entry's seq")
+    inclusion.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint from `agentgw audit checkpoint`"
+    )
+    inclusion.add_argument(
+        "--keys", type=Path, required=True, help="key set from `agentgw audit keys`"
+    )
+    source = inclusion.add_mutually_exclusive_group()
+    source.add_argument(
+        "--entry-line", metavar="FILE:LINE", help="the entry is line LINE (from 1) of FILE"
+    )
+    source.add_argument(
+        "--export", type=Path, metavar="FILE", help="the entry is the line of FILE with --seq"
+    )
+    inclusion.set_defaults(run=run_audit_prove_inclusion)
+    consistency = client(
+        audit.add_parser(
+            "prove-consistency", help="prove a newer saved checkpoint extends an older one"
+        )
+    )
+    consistency.add_argument("--old", type=Path, required=True, help="the older checkpoint")
+    consistency.add_argument("--new", type=Path, required=True, help="the newer checkpoint")
+    consistency.add_argument(
+        "--keys", type=Path, required=True, help="key set from `agentgw audit keys`"
+    )
+    consistency.set_defaults(run=run_audit_prove_consistency)
     return parser
 
 
@@ -320,27 +350,6 @@ def _output(path: Path | None) -> TextIO:
     return path.open("w", encoding="utf-8") if path else sys.stdout
 
 
-def entry_from_proto(msg: audit_pb2.AuditEntry) -> Any:
-    from gateway.audit.entry import AuditEntry
-
-    return AuditEntry(
-        seq=msg.seq,
-        timestamp=msg.timestamp,
-        event_type=msg.event_type,
-        actor=msg.actor,
-        actor_type=msg.actor_type,
-        action_id=msg.action_id,
-        action_type=msg.action_type,
-        resource=msg.resource,
-        details=struct_to_python(msg.details),
-        outcome=msg.outcome,
-        prev_hash=msg.prev_hash,
-        key_id=msg.key_id,
-        entry_hash=msg.entry_hash,
-        signature=msg.signature,
-    )
-
-
 def run_audit_export(args: argparse.Namespace) -> int:
     stub, md = _audit(args)
     stream = stub.ReadEntries(
@@ -456,6 +465,198 @@ def run_audit_verify(args: argparse.Namespace) -> int:
 
 def _report(document: dict[str, Any], as_json: bool, text: Callable[[], str]) -> None:
     print(json.dumps(document) if as_json else text())
+
+
+# --- proofs (fetched from the server, verified with gateway.audit only) --------------
+
+
+class ProofFailed(Exception):
+    """A checkpoint or a proof did not verify: printed as FAILED, exit code 1."""
+
+
+def _proof_keys(path: Path) -> Any:
+    from gateway.audit.keys import KeySet
+
+    try:
+        return KeySet.load(path)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--keys {path}: {e}") from e
+
+
+def _saved_checkpoint(flag: str, path: Path, keys: Any) -> Any:
+    """The checkpoint in `path`, its signature checked against `keys`."""
+    from gateway.audit.checkpoint import CheckpointError, open_checkpoint
+
+    try:
+        note = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"{flag} {path}: {e}") from e
+    try:
+        return open_checkpoint(note, keys)
+    except CheckpointError as e:
+        raise ProofFailed(f"checkpoint_signature: {flag} {path}: {e}") from e
+
+
+def _proof_hashes(hexes: Sequence[str]) -> list[bytes]:
+    try:
+        return [bytes.fromhex(h) for h in hexes]
+    except ValueError as e:
+        raise ProofFailed(f"the server sent a proof hash that is not hex: {e}") from e
+
+
+def _entry_line(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(line, where) of the entry from --entry-line or --export; None: ask the server."""
+    if args.entry_line:
+        name, sep, number = args.entry_line.rpartition(":")
+        if not sep or not name or not number.isdigit() or int(number) < 1:
+            raise CliError(f"--entry-line {args.entry_line!r}: expected FILE:LINE, LINE >= 1")
+        try:
+            for i, line in enumerate(_lines(Path(name)), start=1):
+                if i == int(number):
+                    return line, f"{name}:{number}"
+        except OSError as e:
+            raise CliError(f"--entry-line {name}: {e}") from e
+        raise CliError(f"--entry-line {args.entry_line}: {name} has fewer lines")
+    if args.export:
+        try:
+            # An export starts at seq 1, so the entry is usually line `seq`.
+            lines = list(_lines(args.export))
+        except OSError as e:
+            raise CliError(f"--export {args.export}: {e}") from e
+        guess = args.seq - 1
+        order = [guess, *range(len(lines))] if guess < len(lines) else range(len(lines))
+        for i in order:
+            try:
+                obj = json.loads(lines[i])
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("seq") == args.seq:
+                return lines[i], f"{args.export}:{i + 1}"
+        raise CliError(f"--export {args.export}: no line has seq {args.seq}")
+    return None
+
+
+def _leaf_hash_of_line(line: str, seq: int, where: str) -> bytes:
+    """The RFC 6962 leaf hash of an export line, recomputed from its canonical bytes."""
+    from gateway.audit.entry import EntryFormatError, read_export_object
+    from gateway.audit.merkle import leaf_hash_of
+
+    text = line[:-1] if line.endswith("\n") else line
+    try:
+        entry, canonical = read_export_object(json.loads(text), text)
+    except (ValueError, RecursionError) as e:
+        raise CliError(f"{where}: not an audit entry line: {e}") from e
+    except EntryFormatError as e:
+        raise CliError(f"{where}: not an audit entry line: {e}") from e
+    if entry.seq != seq:
+        raise CliError(f"{where}: the entry has seq {entry.seq}, not --seq {seq}")
+    return leaf_hash_of(canonical)
+
+
+def _proved(check: Callable[[], str]) -> int:
+    try:
+        message = check()
+    except ProofFailed as e:
+        print(f"FAILED {e}")
+        return EXIT_FAILED
+    print(f"OK: {message}")
+    return EXIT_OK
+
+
+def run_audit_prove_inclusion(args: argparse.Namespace) -> int:
+    return _proved(lambda: _prove_inclusion(args))
+
+
+def _prove_inclusion(args: argparse.Namespace) -> str:
+    from gateway.audit.merkle import verify_inclusion
+
+    seq: int = args.seq
+    if seq < 1:
+        raise CliError("--seq: must be >= 1")
+    keys = _proof_keys(args.keys)
+    found = _entry_line(args)
+    checkpoint = _saved_checkpoint("--checkpoint", args.checkpoint, keys)
+    if seq > checkpoint.size:
+        raise CliError(f"--seq {seq} is beyond the checkpoint's size {checkpoint.size}")
+    stub, md = _audit(args)
+    if found is None:
+        entries = list(
+            stub.ReadEntries(
+                audit_pb2.ReadEntriesRequest(start_seq=seq, end_seq=seq),
+                metadata=md,
+                timeout=args.timeout,
+            )
+        )
+        if len(entries) != 1:
+            raise ProofFailed(f"inclusion: the server has no entry with seq {seq}")
+        found = entry_from_proto(entries[0]).to_json_line(), f"the server's entry {seq}"
+    line, where = found
+    leaf = _leaf_hash_of_line(line, seq, where)
+    response = stub.GetInclusionProof(
+        audit_pb2.GetInclusionProofRequest(seq=seq, tree_size=checkpoint.size),
+        metadata=md,
+        timeout=args.timeout,
+    )
+    if (response.seq, response.tree_size) != (seq, checkpoint.size):
+        raise ProofFailed(
+            f"inclusion: asked for seq {seq} in size {checkpoint.size}, the server answered "
+            f"seq {response.seq} in size {response.tree_size}"
+        )
+    proof = _proof_hashes(response.hashes)
+    if not verify_inclusion(leaf, seq - 1, checkpoint.size, proof, checkpoint.root_hash):
+        why = f"inclusion: the proof for seq {seq} ({where}, leaf hash {leaf.hex()})"
+        why += f" does not lead to the checkpoint's root {checkpoint.root_hash.hex()}"
+        if response.leaf_hash != leaf.hex():
+            why += f"; the log's leaf {seq} is {response.leaf_hash}: not the logged entry"
+        raise ProofFailed(why)
+    return (
+        f"seq {seq} ({where}) is included in the checkpoint of size {checkpoint.size}, "
+        f"root {checkpoint.root_hash.hex()} ({len(proof)} proof hashes)"
+    )
+
+
+def run_audit_prove_consistency(args: argparse.Namespace) -> int:
+    return _proved(lambda: _prove_consistency(args))
+
+
+def _prove_consistency(args: argparse.Namespace) -> str:
+    from gateway.audit.merkle import verify_consistency
+
+    keys = _proof_keys(args.keys)
+    old = _saved_checkpoint("--old", args.old, keys)
+    new = _saved_checkpoint("--new", args.new, keys)
+    if old.size > new.size:
+        raise CliError(f"--old has size {old.size}, larger than --new's {new.size}: swap them")
+    if old.size == new.size:
+        # Nothing to fetch: equal trees have equal roots (and new_size 0 means the head).
+        if old.root_hash != new.root_hash:
+            raise ProofFailed(
+                f"consistency: both checkpoints have size {old.size} but different roots "
+                f"({old.root_hash.hex()} and {new.root_hash.hex()}): the log forked"
+            )
+        return f"both checkpoints have size {old.size} and root {old.root_hash.hex()}"
+    stub, md = _audit(args)
+    response = stub.GetConsistencyProof(
+        audit_pb2.GetConsistencyProofRequest(old_size=old.size, new_size=new.size),
+        metadata=md,
+        timeout=args.timeout,
+    )
+    if (response.old_size, response.new_size) != (old.size, new.size):
+        raise ProofFailed(
+            f"consistency: asked for sizes {old.size} to {new.size}, the server answered "
+            f"{response.old_size} to {response.new_size}"
+        )
+    proof = _proof_hashes(response.hashes)
+    if not verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof):
+        raise ProofFailed(
+            f"consistency: the proof does not show that root {new.root_hash.hex()} (size "
+            f"{new.size}) extends root {old.root_hash.hex()} (size {old.size}): the log "
+            "was rewritten or forked between the checkpoints"
+        )
+    return (
+        f"the checkpoint of size {new.size} (root {new.root_hash.hex()}) extends the one "
+        f"of size {old.size} (root {old.root_hash.hex()}) ({len(proof)} proof hashes)"
+    )
 
 
 if __name__ == "__main__":

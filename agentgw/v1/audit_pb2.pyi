@@ -168,6 +168,10 @@ Global___ReadEntriesRequest: _TypeAlias = ReadEntriesRequest  # noqa: Y015
 
 @_typing.final
 class QueryRequest(_message.Message):
+    """Every field is optional and the ones set are AND-ed (docs/audit-queries.md).
+    Entries stream in seq order.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     START_TIME_FIELD_NUMBER: _builtins.int
@@ -176,12 +180,29 @@ class QueryRequest(_message.Message):
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
     ACTION_ID_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    ACTOR_TYPE_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
     actor: _builtins.str
     event_type: _builtins.str
     action_id: _builtins.str
     outcome: _builtins.str
+    actor_type: _builtins.str
+    """agent, user, system"""
+    agent_id: _builtins.str
+    """Entries about this agent: its own actions, and holds and sessions of its actions."""
+    session_id: _builtins.str
+    """Entries whose details name this session."""
+    limit: _builtins.int
+    """At most this many entries; 0 means no limit."""
+    after_seq: _builtins.int
+    """Only entries with seq > after_seq: pass the last seq received to page on."""
     @_builtins.property
-    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Entries stamped at or after start_time and before end_time (half-open)."""
+
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -193,10 +214,15 @@ class QueryRequest(_message.Message):
         event_type: _builtins.str = ...,
         action_id: _builtins.str = ...,
         outcome: _builtins.str = ...,
+        actor_type: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        after_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "actor", b"actor", "end_time", b"end_time", "event_type", b"event_type", "outcome", b"outcome", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "actor", b"actor", "actor_type", b"actor_type", "after_seq", b"after_seq", "agent_id", b"agent_id", "end_time", b"end_time", "event_type", b"event_type", "limit", b"limit", "outcome", b"outcome", "session_id", b"session_id", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -208,8 +234,15 @@ class ReportRequest(_message.Message):
 
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    max_entries: _builtins.int
+    """The most recent entries kept in security_events and in failures, each;
+    0 means 100, at most 10000.
+    """
     @_builtins.property
-    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Count the entries stamped at or after start_time and before end_time."""
+
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -217,10 +250,11 @@ class ReportRequest(_message.Message):
         *,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        max_entries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "max_entries", b"max_entries", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,11 +324,45 @@ class ReportResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ByFindingTypeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     BY_ACTOR_TYPE_FIELD_NUMBER: _builtins.int
     BY_EVENT_TYPE_FIELD_NUMBER: _builtins.int
     BY_OUTCOME_FIELD_NUMBER: _builtins.int
     SECURITY_EVENTS_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    SECURITY_EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    FAILURE_COUNT_FIELD_NUMBER: _builtins.int
+    BY_FINDING_TYPE_FIELD_NUMBER: _builtins.int
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """Entries counted."""
+    security_event_count: _builtins.int
+    """All security events and failures in the range, also those not returned."""
+    failure_count: _builtins.int
+    first_seq: _builtins.int
+    """The seqs of the first and last entries counted; 0 when none."""
+    last_seq: _builtins.int
     @_builtins.property
     def by_actor_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -302,9 +370,17 @@ class ReportResponse(_message.Message):
     @_builtins.property
     def by_outcome(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
-    def security_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    def security_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]:
+        """The most recent security events and failures (docs/audit-queries.md),
+        at most max_entries of each, in seq order.
+        """
+
     @_builtins.property
     def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    @_builtins.property
+    def by_finding_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Findings on decided actions, by finding type."""
+
     def __init__(
         self,
         *,
@@ -313,10 +389,16 @@ class ReportResponse(_message.Message):
         by_outcome: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         security_events: _abc.Iterable[Global___AuditEntry] | None = ...,
         failures: _abc.Iterable[Global___AuditEntry] | None = ...,
+        total: _builtins.int = ...,
+        security_event_count: _builtins.int = ...,
+        failure_count: _builtins.int = ...,
+        by_finding_type: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        first_seq: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_actor_type", b"by_actor_type", "by_event_type", b"by_event_type", "by_outcome", b"by_outcome", "failures", b"failures", "security_events", b"security_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_actor_type", b"by_actor_type", "by_event_type", b"by_event_type", "by_finding_type", b"by_finding_type", "by_outcome", b"by_outcome", "failure_count", b"failure_count", "failures", b"failures", "first_seq", b"first_seq", "last_seq", b"last_seq", "security_event_count", b"security_event_count", "security_events", b"security_events", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,3 +475,127 @@ class PublicKeys(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublicKeys: _TypeAlias = PublicKeys  # noqa: Y015
+
+@_typing.final
+class GetInclusionProofRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The entry's seq (leaf index seq - 1); 1 <= seq <= tree_size."""
+    tree_size: _builtins.int
+    """The size of the tree to prove against; 0 means the current head."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInclusionProofRequest: _TypeAlias = GetInclusionProofRequest  # noqa: Y015
+
+@_typing.final
+class InclusionProof(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    HASHES_FIELD_NUMBER: _builtins.int
+    ROOT_HASH_FIELD_NUMBER: _builtins.int
+    LEAF_HASH_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    leaf_index: _builtins.int
+    tree_size: _builtins.int
+    """The tree size the proof is for (the head's when the request said 0)."""
+    root_hash: _builtins.str
+    """Lowercase hex Merkle root of the tree of tree_size entries."""
+    leaf_hash: _builtins.str
+    """Lowercase hex RFC 6962 leaf hash of the entry, SHA-256(0x00 || C)."""
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lowercase hex, RFC 6962 PATH order: the hash nearest the leaf first."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        leaf_index: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+        hashes: _abc.Iterable[_builtins.str] | None = ...,
+        root_hash: _builtins.str = ...,
+        leaf_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "leaf_hash", b"leaf_hash", "leaf_index", b"leaf_index", "root_hash", b"root_hash", "seq", b"seq", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InclusionProof: _TypeAlias = InclusionProof  # noqa: Y015
+
+@_typing.final
+class GetConsistencyProofRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    NEW_SIZE_FIELD_NUMBER: _builtins.int
+    old_size: _builtins.int
+    """0 <= old_size <= new_size."""
+    new_size: _builtins.int
+    """0 means the current head."""
+    def __init__(
+        self,
+        *,
+        old_size: _builtins.int = ...,
+        new_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_size", b"new_size", "old_size", b"old_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsistencyProofRequest: _TypeAlias = GetConsistencyProofRequest  # noqa: Y015
+
+@_typing.final
+class ConsistencyProof(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    NEW_SIZE_FIELD_NUMBER: _builtins.int
+    HASHES_FIELD_NUMBER: _builtins.int
+    OLD_ROOT_FIELD_NUMBER: _builtins.int
+    NEW_ROOT_FIELD_NUMBER: _builtins.int
+    old_size: _builtins.int
+    new_size: _builtins.int
+    """The tree size the proof is for (the head's when the request said 0)."""
+    old_root: _builtins.str
+    """Lowercase hex Merkle roots of the trees of old_size and new_size entries."""
+    new_root: _builtins.str
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lowercase hex, RFC 6962 PROOF order; empty when old_size is 0 or equals new_size."""
+
+    def __init__(
+        self,
+        *,
+        old_size: _builtins.int = ...,
+        new_size: _builtins.int = ...,
+        hashes: _abc.Iterable[_builtins.str] | None = ...,
+        old_root: _builtins.str = ...,
+        new_root: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "new_root", b"new_root", "new_size", b"new_size", "old_root", b"old_root", "old_size", b"old_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsistencyProof: _TypeAlias = ConsistencyProof  # noqa: Y015

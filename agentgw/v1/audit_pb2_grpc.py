@@ -59,6 +59,16 @@ class AuditStub:
                 request_serializer=agentgw_dot_v1_dot_audit__pb2.GetPublicKeysRequest.SerializeToString,
                 response_deserializer=agentgw_dot_v1_dot_audit__pb2.PublicKeys.FromString,
                 _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/agentgw.v1.Audit/GetInclusionProof',
+                request_serializer=agentgw_dot_v1_dot_audit__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=agentgw_dot_v1_dot_audit__pb2.InclusionProof.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/agentgw.v1.Audit/GetConsistencyProof',
+                request_serializer=agentgw_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=agentgw_dot_v1_dot_audit__pb2.ConsistencyProof.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -95,6 +105,22 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInclusionProof(self, request, context):
+        """RFC 6962 inclusion proof of one entry in the tree of tree_size entries
+        (docs/audit-format.md §5); verify it against a checkpoint's root.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """RFC 6962 consistency proof that the tree of new_size entries extends the tree
+        of old_size entries; verify it against two checkpoints' roots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +148,16 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.GetPublicKeys,
                     request_deserializer=agentgw_dot_v1_dot_audit__pb2.GetPublicKeysRequest.FromString,
                     response_serializer=agentgw_dot_v1_dot_audit__pb2.PublicKeys.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=agentgw_dot_v1_dot_audit__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=agentgw_dot_v1_dot_audit__pb2.InclusionProof.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=agentgw_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=agentgw_dot_v1_dot_audit__pb2.ConsistencyProof.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +295,60 @@ class Audit:
             '/agentgw.v1.Audit/GetPublicKeys',
             agentgw_dot_v1_dot_audit__pb2.GetPublicKeysRequest.SerializeToString,
             agentgw_dot_v1_dot_audit__pb2.PublicKeys.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgw.v1.Audit/GetInclusionProof',
+            agentgw_dot_v1_dot_audit__pb2.GetInclusionProofRequest.SerializeToString,
+            agentgw_dot_v1_dot_audit__pb2.InclusionProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgw.v1.Audit/GetConsistencyProof',
+            agentgw_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
+            agentgw_dot_v1_dot_audit__pb2.ConsistencyProof.FromString,
             options,
             channel_credentials,
             insecure,

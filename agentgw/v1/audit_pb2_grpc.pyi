@@ -39,6 +39,14 @@ class AuditStub:
     Query: _grpc.UnaryStreamMultiCallable[_audit_pb2.QueryRequest, _audit_pb2.AuditEntry]
     Report: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ReportRequest, _audit_pb2.ReportResponse]
     GetPublicKeys: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetPublicKeysRequest, _audit_pb2.PublicKeys]
+    GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.InclusionProof]
+    """RFC 6962 inclusion proof of one entry in the tree of tree_size entries
+    (docs/audit-format.md §5); verify it against a checkpoint's root.
+    """
+    GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.ConsistencyProof]
+    """RFC 6962 consistency proof that the tree of new_size entries extends the tree
+    of old_size entries; verify it against two checkpoints' roots.
+    """
 
 @_typing.type_check_only
 class AuditAsyncStub(AuditStub):
@@ -49,6 +57,14 @@ class AuditAsyncStub(AuditStub):
     Query: _aio.UnaryStreamMultiCallable[_audit_pb2.QueryRequest, _audit_pb2.AuditEntry]  # type: ignore[assignment]
     Report: _aio.UnaryUnaryMultiCallable[_audit_pb2.ReportRequest, _audit_pb2.ReportResponse]  # type: ignore[assignment]
     GetPublicKeys: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetPublicKeysRequest, _audit_pb2.PublicKeys]  # type: ignore[assignment]
+    GetInclusionProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.InclusionProof]  # type: ignore[assignment]
+    """RFC 6962 inclusion proof of one entry in the tree of tree_size entries
+    (docs/audit-format.md §5); verify it against a checkpoint's root.
+    """
+    GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.ConsistencyProof]  # type: ignore[assignment]
+    """RFC 6962 consistency proof that the tree of new_size entries extends the tree
+    of old_size entries; verify it against two checkpoints' roots.
+    """
 
 class AuditServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -86,5 +102,25 @@ class AuditServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetPublicKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.PublicKeys, _abc.Awaitable[_audit_pb2.PublicKeys]]: ...
+
+    @_abc_1.abstractmethod
+    def GetInclusionProof(
+        self,
+        request: _audit_pb2.GetInclusionProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.InclusionProof, _abc.Awaitable[_audit_pb2.InclusionProof]]:
+        """RFC 6962 inclusion proof of one entry in the tree of tree_size entries
+        (docs/audit-format.md §5); verify it against a checkpoint's root.
+        """
+
+    @_abc_1.abstractmethod
+    def GetConsistencyProof(
+        self,
+        request: _audit_pb2.GetConsistencyProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.ConsistencyProof, _abc.Awaitable[_audit_pb2.ConsistencyProof]]:
+        """RFC 6962 consistency proof that the tree of new_size entries extends the tree
+        of old_size entries; verify it against two checkpoints' roots.
+        """
 
 def add_AuditServicer_to_server(servicer: AuditServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

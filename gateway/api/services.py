@@ -198,6 +198,39 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
         )
         return audit_pb2.PublicKeys(origin=self.origin, keys=[key])
 
+    @rpc(Role.AUDITOR)
+    async def GetInclusionProof(
+        self,
+        request: audit_pb2.GetInclusionProofRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> audit_pb2.InclusionProof:
+        proof = await self.audit.inclusion_proof(request.seq, request.tree_size)
+        return audit_pb2.InclusionProof(
+            seq=proof.seq,
+            leaf_index=proof.leaf_index,
+            tree_size=proof.tree_size,
+            hashes=[h.hex() for h in proof.hashes],
+            root_hash=proof.root_hash.hex(),
+            leaf_hash=proof.leaf_hash.hex(),
+        )
+
+    @rpc(Role.AUDITOR)
+    async def GetConsistencyProof(
+        self,
+        request: audit_pb2.GetConsistencyProofRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> audit_pb2.ConsistencyProof:
+        proof = await self.audit.consistency_proof(request.old_size, request.new_size)
+        return audit_pb2.ConsistencyProof(
+            old_size=proof.old_size,
+            new_size=proof.new_size,
+            hashes=[h.hex() for h in proof.hashes],
+            old_root=proof.old_root.hex(),
+            new_root=proof.new_root.hex(),
+        )
+
     async def Query(
         self, request: audit_pb2.QueryRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[audit_pb2.AuditEntry]:

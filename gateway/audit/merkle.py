@@ -3,18 +3,23 @@
 Owns the tree over audit entries (leaf index = seq - 1): leaf and node hashes, the
 root of a list of leaves, the compact range (right frontier) that lets the appender
 and the streaming verifier extend the root in O(log n) memory, and inclusion and
-consistency proofs. Proof construction here works over a full list of leaf hashes
-(a reference implementation); it knows nothing about entries or storage.
+consistency proofs. Proofs are built either over a full list of leaf hashes (the
+reference implementation) or, through a `ProofPlan`, from the stored roots of perfect
+subtrees (node ids `(level, index)`); it knows nothing about entries or storage.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, TypeAlias
 
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 HASH_SIZE: Final = 32
+
+# (level, index) of a perfect subtree: leaves index * 2**level .. (index + 1) * 2**level - 1.
+NodeId: TypeAlias = tuple[int, int]
 
 
 def leaf_hash_of(data: bytes) -> bytes:
@@ -198,3 +203,115 @@ def verify_consistency(
         fn >>= 1
         sn >>= 1
     return fr == root_m and sr == root_n and sn == 0
+
+
+# --- proofs from stored perfect-subtree nodes ----------------------------------------
+#
+# An appender that stores every node `CompactRange.append` completes holds the root of
+# every perfect subtree of the tree so far. Each hash of an RFC 6962 proof is the root
+# of a subtree D[begin:end] met in the recursion of PATH or PROOF: either a perfect
+# subtree, or one on the right edge of a tree whose size is not a power of two. The
+# latter is the right fold, with node_hash, of the perfect subtrees its size's bits
+# describe (largest first), which is exactly how MTH splits it. So a proof needs
+# O(log n) stored nodes, and the plans below find them without reading anything.
+
+
+def subtree_nodes(begin: int, end: int) -> tuple[NodeId, ...]:
+    """The perfect subtrees, left to right, whose right fold is MTH(D[begin:end]).
+
+    Valid for the subtrees of the RFC 6962 recursion, where `begin` is a multiple of
+    the smallest power of two >= end - begin; anything else raises ValueError.
+    """
+    size = end - begin
+    if begin < 0 or size < 1:
+        raise ValueError(f"no subtree covers leaves {begin}..{end - 1}")
+    nodes: list[NodeId] = []
+    position = begin
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            if position % (1 << level):
+                raise ValueError(f"leaves {begin}..{end - 1} are not a subtree of the tree")
+            nodes.append((level, position >> level))
+            position += 1 << level
+    return tuple(nodes)
+
+
+def root_nodes(size: int) -> tuple[NodeId, ...]:
+    """The perfect subtrees whose right fold is the root of the tree of `size` leaves.
+
+    They are the nodes a compact range of that size holds; none for the empty tree.
+    """
+    if size < 0:
+        raise ValueError("a tree size is >= 0")
+    return subtree_nodes(0, size) if size else ()
+
+
+def fold_subtrees(hashes: Sequence[bytes]) -> bytes:
+    """Right fold of perfect-subtree roots given left to right: the MTH of their union.
+
+    The fold of no subtrees is the empty tree's root.
+    """
+    if not hashes:
+        return EMPTY_ROOT
+    current = hashes[-1]
+    for left in reversed(hashes[:-1]):
+        current = node_hash(left, current)
+    return current
+
+
+@dataclass(frozen=True)
+class ProofPlan:
+    """Which stored nodes make up each hash of a proof, in proof order.
+
+    `hashes[i]` lists the perfect subtrees whose right fold is proof hash i.
+    """
+
+    hashes: tuple[tuple[NodeId, ...], ...]
+
+    @property
+    def node_ids(self) -> tuple[NodeId, ...]:
+        """Every node the proof needs, each once, in first-use order."""
+        return tuple(dict.fromkeys(node for element in self.hashes for node in element))
+
+    def assemble(self, nodes: Mapping[NodeId, bytes]) -> list[bytes]:
+        """The proof hashes; KeyError names a node missing from `nodes`."""
+        return [fold_subtrees([nodes[node] for node in element]) for element in self.hashes]
+
+
+def inclusion_plan(index: int, size: int) -> ProofPlan:
+    """The plan of PATH(index, D[0:size]) (RFC 6962 §2.1.1), leaf-side hash first."""
+    if not 0 <= index < size:
+        raise ValueError(f"no inclusion proof for index {index} in a tree of size {size}")
+    top_down: list[tuple[NodeId, ...]] = []
+    begin, end = 0, size
+    while end - begin > 1:
+        k = _split(end - begin)
+        if index < begin + k:
+            top_down.append(subtree_nodes(begin + k, end))
+            end = begin + k
+        else:
+            top_down.append(subtree_nodes(begin, begin + k))
+            begin += k
+    return ProofPlan(tuple(reversed(top_down)))
+
+
+def consistency_plan(m: int, n: int) -> ProofPlan:
+    """The plan of PROOF(m, D[0:n]) (RFC 6962 §2.1.2); empty when m is 0 or m == n."""
+    if not 0 <= m <= n:
+        raise ValueError(f"no consistency proof from size {m} to size {n}")
+    if m in (0, n):
+        return ProofPlan(())
+    top_down: list[tuple[NodeId, ...]] = []
+    begin, end, complete = 0, n, True
+    while m != end - begin:
+        k = _split(end - begin)
+        if m <= k:
+            top_down.append(subtree_nodes(begin + k, end))
+            end = begin + k
+        else:
+            top_down.append(subtree_nodes(begin, begin + k))
+            begin, m, complete = begin + k, m - k, False
+    if not complete:
+        # SUBPROOF(m, D[m], false) = MTH(D[m]): the old tree's own subtree.
+        top_down.append(subtree_nodes(begin, end))
+    return ProofPlan(tuple(reversed(top_down)))

@@ -44,3 +44,8 @@ class KeySpace:
     @property
     def audit_entries(self) -> str:
         return f"{self.prefix}:{{audit}}:entries"
+
+    @property
+    def audit_tree(self) -> str:
+        """Hash of the Merkle tree's perfect-subtree roots: "<level>:<index>" -> hex."""
+        return f"{self.prefix}:{{audit}}:tree"

@@ -2,9 +2,12 @@
 -- they record, atomically (group commit; compare-and-append on the log head).
 --
 -- KEYS[1] audit head (hash: seq, hash, frontier)   KEYS[2] audit entries (list)
--- KEYS[3..] keys named by index in checks and ops
+-- KEYS[3] Merkle tree nodes (hash: "<level>:<index>" -> hex node hash)
+-- KEYS[4..] keys named by index in checks and ops
 -- ARGV[1] the head seq the batch was built on
--- ARGV[2] JSON {"head": {"seq", "hash", "frontier"}, "items": [{"entries": [line...],
+-- ARGV[2] JSON {"head": {"seq", "hash", "frontier"},
+--          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
+--          "items": [{"entries": [line...],
 --          "checks": [[key, "hfield", field, value] | [key, "exists"]],
 --          "ops": [["set", key, value, px] | ["hset", key, field, value, ...] |
 --                  ["zadd", key, score, member] | ["zrem", key, member] |
@@ -74,6 +77,11 @@ for _, item in ipairs(batch.items) do
       redis.call('PUBLISH', op[2], op[3])
     end
   end
+end
+-- The nodes land with their entries; HSET in chunks keeps unpack() within Lua's stack.
+local nodes = batch.nodes
+for first = 1, #nodes, 256 do
+  redis.call('HSET', KEYS[3], unpack(nodes, first, math.min(first + 255, #nodes)))
 end
 redis.call('HSET', KEYS[1], 'seq', batch.head.seq, 'hash', batch.head.hash,
   'frontier', cjson.encode(batch.head.frontier))
