@@ -35,7 +35,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.api.status import RequireToken
 from gateway.approvals import ApprovalDesk
-from gateway.audit.keys import Signer
+from gateway.audit.keys import SigningKeys
 from gateway.config import Config
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
@@ -88,10 +88,10 @@ class App:
         self.client = connect(url)
         with unavailable_on_error(f"connecting to Redis at {_safe_url(url)}"):
             await self.client.ping()
-        signer = Signer.load_or_create(config.signing_key_path)
+        signing_keys = SigningKeys(config.signing_key_path, config.key_dir_path)
         keys = KeySpace(config.redis.key_prefix)
         self.state = StateStore(self.client, keys)
-        self.audit = AuditLog(self.client, keys, signer, config.audit.origin, self.clock)
+        self.audit = AuditLog(self.client, keys, signing_keys, config.audit.origin, self.clock)
         self.listener = ResolutionListener(self.client, keys.hold_resolved_channel)
         self.desk = ApprovalDesk(self.state, self.audit, self.listener, self.clock)
         self.pipeline = DecisionPipeline(config, policy, self.state, self.audit, self.clock)
@@ -100,6 +100,7 @@ class App:
         self._spawn(self.audit.run(), "audit writer")
         self._spawn(self.listener.run(), "hold notifications")
         self._spawn(self._sweep_expired(), "hold expiry sweeper")
+        self._spawn(self._publish_checkpoints(), "checkpoint publisher")
         if config.policy_file is not None:
             self._spawn(policy.watch(), "policy watcher")
         if self.embedded is not None:
@@ -121,7 +122,7 @@ class App:
             ApprovalsService(auth, self.desk), server
         )
         audit_pb2_grpc.add_AuditServicer_to_server(
-            AuditService(auth, self.audit, signer, config.audit.origin), server
+            AuditService(auth, self.audit, self.clock), server
         )
         alerts_pb2_grpc.add_AlertsServicer_to_server(AlertsService(), server)
         health_servicer = health.aio.HealthServicer()
@@ -156,6 +157,28 @@ class App:
                 upcoming = None
             wait = SWEEP_MAX_WAIT if upcoming is None else upcoming - self.clock()
             await asyncio.sleep(min(max(wait, 0.01), SWEEP_MAX_WAIT))
+
+    async def _publish_checkpoints(self) -> None:
+        """Signs and publishes a checkpoint of the head every interval, so that auditors
+        and witnesses polling `GetCheckpoint(published=true)` see a fresh, shared one."""
+        interval = self.config.audit.checkpoint_interval_seconds
+        while True:
+            try:
+                signed = await self.audit.checkpoint()
+                log.info(
+                    "checkpoint published",
+                    extra={
+                        "category": "security",
+                        "size": signed.checkpoint.size,
+                        "root_hash": signed.checkpoint.root_hash.hex(),
+                        "signer": signed.key_id,
+                    },
+                )
+            except StoreUnavailable as e:
+                log.warning(
+                    "checkpoint publishing failed", extra={"category": "errors", "error": str(e)}
+                )
+            await asyncio.sleep(interval)
 
     def reload_policy(self) -> bool:
         return self.policy.reload()

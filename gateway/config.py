@@ -58,6 +58,8 @@ class RedisSettings:
 class AuditSettings:
     origin: str = "agentgw.local/audit"
     signing_key_file: Path | None = None  # default: <data_dir>/audit-signing-key.pem
+    key_dir: Path | None = None  # rotated keys; default: <data_dir>/audit-keys
+    checkpoint_interval_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ class Config:
     @property
     def signing_key_path(self) -> Path:
         return self.audit.signing_key_file or self.data_dir / "audit-signing-key.pem"
+
+    @property
+    def key_dir_path(self) -> Path:
+        return self.audit.key_dir or self.data_dir / "audit-keys"
 
 
 @dataclass(frozen=True)
@@ -242,7 +248,11 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
             )
         changes["redis"] = redis
     if "audit" in top:
-        m = r.mapping(top["audit"], "audit", {"origin", "signing_key_file"})
+        m = r.mapping(
+            top["audit"],
+            "audit",
+            {"origin", "signing_key_file", "key_dir", "checkpoint_interval_seconds"},
+        )
         audit = AuditSettings()
         if "origin" in m:
             origin = r.string(m["origin"], "audit.origin")
@@ -253,6 +263,13 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
             audit = replace(
                 audit, signing_key_file=path_value(m["signing_key_file"], "audit.signing_key_file")
             )
+        if "key_dir" in m:
+            audit = replace(audit, key_dir=path_value(m["key_dir"], "audit.key_dir"))
+        if "checkpoint_interval_seconds" in m:
+            interval = r.number(
+                m["checkpoint_interval_seconds"], "audit.checkpoint_interval_seconds", 1
+            )
+            audit = replace(audit, checkpoint_interval_seconds=interval)
         changes["audit"] = audit
     if "detection" in top:
         names = {f.name for f in fields(LoopSettings)}

@@ -4,6 +4,7 @@ one token per role, and `wait_for` for conditions. Imported by conftest and test
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -13,11 +14,14 @@ import grpc
 
 from agentgw.v1 import (
     approvals_pb2_grpc,
+    audit_pb2,
     audit_pb2_grpc,
     gateway_pb2_grpc,
 )
 from clients.agent import AgentClient, bearer
+from gateway.api.convert import entry_from_proto
 from gateway.app import App
+from gateway.audit.keys import KeySet, TrustedKey
 from gateway.config import Config, Principal, Role, token_digest
 
 T = TypeVar("T")
@@ -91,6 +95,27 @@ class RunningGateway:
 
     def audit_head(self) -> int:
         return self.run(self.app.audit.head()).seq
+
+    def key_set(self, auditor: str = "auditor-1") -> KeySet:
+        """The log's key set as an auditor saves it (`agentgw audit keys`)."""
+        keys = self.audit.GetPublicKeys(audit_pb2.GetPublicKeysRequest(), metadata=self.md(auditor))
+        return KeySet(
+            origin=keys.origin,
+            keys=tuple(
+                TrustedKey(
+                    key_id=k.key_id,
+                    public_key_raw=base64.b64decode(k.public_key),
+                    first_seq=k.first_seq,
+                    last_seq=k.last_seq or None,
+                )
+                for k in keys.keys
+            ),
+        )
+
+    def export_lines(self, auditor: str = "auditor-1") -> list[str]:
+        """The whole log as export lines (`agentgw audit export`), without newlines."""
+        stream = self.audit.ReadEntries(audit_pb2.ReadEntriesRequest(), metadata=self.md(auditor))
+        return [entry_from_proto(e).to_json_line() for e in stream]
 
     def stop(self) -> None:
         self.channel.close()

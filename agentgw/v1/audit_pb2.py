@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61gentgw/v1/audit.proto\x12\nagentgw.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nactor_type\x18\x05 \x01(\t\x12\x11\n\taction_id\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63tion_type\x18\x07 \x01(\t\x12\x10\n\x08resource\x18\x08 \x01(\t\x12(\n\x07\x64\x65tails\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07outcome\x18\n \x01(\t\x12\x11\n\tprev_hash\x18\x0b \x01(\t\x12\x12\n\nentry_hash\x18\x0c \x01(\t\x12\x11\n\tsignature\x18\r \x01(\t\x12\x0e\n\x06key_id\x18\x0e \x01(\t\"\x16\n\x14GetCheckpointRequest\"\xab\x01\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x11\n\troot_hash\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x11\n\tsignature\x18\x08 \x01(\t\"8\n\x12ReadEntriesRequest\x12\x11\n\tstart_seq\x18\x01 \x01(\x04\x12\x0f\n\x07\x65nd_seq\x18\x02 \x01(\x04\"\x8f\x02\n\x0cQueryRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x11\n\taction_id\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x12\n\nactor_type\x18\x07 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x08 \x01(\t\x12\x12\n\nsession_id\x18\t \x01(\t\x12\r\n\x05limit\x18\n \x01(\r\x12\x11\n\tafter_seq\x18\x0b \x01(\x04\"\x82\x01\n\rReportRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmax_entries\x18\x03 \x01(\r\"\xb3\x05\n\x0eReportResponse\x12\x42\n\rby_actor_type\x18\x01 \x03(\x0b\x32+.agentgw.v1.ReportResponse.ByActorTypeEntry\x12\x42\n\rby_event_type\x18\x02 \x03(\x0b\x32+.agentgw.v1.ReportResponse.ByEventTypeEntry\x12=\n\nby_outcome\x18\x03 \x03(\x0b\x32).agentgw.v1.ReportResponse.ByOutcomeEntry\x12/\n\x0fsecurity_events\x18\x04 \x03(\x0b\x32\x16.agentgw.v1.AuditEntry\x12(\n\x08\x66\x61ilures\x18\x05 \x03(\x0b\x32\x16.agentgw.v1.AuditEntry\x12\r\n\x05total\x18\x06 \x01(\x04\x12\x1c\n\x14security_event_count\x18\x07 \x01(\x04\x12\x15\n\rfailure_count\x18\x08 \x01(\x04\x12\x46\n\x0f\x62y_finding_type\x18\t \x03(\x0b\x32-.agentgw.v1.ReportResponse.ByFindingTypeEntry\x12\x11\n\tfirst_seq\x18\n \x01(\x04\x12\x10\n\x08last_seq\x18\x0b \x01(\x04\x1a\x32\n\x10\x42yActorTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10\x42yEventTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0e\x42yOutcomeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12\x42yFindingTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x16\n\x14GetPublicKeysRequest\"o\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\x19\n\x11note_verifier_key\x18\x03 \x01(\t\x12\x11\n\tfirst_seq\x18\x04 \x01(\x04\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\"A\n\nPublicKeys\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.agentgw.v1.PublicKey\":\n\x18GetInclusionProofRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"z\n\x0eInclusionProof\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x0e\n\x06hashes\x18\x04 \x03(\t\x12\x11\n\troot_hash\x18\x05 \x01(\t\x12\x11\n\tleaf_hash\x18\x06 \x01(\t\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"j\n\x10\x43onsistencyProof\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\t\x12\x10\n\x08old_root\x18\x04 \x01(\t\x12\x10\n\x08new_root\x18\x05 \x01(\t2\x98\x04\n\x05\x41udit\x12I\n\rGetCheckpoint\x12 .agentgw.v1.GetCheckpointRequest\x1a\x16.agentgw.v1.Checkpoint\x12G\n\x0bReadEntries\x12\x1e.agentgw.v1.ReadEntriesRequest\x1a\x16.agentgw.v1.AuditEntry0\x01\x12;\n\x05Query\x12\x18.agentgw.v1.QueryRequest\x1a\x16.agentgw.v1.AuditEntry0\x01\x12?\n\x06Report\x12\x19.agentgw.v1.ReportRequest\x1a\x1a.agentgw.v1.ReportResponse\x12I\n\rGetPublicKeys\x12 .agentgw.v1.GetPublicKeysRequest\x1a\x16.agentgw.v1.PublicKeys\x12U\n\x11GetInclusionProof\x12$.agentgw.v1.GetInclusionProofRequest\x1a\x1a.agentgw.v1.InclusionProof\x12[\n\x13GetConsistencyProof\x12&.agentgw.v1.GetConsistencyProofRequest\x1a\x1c.agentgw.v1.ConsistencyProofb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61gentgw/v1/audit.proto\x12\nagentgw.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nactor_type\x18\x05 \x01(\t\x12\x11\n\taction_id\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63tion_type\x18\x07 \x01(\t\x12\x10\n\x08resource\x18\x08 \x01(\t\x12(\n\x07\x64\x65tails\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07outcome\x18\n \x01(\t\x12\x11\n\tprev_hash\x18\x0b \x01(\t\x12\x12\n\nentry_hash\x18\x0c \x01(\t\x12\x11\n\tsignature\x18\r \x01(\t\x12\x0e\n\x06key_id\x18\x0e \x01(\t\")\n\x14GetCheckpointRequest\x12\x11\n\tpublished\x18\x01 \x01(\x08\"\xab\x01\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x11\n\troot_hash\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x11\n\tsignature\x18\x08 \x01(\t\"8\n\x12ReadEntriesRequest\x12\x11\n\tstart_seq\x18\x01 \x01(\x04\x12\x0f\n\x07\x65nd_seq\x18\x02 \x01(\x04\"\x8f\x02\n\x0cQueryRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x11\n\taction_id\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x12\n\nactor_type\x18\x07 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x08 \x01(\t\x12\x12\n\nsession_id\x18\t \x01(\t\x12\r\n\x05limit\x18\n \x01(\r\x12\x11\n\tafter_seq\x18\x0b \x01(\x04\"\x82\x01\n\rReportRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmax_entries\x18\x03 \x01(\r\"\xb3\x05\n\x0eReportResponse\x12\x42\n\rby_actor_type\x18\x01 \x03(\x0b\x32+.agentgw.v1.ReportResponse.ByActorTypeEntry\x12\x42\n\rby_event_type\x18\x02 \x03(\x0b\x32+.agentgw.v1.ReportResponse.ByEventTypeEntry\x12=\n\nby_outcome\x18\x03 \x03(\x0b\x32).agentgw.v1.ReportResponse.ByOutcomeEntry\x12/\n\x0fsecurity_events\x18\x04 \x03(\x0b\x32\x16.agentgw.v1.AuditEntry\x12(\n\x08\x66\x61ilures\x18\x05 \x03(\x0b\x32\x16.agentgw.v1.AuditEntry\x12\r\n\x05total\x18\x06 \x01(\x04\x12\x1c\n\x14security_event_count\x18\x07 \x01(\x04\x12\x15\n\rfailure_count\x18\x08 \x01(\x04\x12\x46\n\x0f\x62y_finding_type\x18\t \x03(\x0b\x32-.agentgw.v1.ReportResponse.ByFindingTypeEntry\x12\x11\n\tfirst_seq\x18\n \x01(\x04\x12\x10\n\x08last_seq\x18\x0b \x01(\x04\x1a\x32\n\x10\x42yActorTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10\x42yEventTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0e\x42yOutcomeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12\x42yFindingTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x16\n\x14GetPublicKeysRequest\"o\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\x19\n\x11note_verifier_key\x18\x03 \x01(\t\x12\x11\n\tfirst_seq\x18\x04 \x01(\x04\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\"A\n\nPublicKeys\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.agentgw.v1.PublicKey\":\n\x18GetInclusionProofRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"z\n\x0eInclusionProof\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x0e\n\x06hashes\x18\x04 \x03(\t\x12\x11\n\troot_hash\x18\x05 \x01(\t\x12\x11\n\tleaf_hash\x18\x06 \x01(\t\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"j\n\x10\x43onsistencyProof\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\t\x12\x10\n\x08old_root\x18\x04 \x01(\t\x12\x10\n\x08new_root\x18\x05 \x01(\t\"2\n\x10RotateKeyRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\x8a\x01\n\x11RotateKeyResponse\x12%\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x16.agentgw.v1.AuditEntry\x12&\n\x07old_key\x18\x02 \x01(\x0b\x32\x15.agentgw.v1.PublicKey\x12&\n\x07new_key\x18\x03 \x01(\x0b\x32\x15.agentgw.v1.PublicKey2\xe2\x04\n\x05\x41udit\x12I\n\rGetCheckpoint\x12 .agentgw.v1.GetCheckpointRequest\x1a\x16.agentgw.v1.Checkpoint\x12G\n\x0bReadEntries\x12\x1e.agentgw.v1.ReadEntriesRequest\x1a\x16.agentgw.v1.AuditEntry0\x01\x12;\n\x05Query\x12\x18.agentgw.v1.QueryRequest\x1a\x16.agentgw.v1.AuditEntry0\x01\x12?\n\x06Report\x12\x19.agentgw.v1.ReportRequest\x1a\x1a.agentgw.v1.ReportResponse\x12I\n\rGetPublicKeys\x12 .agentgw.v1.GetPublicKeysRequest\x1a\x16.agentgw.v1.PublicKeys\x12U\n\x11GetInclusionProof\x12$.agentgw.v1.GetInclusionProofRequest\x1a\x1a.agentgw.v1.InclusionProof\x12[\n\x13GetConsistencyProof\x12&.agentgw.v1.GetConsistencyProofRequest\x1a\x1c.agentgw.v1.ConsistencyProof\x12H\n\tRotateKey\x12\x1c.agentgw.v1.RotateKeyRequest\x1a\x1d.agentgw.v1.RotateKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,39 +44,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITENTRY']._serialized_start=102
   _globals['_AUDITENTRY']._serialized_end=392
   _globals['_GETCHECKPOINTREQUEST']._serialized_start=394
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=416
-  _globals['_CHECKPOINT']._serialized_start=419
-  _globals['_CHECKPOINT']._serialized_end=590
-  _globals['_READENTRIESREQUEST']._serialized_start=592
-  _globals['_READENTRIESREQUEST']._serialized_end=648
-  _globals['_QUERYREQUEST']._serialized_start=651
-  _globals['_QUERYREQUEST']._serialized_end=922
-  _globals['_REPORTREQUEST']._serialized_start=925
-  _globals['_REPORTREQUEST']._serialized_end=1055
-  _globals['_REPORTRESPONSE']._serialized_start=1058
-  _globals['_REPORTRESPONSE']._serialized_end=1749
-  _globals['_REPORTRESPONSE_BYACTORTYPEENTRY']._serialized_start=1543
-  _globals['_REPORTRESPONSE_BYACTORTYPEENTRY']._serialized_end=1593
-  _globals['_REPORTRESPONSE_BYEVENTTYPEENTRY']._serialized_start=1595
-  _globals['_REPORTRESPONSE_BYEVENTTYPEENTRY']._serialized_end=1645
-  _globals['_REPORTRESPONSE_BYOUTCOMEENTRY']._serialized_start=1647
-  _globals['_REPORTRESPONSE_BYOUTCOMEENTRY']._serialized_end=1695
-  _globals['_REPORTRESPONSE_BYFINDINGTYPEENTRY']._serialized_start=1697
-  _globals['_REPORTRESPONSE_BYFINDINGTYPEENTRY']._serialized_end=1749
-  _globals['_GETPUBLICKEYSREQUEST']._serialized_start=1751
-  _globals['_GETPUBLICKEYSREQUEST']._serialized_end=1773
-  _globals['_PUBLICKEY']._serialized_start=1775
-  _globals['_PUBLICKEY']._serialized_end=1886
-  _globals['_PUBLICKEYS']._serialized_start=1888
-  _globals['_PUBLICKEYS']._serialized_end=1953
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1955
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=2013
-  _globals['_INCLUSIONPROOF']._serialized_start=2015
-  _globals['_INCLUSIONPROOF']._serialized_end=2137
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=2139
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=2203
-  _globals['_CONSISTENCYPROOF']._serialized_start=2205
-  _globals['_CONSISTENCYPROOF']._serialized_end=2311
-  _globals['_AUDIT']._serialized_start=2314
-  _globals['_AUDIT']._serialized_end=2850
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=435
+  _globals['_CHECKPOINT']._serialized_start=438
+  _globals['_CHECKPOINT']._serialized_end=609
+  _globals['_READENTRIESREQUEST']._serialized_start=611
+  _globals['_READENTRIESREQUEST']._serialized_end=667
+  _globals['_QUERYREQUEST']._serialized_start=670
+  _globals['_QUERYREQUEST']._serialized_end=941
+  _globals['_REPORTREQUEST']._serialized_start=944
+  _globals['_REPORTREQUEST']._serialized_end=1074
+  _globals['_REPORTRESPONSE']._serialized_start=1077
+  _globals['_REPORTRESPONSE']._serialized_end=1768
+  _globals['_REPORTRESPONSE_BYACTORTYPEENTRY']._serialized_start=1562
+  _globals['_REPORTRESPONSE_BYACTORTYPEENTRY']._serialized_end=1612
+  _globals['_REPORTRESPONSE_BYEVENTTYPEENTRY']._serialized_start=1614
+  _globals['_REPORTRESPONSE_BYEVENTTYPEENTRY']._serialized_end=1664
+  _globals['_REPORTRESPONSE_BYOUTCOMEENTRY']._serialized_start=1666
+  _globals['_REPORTRESPONSE_BYOUTCOMEENTRY']._serialized_end=1714
+  _globals['_REPORTRESPONSE_BYFINDINGTYPEENTRY']._serialized_start=1716
+  _globals['_REPORTRESPONSE_BYFINDINGTYPEENTRY']._serialized_end=1768
+  _globals['_GETPUBLICKEYSREQUEST']._serialized_start=1770
+  _globals['_GETPUBLICKEYSREQUEST']._serialized_end=1792
+  _globals['_PUBLICKEY']._serialized_start=1794
+  _globals['_PUBLICKEY']._serialized_end=1905
+  _globals['_PUBLICKEYS']._serialized_start=1907
+  _globals['_PUBLICKEYS']._serialized_end=1972
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1974
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=2032
+  _globals['_INCLUSIONPROOF']._serialized_start=2034
+  _globals['_INCLUSIONPROOF']._serialized_end=2156
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=2158
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=2222
+  _globals['_CONSISTENCYPROOF']._serialized_start=2224
+  _globals['_CONSISTENCYPROOF']._serialized_end=2330
+  _globals['_ROTATEKEYREQUEST']._serialized_start=2332
+  _globals['_ROTATEKEYREQUEST']._serialized_end=2382
+  _globals['_ROTATEKEYRESPONSE']._serialized_start=2385
+  _globals['_ROTATEKEYRESPONSE']._serialized_end=2523
+  _globals['_AUDIT']._serialized_start=2526
+  _globals['_AUDIT']._serialized_end=3136
 # @@protoc_insertion_point(module_scope)

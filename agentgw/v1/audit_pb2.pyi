@@ -88,12 +88,20 @@ Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
 class GetCheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PUBLISHED_FIELD_NUMBER: _builtins.int
+    published: _builtins.bool
+    """Return the latest checkpoint the gateway published (periodically, every
+    audit.checkpoint_interval_seconds, or on request) instead of signing a new one.
+    Everyone who asks gets the same note until the next one is published.
+    """
     def __init__(
         self,
+        *,
+        published: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["published", b"published"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -599,3 +607,59 @@ class ConsistencyProof(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsistencyProof: _TypeAlias = ConsistencyProof  # noqa: Y015
+
+@_typing.final
+class RotateKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why the key is rotated; recorded in the rotation entry. Required."""
+    key_id: _builtins.str
+    """Rotate to a key provisioned beforehand as <audit.key_dir>/<key_id>.pem; empty:
+    the gateway generates the new key in its key directory.
+    """
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeyRequest: _TypeAlias = RotateKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    OLD_KEY_FIELD_NUMBER: _builtins.int
+    NEW_KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> Global___AuditEntry:
+        """The rotation entry, signed by the old key; its seq is the old key's last_seq."""
+
+    @_builtins.property
+    def old_key(self) -> Global___PublicKey: ...
+    @_builtins.property
+    def new_key(self) -> Global___PublicKey: ...
+    def __init__(
+        self,
+        *,
+        entry: Global___AuditEntry | None = ...,
+        old_key: Global___PublicKey | None = ...,
+        new_key: Global___PublicKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "new_key", b"new_key", "old_key", b"old_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "new_key", b"new_key", "old_key", b"old_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeyResponse: _TypeAlias = RotateKeyResponse  # noqa: Y015

@@ -69,13 +69,20 @@ class AuditStub:
                 request_serializer=agentgw_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
                 response_deserializer=agentgw_dot_v1_dot_audit__pb2.ConsistencyProof.FromString,
                 _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/agentgw.v1.Audit/RotateKey',
+                request_serializer=agentgw_dot_v1_dot_audit__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=agentgw_dot_v1_dot_audit__pb2.RotateKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetCheckpoint(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A signed checkpoint of the log (docs/audit-format.md §6): a new one of the
+        current head, which is also published, or the latest published one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -121,6 +128,14 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateKey(self, request, context):
+        """Admin only: introduce a new signing key (docs/audit-format.md §4). The rotation is
+        an entry signed by the old key; every later entry is signed by the new key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +173,11 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.GetConsistencyProof,
                     request_deserializer=agentgw_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.FromString,
                     response_serializer=agentgw_dot_v1_dot_audit__pb2.ConsistencyProof.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=agentgw_dot_v1_dot_audit__pb2.RotateKeyRequest.FromString,
+                    response_serializer=agentgw_dot_v1_dot_audit__pb2.RotateKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +369,33 @@ class Audit:
             '/agentgw.v1.Audit/GetConsistencyProof',
             agentgw_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
             agentgw_dot_v1_dot_audit__pb2.ConsistencyProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgw.v1.Audit/RotateKey',
+            agentgw_dot_v1_dot_audit__pb2.RotateKeyRequest.SerializeToString,
+            agentgw_dot_v1_dot_audit__pb2.RotateKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,9 @@ class AuditStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditAsyncStub: ...
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.Checkpoint]
+    """A signed checkpoint of the log (docs/audit-format.md §6): a new one of the
+    current head, which is also published, or the latest published one.
+    """
     ReadEntries: _grpc.UnaryStreamMultiCallable[_audit_pb2.ReadEntriesRequest, _audit_pb2.AuditEntry]
     """Entries in sequence order; end_seq 0 means up to the current head."""
     Query: _grpc.UnaryStreamMultiCallable[_audit_pb2.QueryRequest, _audit_pb2.AuditEntry]
@@ -47,11 +50,18 @@ class AuditStub:
     """RFC 6962 consistency proof that the tree of new_size entries extends the tree
     of old_size entries; verify it against two checkpoints' roots.
     """
+    RotateKey: _grpc.UnaryUnaryMultiCallable[_audit_pb2.RotateKeyRequest, _audit_pb2.RotateKeyResponse]
+    """Admin only: introduce a new signing key (docs/audit-format.md §4). The rotation is
+    an entry signed by the old key; every later entry is signed by the new key.
+    """
 
 @_typing.type_check_only
 class AuditAsyncStub(AuditStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.Checkpoint]  # type: ignore[assignment]
+    """A signed checkpoint of the log (docs/audit-format.md §6): a new one of the
+    current head, which is also published, or the latest published one.
+    """
     ReadEntries: _aio.UnaryStreamMultiCallable[_audit_pb2.ReadEntriesRequest, _audit_pb2.AuditEntry]  # type: ignore[assignment]
     """Entries in sequence order; end_seq 0 means up to the current head."""
     Query: _aio.UnaryStreamMultiCallable[_audit_pb2.QueryRequest, _audit_pb2.AuditEntry]  # type: ignore[assignment]
@@ -65,6 +75,10 @@ class AuditAsyncStub(AuditStub):
     """RFC 6962 consistency proof that the tree of new_size entries extends the tree
     of old_size entries; verify it against two checkpoints' roots.
     """
+    RotateKey: _aio.UnaryUnaryMultiCallable[_audit_pb2.RotateKeyRequest, _audit_pb2.RotateKeyResponse]  # type: ignore[assignment]
+    """Admin only: introduce a new signing key (docs/audit-format.md §4). The rotation is
+    an entry signed by the old key; every later entry is signed by the new key.
+    """
 
 class AuditServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,7 +86,10 @@ class AuditServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _audit_pb2.GetCheckpointRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_audit_pb2.Checkpoint, _abc.Awaitable[_audit_pb2.Checkpoint]]: ...
+    ) -> _typing.Union[_audit_pb2.Checkpoint, _abc.Awaitable[_audit_pb2.Checkpoint]]:
+        """A signed checkpoint of the log (docs/audit-format.md §6): a new one of the
+        current head, which is also published, or the latest published one.
+        """
 
     @_abc_1.abstractmethod
     def ReadEntries(
@@ -121,6 +138,16 @@ class AuditServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_pb2.ConsistencyProof, _abc.Awaitable[_audit_pb2.ConsistencyProof]]:
         """RFC 6962 consistency proof that the tree of new_size entries extends the tree
         of old_size entries; verify it against two checkpoints' roots.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateKey(
+        self,
+        request: _audit_pb2.RotateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.RotateKeyResponse, _abc.Awaitable[_audit_pb2.RotateKeyResponse]]:
+        """Admin only: introduce a new signing key (docs/audit-format.md §4). The rotation is
+        an entry signed by the old key; every later entry is signed by the new key.
         """
 
 def add_AuditServicer_to_server(servicer: AuditServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import NoReturn
 
 import grpc
@@ -29,9 +29,10 @@ from gateway.api.status import Servicer, rpc, stream_rpc
 from gateway.approvals import ApprovalDesk
 from gateway.audit.checkpoint import note_verifier_key
 from gateway.audit.entry import AuditEntry
-from gateway.audit.keys import Signer
+from gateway.audit.keys import TrustedKey
 from gateway.config import Principal, Role
 from gateway.errors import InvalidRequest
+from gateway.key_rotation import rotate_key
 from gateway.pipeline import DecisionPipeline
 from gateway.store.audit_log import AuditLog
 
@@ -137,11 +138,11 @@ class ApprovalsService(Servicer, approvals_pb2_grpc.ApprovalsServicer):
 
 
 class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
-    def __init__(self, auth: Authenticator, audit: AuditLog, signer: Signer, origin: str) -> None:
+    def __init__(self, auth: Authenticator, audit: AuditLog, clock: Callable[[], float]) -> None:
         super().__init__(auth)
         self.audit = audit
-        self.signer = signer
-        self.origin = origin
+        self.origin = audit.origin
+        self.clock = clock
 
     @rpc(Role.AUDITOR)
     async def GetCheckpoint(
@@ -150,7 +151,11 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> audit_pb2.Checkpoint:
-        cp, note = await self.audit.checkpoint()
+        if request.published:
+            signed = await self.audit.published_checkpoint()
+        else:
+            signed = await self.audit.checkpoint()
+        cp, note = signed.checkpoint, signed.note
         signature_line = note.rstrip("\n").rsplit("\n", 1)[-1]
         signature = base64.b64decode(signature_line.rsplit(" ", 1)[-1])[4:]
         return audit_pb2.Checkpoint(
@@ -160,7 +165,7 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
             root_hash=cp.root_hash.hex(),
             head_hash=cp.head_hash,
             time=convert.timestamp(parse_time(cp.timestamp)),
-            key_id=self.signer.key_id,
+            key_id=signed.key_id,
             signature=base64.b64encode(signature).decode(),
         )
 
@@ -189,14 +194,33 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> audit_pb2.PublicKeys:
-        key = audit_pb2.PublicKey(
-            key_id=self.signer.key_id,
-            public_key=base64.b64encode(self.signer.public_key_raw).decode(),
-            note_verifier_key=note_verifier_key(self.origin, self.signer.public_key_raw),
-            first_seq=1,
-            last_seq=0,
+        keys = [self._public_key(key) for key in await self.audit.key_history()]
+        return audit_pb2.PublicKeys(origin=self.origin, keys=keys)
+
+    @rpc(Role.ADMIN)
+    async def RotateKey(
+        self,
+        request: audit_pb2.RotateKeyRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> audit_pb2.RotateKeyResponse:
+        rotation = await rotate_key(
+            self.audit, principal, request.reason, request.key_id, self.clock
         )
-        return audit_pb2.PublicKeys(origin=self.origin, keys=[key])
+        return audit_pb2.RotateKeyResponse(
+            entry=convert.entry_to_proto(rotation.entry),
+            old_key=self._public_key(rotation.old_key),
+            new_key=self._public_key(rotation.new_key),
+        )
+
+    def _public_key(self, key: TrustedKey) -> audit_pb2.PublicKey:
+        return audit_pb2.PublicKey(
+            key_id=key.key_id,
+            public_key=base64.b64encode(key.public_key_raw).decode(),
+            note_verifier_key=note_verifier_key(self.origin, key.public_key_raw),
+            first_seq=key.first_seq,
+            last_seq=key.last_seq or 0,
+        )
 
     @rpc(Role.AUDITOR)
     async def GetInclusionProof(

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.audit.note import NoteError, NoteVerifier, check_key_name, note_verifier_key
 
 KEY_ID_PREFIX: Final = b"agentgw/audit/v1/key-id\x00"
+_HEX16: Final = re.compile(r"[0-9a-f]{16}")
 
 _T = TypeVar("_T")
 
@@ -84,22 +86,62 @@ class Signer:
         """Load the key at `path`, or create it (mode 0600, parents made) if absent."""
         if path.exists():
             return cls.load(path)
-        signer_key = Ed25519PrivateKey.generate()
-        pem = signer_key.private_bytes(
+        signer = cls.generate()
+        # O_EXCL: if another process created the key between exists() and here, use
+        # theirs rather than overwrite a key that may already have signed entries.
+        try:
+            signer.save(path)
+        except FileExistsError:
+            return cls.load(path)
+        return signer
+
+    def save(self, path: Path) -> None:
+        """Write the key as PKCS#8 PEM, mode 0600; FileExistsError if `path` exists."""
+        pem = self._key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: if another process created the key between exists() and here, use
-        # theirs rather than overwrite a key that may already have signed entries.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return cls.load(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
-        return cls(signer_key)
+
+
+class SigningKeys:
+    """The private keys a gateway may sign with: the first key and the rotated ones.
+
+    The first key is the configured key file (created at first start). Keys made by a
+    rotation live in `directory` as `<key_id>.pem` (mode 0600), so that every replica
+    that shares the directory can sign with whichever key the log's head names. It
+    never decides which key is current: the audit log's head does.
+    """
+
+    def __init__(self, first_key_file: Path, directory: Path) -> None:
+        self.first_key_file = first_key_file
+        self.directory = directory
+        self.first = Signer.load_or_create(first_key_file)
+        self._loaded: dict[str, Signer] = {self.first.key_id: self.first}
+
+    def get(self, key_id: str) -> Signer | None:
+        """The signer with `key_id`, or None if this gateway does not have its key."""
+        if key_id in self._loaded:
+            return self._loaded[key_id]
+        path = self.directory / f"{key_id}.pem"
+        if not _HEX16.fullmatch(key_id) or not path.exists():
+            return None
+        signer = Signer.load(path)
+        if signer.key_id != key_id:
+            raise KeyFileError(f"{path}: holds key {signer.key_id}, not {key_id}")
+        self._loaded[key_id] = signer
+        return signer
+
+    def create(self) -> Signer:
+        """A new key, saved in the directory before it is used for anything."""
+        signer = Signer.generate()
+        signer.save(self.directory / f"{signer.key_id}.pem")
+        self._loaded[signer.key_id] = signer
+        return signer
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ the chain or leave gaps. A commit resolves only after Redis has applied it.
 The same call stores every Merkle tree node the entries complete (the roots of
 perfect subtrees, in the hash `audit_tree`), so inclusion and consistency proofs
 are served from O(log n) stored hashes in one read, never by rehashing entries.
+
+The head names the key that signs the next entry. A key rotation is an entry signed
+by the old key that moves the head to the new key, and the key history (each key
+with its first and last seq) is written in the same call, so every replica signs
+with the key the head names or not at all.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
+from gateway.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, sign_checkpoint
 from gateway.audit.entry import (
     GENESIS_HASH,
     AuditEntry,
@@ -30,7 +35,7 @@ from gateway.audit.entry import (
     format_timestamp,
     leaf_hash,
 )
-from gateway.audit.keys import Signer
+from gateway.audit.keys import KeyFileError, Signer, SigningKeys, TrustedKey
 from gateway.audit.merkle import (
     HASH_SIZE,
     CompactRange,
@@ -84,16 +89,23 @@ class ConsistencyProof:
     new_root: bytes
 
 
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    checkpoint: Checkpoint
+    note: str  # the C2SP signed note, byte for byte
+    key_id: str  # the audit key that signed it
+
+
 @dataclass
 class Head:
     seq: int
     hash: str
     tree: CompactRange
+    key_id: str  # the key that signs the next entry; "" before the first append
 
     def copy(self) -> Head:
-        return Head(
-            self.seq, self.hash, CompactRange.from_hex_list(self.tree.size, self.tree.to_hex_list())
-        )
+        tree = CompactRange.from_hex_list(self.tree.size, self.tree.to_hex_list())
+        return Head(self.seq, self.hash, tree, self.key_id)
 
 
 @dataclass
@@ -102,6 +114,7 @@ class _Pending:
     mutation: Mutation
     conflict: str
     future: asyncio.Future[list[AuditEntry]] = field(repr=False)
+    rotate_to: Signer | None = None  # sign every entry after these with this key
 
 
 class AuditLog:
@@ -109,31 +122,38 @@ class AuditLog:
         self,
         client: aioredis.Redis,
         keys: KeySpace,
-        signer: Signer,
+        signing_keys: SigningKeys,
         origin: str,
         clock: Callable[[], float],
     ) -> None:
         self.client = client
         self.keys = keys
-        self.signer = signer
+        self.signing_keys = signing_keys
         self.origin = origin
         self.clock = clock
         self._script = load_script(client, "commit")
+        self._publish = load_script(client, "publish_checkpoint")
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._head: Head | None = None
         self.batches = 0  # counted for the benchmark and tests of group commit
 
     async def commit(
-        self, drafts: list[EntryDraft], mutation: Mutation, conflict: str = "state changed"
+        self,
+        drafts: list[EntryDraft],
+        mutation: Mutation,
+        conflict: str = "state changed",
+        rotate_to: Signer | None = None,
     ) -> list[AuditEntry]:
         """Appends entries and applies `mutation` atomically; returns the stored entries.
 
-        Raises Conflict(conflict) when a check of the mutation does not hold, and
-        StoreUnavailable when Redis cannot take the write.
+        With `rotate_to`, the entries are signed by the current key and every later
+        entry by `rotate_to` (a key rotation). Raises Conflict(conflict) when a check
+        of the mutation does not hold, and StoreUnavailable when Redis cannot take the
+        write or this gateway lacks the key the log's head names.
         """
         future: asyncio.Future[list[AuditEntry]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(drafts, mutation, conflict, future))
+        self._queue.append(_Pending(drafts, mutation, conflict, future, rotate_to))
         self._wakeup.set()
         return await asyncio.shield(future)
 
@@ -153,10 +173,25 @@ class AuditLog:
 
     async def _read_head(self) -> Head:
         with unavailable_on_error("reading the audit head"):
-            seq, hash_, frontier = await self.client.hmget(
-                self.keys.audit_head, ["seq", "hash", "frontier"]
+            seq, hash_, frontier, key_id = await self.client.hmget(
+                self.keys.audit_head, ["seq", "hash", "frontier", "key_id"]
             )
-        return _head_from(seq, hash_, frontier)
+        return _head_from(seq, hash_, frontier, key_id)
+
+    def signer_for(self, head: Head) -> Signer:
+        """The key that signs after `head`; StoreUnavailable if this gateway lacks it."""
+        # A log written before heads named their key was signed by the first key.
+        key_id = head.key_id or self.signing_keys.first.key_id
+        try:
+            signer = self.signing_keys.get(key_id)
+        except KeyFileError as e:
+            raise StoreUnavailable(f"audit signing key {key_id}: {e}") from e
+        if signer is None:
+            raise StoreUnavailable(
+                f"the audit log is signed with key {key_id}, which this gateway does not "
+                f"have: put {key_id}.pem in {self.signing_keys.directory}"
+            )
+        return signer
 
     async def _write(self, batch: list[_Pending]) -> None:
         for _ in range(MAX_ATTEMPTS):
@@ -170,11 +205,15 @@ class AuditLog:
                     _fail(batch, e)
                     return
             start = self._head
-            head, built, nodes = self._chain(start, batch)
-            keys, payload = _script_arguments(self.keys, head, batch, built, nodes)
+            try:
+                head, built, nodes, key_fields = self._chain(start, batch)
+            except StoreUnavailable as e:
+                _fail(batch, e)
+                return
+            keys, payload = _script_arguments(self.keys, head, batch, built, nodes, key_fields)
             try:
                 with unavailable_on_error("appending to the audit log"):
-                    reply = await self._script(keys=keys, args=[start.seq, payload])
+                    reply = await self._script(keys=keys, args=[start.seq, payload, start.key_id])
             except StoreUnavailable as e:
                 # The write may or may not have landed; re-read the head next time.
                 self._head = None
@@ -188,7 +227,7 @@ class AuditLog:
                     pending.future.set_result(entries)
                 return
             if status == "moved":
-                self._head = _head_from(reply[1], reply[2], reply[3])
+                self._head = _head_from(reply[1], reply[2], reply[3], reply[4])
                 continue
             position = int(reply[1]) - 1
             culprit = batch.pop(position)
@@ -201,31 +240,52 @@ class AuditLog:
 
     def _chain(
         self, start: Head, batch: list[_Pending]
-    ) -> tuple[Head, list[list[AuditEntry]], list[TreeNode]]:
+    ) -> tuple[Head, list[list[AuditEntry]], list[TreeNode], list[str]]:
         """Signs and links the batch's entries on top of `start`.
 
-        Returns the new head, the entries per pending commit, and the Merkle tree
-        nodes (level, index, hash) the entries complete, stored with them.
+        Returns the new head, the entries per pending commit, the Merkle tree nodes
+        (level, index, hash) the entries complete, and the key history fields that
+        change (`audit_keys`: field, value, ...), all stored with them.
         """
         head = start.copy()
+        signer = self.signer_for(start)
+        key_fields = [] if start.key_id else key_record_fields(signer, 1)
         built: list[list[AuditEntry]] = []
         nodes: list[TreeNode] = []
         for pending in batch:
             entries = []
             for draft in pending.drafts:
-                entry = build_entry(draft, head.seq + 1, head.hash, self.signer)
+                entry = build_entry(draft, head.seq + 1, head.hash, signer)
                 nodes += head.tree.append(leaf_hash(entry))
                 head.seq, head.hash = entry.seq, entry.entry_hash
                 entries.append(entry)
             built.append(entries)
-        return head, built, nodes
+            if pending.rotate_to is not None:
+                key_fields += [f"{signer.key_id}:last_seq", str(head.seq)]
+                signer = pending.rotate_to
+                key_fields += key_record_fields(signer, head.seq + 1)
+        head.key_id = signer.key_id
+        return head, built, nodes, key_fields
+
+    async def key_history(self) -> tuple[TrustedKey, ...]:
+        """Every key that has signed or signs the log, by first seq; the current key
+        has last_seq None. Before the first append: the key that will sign it."""
+        with unavailable_on_error("reading the audit key history"):
+            fields = await self.client.hgetall(self.keys.audit_keys)
+        if not fields:
+            signer = self.signer_for(await self._read_head())
+            return (TrustedKey(signer.key_id, signer.public_key_raw, 1, None),)
+        return parse_key_history({str(k): str(v) for k, v in fields.items()})
 
     async def head(self) -> Head:
         """The current head as stored in Redis (not this process's cached view)."""
         return await self._read_head()
 
-    async def checkpoint(self) -> tuple[Checkpoint, str]:
+    async def checkpoint(self) -> SignedCheckpoint:
+        """Signs a checkpoint of the current head (with the head's key) and publishes
+        it: it becomes the latest published checkpoint unless a larger one is."""
         head = await self._read_head()
+        signer = self.signer_for(head)
         cp = Checkpoint(
             origin=self.origin,
             size=head.seq,
@@ -233,13 +293,41 @@ class AuditLog:
             head_hash=head.hash,
             timestamp=format_timestamp(self.clock()),
         )
-        return cp, sign_checkpoint(cp, self.signer)
+        signed = SignedCheckpoint(cp, sign_checkpoint(cp, signer), signer.key_id)
+        with unavailable_on_error("publishing a checkpoint"):
+            await self._publish(
+                keys=[self.keys.audit_checkpoint], args=[cp.size, signed.note, signed.key_id]
+            )
+        return signed
+
+    async def published_checkpoint(self) -> SignedCheckpoint:
+        """The latest published checkpoint (a new one if none is published yet)."""
+        with unavailable_on_error("reading the published checkpoint"):
+            note, key_id = await self.client.hmget(self.keys.audit_checkpoint, ["note", "key_id"])
+        if note is None or key_id is None:
+            return await self.checkpoint()
+        try:
+            return SignedCheckpoint(parse_checkpoint(str(note)), str(note), str(key_id))
+        except CheckpointError as e:
+            raise StoreUnavailable(f"the published checkpoint is malformed: {e}") from e
 
     async def read_lines(self, start_seq: int, end_seq: int) -> list[str]:
         """Entries start_seq..end_seq inclusive, as stored (JSON lines)."""
         with unavailable_on_error("reading audit entries"):
             lines = await self.client.lrange(self.keys.audit_entries, start_seq - 1, end_seq - 1)
         return [str(line) for line in lines]
+
+    async def read_lines_at(self, seqs: Sequence[int]) -> list[str | None]:
+        """The entries at `seqs` as stored (None where there is none): one LINDEX each,
+        pipelined into one round trip. For probing a few entries of a long log."""
+        if not seqs:
+            return []
+        with unavailable_on_error("reading audit entries"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for seq in seqs:
+                    pipe.lindex(self.keys.audit_entries, seq - 1)
+                lines = await pipe.execute()
+        return [None if line is None else str(line) for line in lines]
 
     async def inclusion_proof(self, seq: int, tree_size: int) -> InclusionProof:
         """Proof that entry `seq` is in the tree of `tree_size` entries (0: the head).
@@ -314,12 +402,14 @@ def _script_arguments(
     batch: list[_Pending],
     built: list[list[AuditEntry]],
     nodes: list[TreeNode],
+    key_fields: list[str],
 ) -> tuple[list[str], str]:
     """KEYS and the JSON argument of commit.lua; ops name their keys by KEYS index."""
     key_index: dict[str, int] = {
         keyspace.audit_head: 1,
         keyspace.audit_entries: 2,
         keyspace.audit_tree: 3,
+        keyspace.audit_keys: 4,
     }
 
     def index(key: str) -> int:
@@ -335,17 +425,53 @@ def _script_arguments(
         ]
         items.append({"entries": [e.to_json_line() for e in entries], "checks": checks, "ops": ops})
     payload = {
-        "head": {"seq": head.seq, "hash": head.hash, "frontier": head.tree.to_hex_list()},
+        "head": {
+            "seq": head.seq,
+            "hash": head.hash,
+            "frontier": head.tree.to_hex_list(),
+            "key_id": head.key_id,
+        },
         "nodes": [v for level, i, h in nodes for v in (node_field((level, i)), h.hex())],
+        "keys": key_fields,
         "items": items,
     }
     return list(key_index), json.dumps(payload, ensure_ascii=False)
 
 
-def _head_from(seq: object, hash_: object, frontier: object) -> Head:
+def _head_from(seq: object, hash_: object, frontier: object, key_id: object) -> Head:
     size = int(str(seq or 0))
     hashes = json.loads(str(frontier)) if frontier else []
-    return Head(size, str(hash_ or GENESIS_HASH), CompactRange.from_hex_list(size, hashes))
+    tree = CompactRange.from_hex_list(size, hashes)
+    return Head(size, str(hash_ or GENESIS_HASH), tree, str(key_id or ""))
+
+
+def key_record_fields(signer: Signer, first_seq: int) -> list[str]:
+    """The `audit_keys` fields of a key that signs from `first_seq` on."""
+    record = {"public_key": signer.public_key_raw.hex(), "first_seq": first_seq}
+    return [signer.key_id, json.dumps(record)]
+
+
+def parse_key_history(fields: dict[str, str]) -> tuple[TrustedKey, ...]:
+    """The key history from the `audit_keys` hash: "<key_id>" -> {"public_key",
+    "first_seq"} and, once a key is rotated out, "<key_id>:last_seq" -> seq."""
+    keys = []
+    for key_id, value in fields.items():
+        if ":" in key_id:
+            continue
+        try:
+            record = json.loads(value)
+            last = fields.get(f"{key_id}:last_seq")
+            keys.append(
+                TrustedKey(
+                    key_id,
+                    bytes.fromhex(record["public_key"]),
+                    int(record["first_seq"]),
+                    int(last) if last is not None else None,
+                )
+            )
+        except (ValueError, KeyError, TypeError, KeyFileError) as e:
+            raise StoreUnavailable(f"audit key history: key {key_id} is malformed: {e}") from e
+    return tuple(sorted(keys, key=lambda key: key.first_seq))
 
 
 def _fail(batch: list[_Pending], error: Exception) -> None:

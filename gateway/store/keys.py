@@ -49,3 +49,13 @@ class KeySpace:
     def audit_tree(self) -> str:
         """Hash of the Merkle tree's perfect-subtree roots: "<level>:<index>" -> hex."""
         return f"{self.prefix}:{{audit}}:tree"
+
+    @property
+    def audit_keys(self) -> str:
+        """Hash of the audit key history: "<key_id>" -> JSON, "<key_id>:last_seq" -> seq."""
+        return f"{self.prefix}:{{audit}}:keys"
+
+    @property
+    def audit_checkpoint(self) -> str:
+        """Hash of the latest published checkpoint: size, note, key_id."""
+        return f"{self.prefix}:{{audit}}:checkpoint"

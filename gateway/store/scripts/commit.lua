@@ -1,28 +1,33 @@
 -- commit.lua: append a batch of signed audit entries and apply the state changes
 -- they record, atomically (group commit; compare-and-append on the log head).
 --
--- KEYS[1] audit head (hash: seq, hash, frontier)   KEYS[2] audit entries (list)
+-- KEYS[1] audit head (hash: seq, hash, frontier, key_id)   KEYS[2] audit entries (list)
 -- KEYS[3] Merkle tree nodes (hash: "<level>:<index>" -> hex node hash)
--- KEYS[4..] keys named by index in checks and ops
--- ARGV[1] the head seq the batch was built on
--- ARGV[2] JSON {"head": {"seq", "hash", "frontier"},
+-- KEYS[4] audit key history (hash: "<key_id>" -> JSON, "<key_id>:last_seq" -> seq)
+-- KEYS[5..] keys named by index in checks and ops
+-- ARGV[1] the head seq the batch was built on   ARGV[3] the head key_id it was signed for
+-- ARGV[2] JSON {"head": {"seq", "hash", "frontier", "key_id"},
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
+--          "keys": [field, value, ...] (key history changes: first key, rotations),
 --          "items": [{"entries": [line...],
 --          "checks": [[key, "hfield", field, value] | [key, "exists"]],
 --          "ops": [["set", key, value, px] | ["hset", key, field, value, ...] |
 --                  ["zadd", key, score, member] | ["zrem", key, member] |
 --                  ["del", key] | ["publish", channel, message]]}]}
 --
--- Returns {'ok'}; {'moved', seq, hash, frontier} when another writer appended first;
+-- Returns {'ok'}; {'moved', seq, hash, frontier, key_id} when another writer appended
+-- first or the head names another signing key (a rotation, or a misconfigured replica);
 -- {'failed', i} when item i's check does not hold; {'retry', i} when item i checks a
 -- key an earlier item of the same batch writes. Nothing is written unless 'ok'.
 local head_seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-if head_seq ~= tonumber(ARGV[1]) then
+local head_key = redis.call('HGET', KEYS[1], 'key_id') or ''
+if head_seq ~= tonumber(ARGV[1]) or head_key ~= ARGV[3] then
   return {
     'moved',
     tostring(head_seq),
     redis.call('HGET', KEYS[1], 'hash') or '',
     redis.call('HGET', KEYS[1], 'frontier') or '[]',
+    head_key,
   }
 end
 local batch = cjson.decode(ARGV[2])
@@ -83,6 +88,9 @@ local nodes = batch.nodes
 for first = 1, #nodes, 256 do
   redis.call('HSET', KEYS[3], unpack(nodes, first, math.min(first + 255, #nodes)))
 end
+if #batch.keys > 0 then
+  redis.call('HSET', KEYS[4], unpack(batch.keys))
+end
 redis.call('HSET', KEYS[1], 'seq', batch.head.seq, 'hash', batch.head.hash,
-  'frontier', cjson.encode(batch.head.frontier))
+  'frontier', cjson.encode(batch.head.frontier), 'key_id', batch.head.key_id)
 return {'ok'}

@@ -1,0 +1,230 @@
+"""Key rotation and published checkpoints, through gRPC and the CLI."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agentgw.v1 import audit_pb2
+from clients.cli import main as cli_main
+from gateway.audit.checkpoint import open_checkpoint
+from gateway.audit.entry import AuditEntry, EntryDraft, build_entry
+from gateway.audit.keys import Signer
+from gateway.audit.verify import verify_export
+from gateway.config import AuditSettings
+from tests.harness import RunningGateway, token_for, wait_for
+
+MakeGateway = Callable[..., RunningGateway]
+
+
+def rotate(gw: RunningGateway, reason: str = "scheduled", key_id: str = "") -> Any:
+    return gw.audit.RotateKey(
+        audit_pb2.RotateKeyRequest(reason=reason, key_id=key_id), metadata=gw.md("admin-1")
+    )
+
+
+def submit_some(gw: RunningGateway, n: int, session: str = "s") -> list[int]:
+    agent = gw.agent()
+    return [
+        agent.submit("search", session_id=f"{session}{i}", parameters={"i": i}).audit_seq
+        for i in range(n)
+    ]
+
+
+def entries(gw: RunningGateway) -> list[AuditEntry]:
+    import json
+
+    return [AuditEntry.from_json_dict(json.loads(line)) for line in gw.export_lines()]
+
+
+def test_rotation_entry_is_signed_by_the_old_key_and_later_entries_by_the_new(
+    gw: RunningGateway,
+) -> None:
+    submit_some(gw, 3)
+    old_id = gw.key_set().keys[0].key_id
+    rotation = rotate(gw, "quarterly rotation")
+    submit_some(gw, 2, session="after")
+
+    assert rotation.entry.seq == 4
+    assert (rotation.old_key.key_id, rotation.old_key.first_seq) == (old_id, 1)
+    assert rotation.old_key.last_seq == 4
+    assert (rotation.new_key.first_seq, rotation.new_key.last_seq) == (5, 0)
+    log = entries(gw)
+    assert [e.key_id for e in log] == [old_id] * 4 + [rotation.new_key.key_id] * 2
+    rotated = log[3]
+    assert (rotated.event_type, rotated.actor, rotated.actor_type) == (
+        "key_rotated",
+        "admin-1",
+        "user",
+    )
+    assert rotated.details["reason"] == "quarterly rotation"
+    assert rotated.details["next_signer"]["id"] == rotation.new_key.key_id
+    assert rotated.details["next_signer"]["public"] == rotation.new_key.public_key
+
+    keys = gw.key_set()
+    assert [(k.key_id, k.first_seq, k.last_seq) for k in keys.keys] == [
+        (old_id, 1, 4),
+        (rotation.new_key.key_id, 5, None),
+    ]
+    report = verify_export(gw.export_lines(), keys)
+    assert report.ok, report.failure
+    assert report.count == 6
+
+
+def test_the_verifier_refuses_the_old_key_after_its_range(gw: RunningGateway) -> None:
+    submit_some(gw, 2)
+    rotate(gw)
+    submit_some(gw, 1, session="after")
+    lines = gw.export_lines()
+    last = entries(gw)[-1]
+    # Whoever still holds the old private key re-signs the newest entry with it.
+    old = Signer.load(gw.config.signing_key_path)
+    draft = EntryDraft(**{f.name: getattr(last, f.name) for f in fields(EntryDraft)})
+    forged = build_entry(draft, last.seq, last.prev_hash, old)
+    report = verify_export([*lines[:-1], forged.to_json_line()], gw.key_set())
+    assert not report.ok
+    assert report.failure is not None
+    assert (report.failure.kind, report.failure.seq) == ("key_out_of_range", 4)
+
+
+def test_only_admins_rotate_and_a_reason_is_required(gw: RunningGateway) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        gw.audit.RotateKey(audit_pb2.RotateKeyRequest(reason="x"), metadata=gw.md("auditor-1"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as e:
+        rotate(gw, reason="  ")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "reason" in (e.value.details() or "")
+    assert gw.audit_head() == 0
+    assert len(gw.key_set().keys) == 1
+
+
+def test_rotating_to_a_provisioned_key(gw: RunningGateway) -> None:
+    submit_some(gw, 1)
+    provisioned = Signer.generate()
+    provisioned.save(gw.config.key_dir_path / f"{provisioned.key_id}.pem")
+    rotation = rotate(gw, key_id=provisioned.key_id)
+    assert rotation.new_key.key_id == provisioned.key_id
+    assert submit_some(gw, 1, session="after") == [3]
+    assert entries(gw)[-1].key_id == provisioned.key_id
+
+    with pytest.raises(grpc.RpcError) as e:
+        rotate(gw, key_id=provisioned.key_id)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as e:
+        rotate(gw, key_id="00112233445566ff")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "00112233445566ff.pem" in (e.value.details() or "")
+    assert gw.audit_head() == 3
+
+
+def test_a_replica_without_the_new_key_fails_closed_until_it_gets_it(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    one = make_gateway()
+    lonely_dir = tmp_path / "replica-keys"
+    two = make_gateway(
+        audit=AuditSettings(signing_key_file=one.config.signing_key_path, key_dir=lonely_dir)
+    )
+    submit_some(two, 1)
+    rotation = rotate(one)
+    with pytest.raises(grpc.RpcError) as e:
+        two.agent().submit("search", session_id="x")
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert rotation.new_key.key_id in (e.value.details() or "")
+    assert one.audit_head() == 2  # nothing was written
+
+    lonely_dir.mkdir()
+    name = f"{rotation.new_key.key_id}.pem"
+    shutil.copy(one.config.key_dir_path / name, lonely_dir / name)
+    assert two.agent().submit("search", session_id="y").audit_seq == 3
+    report = verify_export(one.export_lines(), one.key_set())
+    assert report.ok, report.failure
+
+
+def test_a_replica_with_another_key_cannot_sign_the_log(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    one = make_gateway()
+    submit_some(one, 2)
+    stranger = make_gateway(
+        audit=AuditSettings(signing_key_file=tmp_path / "other.pem", key_dir=tmp_path / "k")
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        stranger.agent().submit("search", session_id="x")
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert one.key_set().keys[0].key_id in (e.value.details() or "")
+    assert one.audit_head() == 2
+
+
+def test_replicas_sharing_the_key_dir_follow_a_rotation(make_gateway: MakeGateway) -> None:
+    one, two = make_gateway(), make_gateway()
+    submit_some(one, 2)
+    submit_some(two, 2, session="two")  # two has cached the head: the rotation moves it
+    rotation = rotate(one)
+    assert submit_some(two, 1, session="late") == [6]
+    assert entries(one)[-1].key_id == rotation.new_key.key_id
+    assert verify_export(one.export_lines(), two.key_set()).ok
+
+
+def test_checkpoints_after_a_rotation_are_signed_by_the_new_key(gw: RunningGateway) -> None:
+    submit_some(gw, 2)
+    rotation = rotate(gw)
+    cp = gw.audit.GetCheckpoint(audit_pb2.GetCheckpointRequest(), metadata=gw.md("auditor-1"))
+    assert (cp.size, cp.key_id) == (3, rotation.new_key.key_id)
+    assert open_checkpoint(cp.note, gw.key_set()).size == 3
+
+
+def test_the_published_checkpoint_is_shared_until_a_newer_one(gw: RunningGateway) -> None:
+    md = gw.md("auditor-1")
+    submit_some(gw, 2)
+    fresh = gw.audit.GetCheckpoint(audit_pb2.GetCheckpointRequest(), metadata=md)
+    published = audit_pb2.GetCheckpointRequest(published=True)
+    first = gw.audit.GetCheckpoint(published, metadata=md)
+    assert first.note == fresh.note
+    assert gw.audit.GetCheckpoint(published, metadata=md).note == first.note
+    submit_some(gw, 1, session="more")
+    newer = gw.audit.GetCheckpoint(audit_pb2.GetCheckpointRequest(), metadata=md)
+    assert newer.size == 3
+    assert gw.audit.GetCheckpoint(published, metadata=md).note == newer.note
+
+
+def test_the_gateway_publishes_checkpoints_periodically(make_gateway: MakeGateway) -> None:
+    gw = make_gateway(
+        audit=AuditSettings(checkpoint_interval_seconds=1, signing_key_file=None, key_dir=None)
+    )
+    submit_some(gw, 3)
+    published = audit_pb2.GetCheckpointRequest(published=True)
+
+    def published_size() -> bool:
+        cp = gw.audit.GetCheckpoint(published, metadata=gw.md("auditor-1"))
+        return cp.size == 3
+
+    wait_for(published_size, timeout=10, what="a published checkpoint of size 3")
+
+
+def test_keys_rotate_through_the_cli(
+    gw: RunningGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    submit_some(gw, 1)
+    server = ["--server", gw.target]
+    assert (
+        cli_main(
+            ["keys", "rotate", "--reason", "leak drill", *server, "--token", token_for("admin-1")]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "rotated at seq 2" in out
+    assert (
+        cli_main(["keys", "rotate", "--reason", "x", *server, "--token", token_for("auditor-1")])
+        == 1
+    )
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    assert len(gw.key_set().keys) == 2
