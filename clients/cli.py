@@ -122,6 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--reason", required=True)
     resume.set_defaults(run=run_session_resume)
 
+    signing = sub.add_parser("keys", help="the audit signing key (admins)").add_subparsers(
+        metavar="ACTION"
+    )
+    rotate = client(
+        signing.add_parser("rotate", help="sign the log with a new key from the next entry on")
+    )
+    rotate.add_argument("--reason", required=True, help="recorded in the rotation entry")
+    rotate.add_argument(
+        "--key-id",
+        default="",
+        help="rotate to a key provisioned as <audit.key_dir>/<KEY_ID>.pem (default: a new one)",
+    )
+    rotate.set_defaults(run=run_keys_rotate)
+
     audit = sub.add_parser("audit", help="the signed audit log (auditors)").add_subparsers(
         metavar="ACTION"
     )
@@ -135,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(run=run_audit_keys)
     checkpoint = client(audit.add_parser("checkpoint", help="save a signed checkpoint note"))
     checkpoint.add_argument("--out", type=Path)
+    checkpoint.add_argument(
+        "--published",
+        action="store_true",
+        help="the latest published checkpoint instead of a newly signed one",
+    )
     checkpoint.set_defaults(run=run_audit_checkpoint)
     verify = audit.add_parser("verify", help="verify an export offline")
     verify.add_argument("export", type=Path)
@@ -393,12 +412,30 @@ def run_audit_keys(args: argparse.Namespace) -> int:
 
 def run_audit_checkpoint(args: argparse.Namespace) -> int:
     stub, md = _audit(args)
-    cp = stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), metadata=md, timeout=args.timeout)
+    cp = stub.GetCheckpoint(
+        audit_pb2.GetCheckpointRequest(published=args.published), metadata=md, timeout=args.timeout
+    )
     out = _output(args.out)
     out.write(cp.note)
     if out is not sys.stdout:
         out.close()
     print(f"checkpoint: size {cp.size}, root {cp.root_hash}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_keys_rotate(args: argparse.Namespace) -> int:
+    stub, md = _audit(args)
+    rotation = stub.RotateKey(
+        audit_pb2.RotateKeyRequest(reason=args.reason, key_id=args.key_id),
+        metadata=md,
+        timeout=args.timeout,
+    )
+    old, new = rotation.old_key, rotation.new_key
+    print(f"rotated at seq {rotation.entry.seq}: key {old.key_id} signed", end=" ")
+    print(f"{old.first_seq}..{old.last_seq}")
+    print(f"key {new.key_id} signs from seq {new.first_seq} on")
+    print(f"note verifier key: {new.note_verifier_key}")
+    print("auditors: save the key set again (agentgw audit keys --out keys.json)")
     return EXIT_OK
 
 
