@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -10,44 +9,21 @@ import pytest
 import redis
 
 from agentgw.v1 import audit_pb2, gateway_pb2
-from gateway.api.convert import entry_from_proto
 from gateway.audit.checkpoint import open_checkpoint
-from gateway.audit.keys import KeySet, TrustedKey
 from gateway.audit.verify import verify_export
 from tests.harness import RunningGateway
-
-
-def key_set(gw: RunningGateway) -> KeySet:
-    keys = gw.audit.GetPublicKeys(audit_pb2.GetPublicKeysRequest(), metadata=gw.md("auditor-1"))
-    return KeySet(
-        origin=keys.origin,
-        keys=tuple(
-            TrustedKey(
-                key_id=k.key_id,
-                public_key_raw=base64.b64decode(k.public_key),
-                first_seq=k.first_seq,
-                last_seq=k.last_seq or None,
-            )
-            for k in keys.keys
-        ),
-    )
-
-
-def export_lines(gw: RunningGateway) -> list[str]:
-    stream = gw.audit.ReadEntries(audit_pb2.ReadEntriesRequest(), metadata=gw.md("auditor-1"))
-    return [entry_from_proto(e).to_json_line() for e in stream]
 
 
 def test_checkpoint_is_signed_and_matches_the_export(gw: RunningGateway) -> None:
     agent = gw.agent()
     for i in range(7):
         agent.submit("search" if i % 2 else "send_email", session_id=f"s{i}", parameters={"i": i})
-    keys = key_set(gw)
+    keys = gw.key_set()
     cp = gw.audit.GetCheckpoint(audit_pb2.GetCheckpointRequest(), metadata=gw.md("auditor-1"))
     assert cp.size == 7
     opened = open_checkpoint(cp.note, keys)
     assert opened.size == 7 and opened.root_hash.hex() == cp.root_hash
-    report = verify_export(export_lines(gw), keys, opened)
+    report = verify_export(gw.export_lines(), keys, opened)
     assert report.ok, report.failure
     assert (
         report.count == 7 and report.root_hash == cp.root_hash and report.head_hash == cp.head_hash
@@ -126,7 +102,7 @@ def test_two_gateways_append_to_one_chain_without_forks_or_gaps(make_gateway) ->
     with ThreadPoolExecutor(8) as pool:
         seqs = list(pool.map(burst, [(one if n % 2 else two, n) for n in range(120)]))
     assert sorted(seqs) == list(range(1, 121))
-    lines = export_lines(one)
-    report = verify_export(lines, key_set(two))
+    lines = one.export_lines()
+    report = verify_export(lines, two.key_set())
     assert report.ok, report.failure
     assert report.count == 120

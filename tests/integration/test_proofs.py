@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ from clients.cli import main
 from gateway.api.convert import entry_from_proto
 from gateway.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from gateway.audit.entry import canonical_bytes
-from gateway.audit.keys import KeySet, Signer, TrustedKey
+from gateway.audit.keys import KeySet, Signer
 from gateway.audit.merkle import (
     EMPTY_ROOT,
     leaf_hash_of,
@@ -29,22 +28,6 @@ from gateway.audit.merkle import (
 from tests.harness import RunningGateway, token_for
 
 AUDITOR = "auditor-1"
-
-
-def key_set(gw: RunningGateway) -> KeySet:
-    keys = gw.audit.GetPublicKeys(audit_pb2.GetPublicKeysRequest(), metadata=gw.md(AUDITOR))
-    return KeySet(
-        origin=keys.origin,
-        keys=tuple(
-            TrustedKey(
-                key_id=k.key_id,
-                public_key_raw=base64.b64decode(k.public_key),
-                first_seq=k.first_seq,
-                last_seq=k.last_seq or None,
-            )
-            for k in keys.keys
-        ),
-    )
 
 
 def checkpoint(gw: RunningGateway, keys: KeySet) -> Checkpoint:
@@ -82,7 +65,7 @@ def hashes(proof: audit_pb2.InclusionProof | audit_pb2.ConsistencyProof) -> list
 @pytest.fixture
 def log_with_checkpoints(gw: RunningGateway) -> tuple[KeySet, list[Checkpoint], list[bytes]]:
     """A 40-entry log and signed checkpoints taken at sizes 0, 1, 7, 16, 25 and 40."""
-    keys = key_set(gw)
+    keys = gw.key_set()
     checkpoints = [checkpoint(gw, keys)]
     done = 0
     for size in (1, 7, 16, 25, 40):
@@ -257,7 +240,7 @@ def test_proofs_hold_when_two_replicas_append_concurrently(
         assert raw.hlen(tree_key(key_prefix)) == 2 * 60 - (60).bit_count()
     finally:
         raw.close()
-    keys = key_set(one)
+    keys = one.key_set()
     cp = checkpoint(two, keys)
     leaves = leaf_hashes(one)
     for seq in range(1, 61):
