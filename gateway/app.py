@@ -67,6 +67,7 @@ class App:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     async def start(self) -> int:
         """Starts everything; returns the bound port."""
@@ -144,11 +145,21 @@ class App:
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(_report_task_end)
+        task.add_done_callback(self._report_task_end)
         self._tasks.append(task)
 
+    async def _pause(self, seconds: float) -> None:
+        """Waits `seconds`, or less once stop() has begun.
+
+        The periodic tasks check `_stopping` instead of relying on cancellation only:
+        a cancellation that lands inside a Redis call can be absorbed by the client
+        (seen with redis-py's asyncio client), and the task would then sleep on.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
     async def _sweep_expired(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.desk.expire_due()
                 upcoming = await self.state.next_expiry()
@@ -156,13 +167,13 @@ class App:
                 log.warning("expiry sweep failed", extra={"category": "errors", "error": str(e)})
                 upcoming = None
             wait = SWEEP_MAX_WAIT if upcoming is None else upcoming - self.clock()
-            await asyncio.sleep(min(max(wait, 0.01), SWEEP_MAX_WAIT))
+            await self._pause(min(max(wait, 0.01), SWEEP_MAX_WAIT))
 
     async def _publish_checkpoints(self) -> None:
         """Signs and publishes a checkpoint of the head every interval, so that auditors
         and witnesses polling `GetCheckpoint(published=true)` see a fresh, shared one."""
         interval = self.config.audit.checkpoint_interval_seconds
-        while True:
+        while not self._stopping.is_set():
             try:
                 signed = await self.audit.checkpoint()
                 log.info(
@@ -178,7 +189,18 @@ class App:
                 log.warning(
                     "checkpoint publishing failed", extra={"category": "errors", "error": str(e)}
                 )
-            await asyncio.sleep(interval)
+            await self._pause(interval)
+
+    def _report_task_end(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None and self._stopping.is_set():
+            return  # a periodic task that saw stop() begin
+        log.error(
+            "background task ended",
+            extra={"category": "errors", "task": task.get_name(), "error": repr(error)},
+        )
 
     def reload_policy(self) -> bool:
         return self.policy.reload()
@@ -190,6 +212,7 @@ class App:
                 await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.server.stop(grace)
             self.server = None
+        self._stopping.set()
         for task in reversed(self._tasks):
             task.cancel()
         for task in self._tasks:
@@ -201,16 +224,6 @@ class App:
         if self.embedded is not None:
             await self.embedded.stop()
         log.info("gateway stopped")
-
-
-def _report_task_end(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    error = task.exception()
-    log.error(
-        "background task ended",
-        extra={"category": "errors", "task": task.get_name(), "error": repr(error)},
-    )
 
 
 def _safe_url(url: str) -> str:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,16 +97,26 @@ class Signer:
         return signer
 
     def save(self, path: Path) -> None:
-        """Write the key as PKCS#8 PEM, mode 0600; FileExistsError if `path` exists."""
+        """Write the key as PKCS#8 PEM, mode 0600; FileExistsError if `path` exists.
+
+        The key is written to a temporary file and linked into place, so a process
+        that reads `path` at the same moment sees the whole key or no file at all.
+        """
         pem = self._key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:  # mkstemp creates it 0600
+                handle.write(pem)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
 
 
 class SigningKeys:
