@@ -53,7 +53,10 @@ from gateway.store.state import Mutation
 log = logging.getLogger("agentgw.audit")
 
 MAX_BATCH = 256
-MAX_ATTEMPTS = 20
+# Losing the race to another replica means that replica appended: the log as a whole
+# progresses, so a batch keeps retrying (for at most this long) rather than giving
+# up after a fixed number of lost races, which busy replicas can exceed.
+APPEND_RETRY_SECONDS = 10.0
 
 TreeNode = tuple[int, int, bytes]  # (level, index, hash), as CompactRange.append returns
 
@@ -194,7 +197,9 @@ class AuditLog:
         return signer
 
     async def _write(self, batch: list[_Pending]) -> None:
-        for _ in range(MAX_ATTEMPTS):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + APPEND_RETRY_SECONDS
+        while loop.time() < deadline:
             batch = [p for p in batch if not p.future.done()]
             if not batch:
                 return
@@ -213,7 +218,9 @@ class AuditLog:
             keys, payload = _script_arguments(self.keys, head, batch, built, nodes, key_fields)
             try:
                 with unavailable_on_error("appending to the audit log"):
-                    reply = await self._script(keys=keys, args=[start.seq, payload, start.key_id])
+                    reply = await self._script(
+                        keys=keys, args=[start.seq, payload, start.key_id, head.seq, head.hash]
+                    )
             except StoreUnavailable as e:
                 # The write may or may not have landed; re-read the head next time.
                 self._head = None
@@ -228,6 +235,12 @@ class AuditLog:
                 return
             if status == "moved":
                 self._head = _head_from(reply[1], reply[2], reply[3], reply[4])
+                # Rebuilding signs every entry again, and other replicas keep appending
+                # meanwhile; a writer that retried its whole batch could lose every race.
+                # Retry with half of it (the rest goes back to the front of the queue),
+                # so the window in which another append can land shrinks each time.
+                keep = (len(batch) + 1) // 2
+                self._queue[:0], batch = batch[keep:], batch[:keep]
                 continue
             position = int(reply[1]) - 1
             culprit = batch.pop(position)

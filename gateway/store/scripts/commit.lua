@@ -6,6 +6,7 @@
 -- KEYS[4] audit key history (hash: "<key_id>" -> JSON, "<key_id>:last_seq" -> seq)
 -- KEYS[5..] keys named by index in checks and ops
 -- ARGV[1] the head seq the batch was built on   ARGV[3] the head key_id it was signed for
+-- ARGV[4], ARGV[5] the seq and entry hash of the batch's last entry
 -- ARGV[2] JSON {"head": {"seq", "hash", "frontier", "key_id"},
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
 --          "keys": [field, value, ...] (key history changes: first key, rotations),
@@ -19,9 +20,23 @@
 -- first or the head names another signing key (a rotation, or a misconfigured replica);
 -- {'failed', i} when item i's check does not hold; {'retry', i} when item i checks a
 -- key an earlier item of the same batch writes. Nothing is written unless 'ok'.
+-- A call resent after its reply was lost (the client retries on a dropped
+-- connection) finds its batch already appended and answers 'ok' again.
+-- All entries go in with one RPUSH (per 256), so INFO commandstats' rpush calls
+-- count the batches appended.
 local head_seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local head_key = redis.call('HGET', KEYS[1], 'key_id') or ''
 if head_seq ~= tonumber(ARGV[1]) or head_key ~= ARGV[3] then
+  -- Compare-and-append failed; but if this very batch is in the log (its last entry
+  -- is there, the list holding exactly head_seq entries), the first call appended
+  -- it: rebuilding it on the new head would append it twice.
+  local last_seq = tonumber(ARGV[4])
+  if last_seq > tonumber(ARGV[1]) and head_seq >= last_seq then
+    local line = redis.call('LINDEX', KEYS[2], last_seq - 1 - head_seq)
+    if line and cjson.decode(line).entry_hash == ARGV[5] then
+      return {'ok'}
+    end
+  end
   return {
     'moved',
     tostring(head_seq),
@@ -54,10 +69,16 @@ for i, item in ipairs(batch.items) do
     end
   end
 end
+local lines = {}
 for _, item in ipairs(batch.items) do
   for _, line in ipairs(item.entries) do
-    redis.call('RPUSH', KEYS[2], line)
+    lines[#lines + 1] = line
   end
+end
+for first = 1, #lines, 256 do
+  redis.call('RPUSH', KEYS[2], unpack(lines, first, math.min(first + 255, #lines)))
+end
+for _, item in ipairs(batch.items) do
   for _, op in ipairs(item.ops) do
     local name = op[1]
     if name == 'set' then
