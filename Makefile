@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test proto lint bench clean
+.PHONY: run test proto lint bench bench-verify clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(ARGS)
+
+bench-verify: $(STAMP)
+	$(BIN)/python bench/verify_bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

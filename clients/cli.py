@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -458,7 +459,9 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     checkpoint = None
     if args.checkpoint is not None:
         try:
-            note = args.checkpoint.read_text(encoding="utf-8")
+            # The bytes as saved: read_text would turn a CR into LF (accepting an edited
+            # note) and crash on bad UTF-8, which opening reports as checkpoint_signature.
+            note = args.checkpoint.read_bytes().decode("utf-8", errors="surrogateescape")
         except OSError as e:
             raise CliError(f"--checkpoint {args.checkpoint}: {e}") from e
         try:
@@ -466,12 +469,27 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         except CheckpointError as e:
             message = str(e)
             _report(
-                {"ok": False, "kind": "checkpoint_signature", "message": message},
+                {
+                    "ok": False,
+                    "kind": "checkpoint_signature",
+                    "seq": None,
+                    "line": None,
+                    "message": message,
+                },
                 args.json,
                 lambda: f"FAILED checkpoint_signature: {message}",
             )
             return EXIT_FAILED
-    report = verify_export(_lines(args.export), keys, checkpoint, workers=max(1, args.workers))
+    # This process has no other thread (no channel, no server) when it verifies, so the
+    # pool may fork; elsewhere, and where fork is unsafe (macOS), it spawns.
+    forkable = sys.platform == "linux" and threading.active_count() == 1
+    report = verify_export(
+        _lines(args.export),
+        keys,
+        checkpoint,
+        workers=max(1, args.workers),
+        start_method="fork" if forkable else "spawn",
+    )
     if report.ok:
         _report(
             {
@@ -486,6 +504,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         return EXIT_OK
     failure = report.failure
     assert failure is not None
+    where = "" if failure.line_number is None else f" at line {failure.line_number}"
     _report(
         {
             "ok": False,
@@ -495,7 +514,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
             "message": failure.message,
         },
         args.json,
-        lambda: f"FAILED {failure.kind.value} at line {failure.line_number}: {failure.message}",
+        lambda: f"FAILED {failure.kind.value}{where}: {failure.message}",
     )
     return EXIT_FAILED
 
@@ -525,8 +544,9 @@ def _saved_checkpoint(flag: str, path: Path, keys: Any) -> Any:
     from gateway.audit.checkpoint import CheckpointError, open_checkpoint
 
     try:
-        note = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        # As in `audit verify`: no newline translation; bad UTF-8 fails to open.
+        note = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    except OSError as e:
         raise CliError(f"{flag} {path}: {e}") from e
     try:
         return open_checkpoint(note, keys)

@@ -19,15 +19,18 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import chain, islice
-from typing import Final
+from multiprocessing.context import BaseContext
+from typing import Final, NamedTuple
 
 from gateway.audit.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from gateway.audit.entry import (
     GENESIS_HASH,
     EntryFormatError,
+    SignedLine,
     entry_hash_of,
     read_export_object,
-    signature_is_valid,
+    read_signed_line,
+    signature_verifies,
 )
 from gateway.audit.keys import KeySet
 from gateway.audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash_of
@@ -78,9 +81,11 @@ class VerifyReport:
         return self.failure is None
 
 
-@dataclass(frozen=True)
-class _Inspected:
-    """What the chain walk needs from one line, after the checks that need no context."""
+class _Inspected(NamedTuple):
+    """What the chain walk needs from one line, after the checks that need no context.
+
+    A tuple rather than a dataclass: one is built per line, and pickled in the pool.
+    """
 
     line_number: int
     seq: int | None
@@ -100,11 +105,16 @@ def verify_export(
     checkpoint: Checkpoint | str | None = None,
     workers: int = 1,
     chunk_size: int = CHUNK_SIZE,
+    start_method: str = "spawn",
 ) -> VerifyReport:
     """Verify an export (JSON Lines, with or without newlines) and stop at the first failure.
 
     `checkpoint` is an already opened Checkpoint, or a signed note that is opened here
     against `keys` (a bad note is reported as checkpoint_signature before any line is read).
+    With `workers` > 1 the pool's processes start with `start_method`: spawn by default,
+    as the caller may hold threads (gRPC, logging) that fork would copy mid-lock; a
+    caller that knows it has no other thread may pass "fork", which starts in
+    milliseconds instead of re-importing the caller's modules in every worker.
     """
     if isinstance(checkpoint, str):
         try:
@@ -117,7 +127,10 @@ def verify_export(
         )
     numbered = enumerate(lines, start=1)
     if workers > 1:
-        inspected: Generator[_Inspected] = _inspect_in_pool(numbered, keys, workers, chunk_size)
+        context = multiprocessing.get_context(start_method)
+        inspected: Generator[_Inspected] = _inspect_in_pool(
+            numbered, keys, workers, chunk_size, context
+        )
     else:
         inspected = (_inspect_line(number, line, keys) for number, line in numbered)
     with closing(inspected):
@@ -138,16 +151,48 @@ def _reject_constant(name: str) -> float:
 def _inspect_line(line_number: int, line: str, keys: KeySet) -> _Inspected:
     """Checks that depend on this line alone, in the documented order."""
     text = line[:-1] if line.endswith("\n") else line
+    read = read_signed_line(text)
+    if read is None:
+        slow = _read_line(line_number, text)
+        if isinstance(slow, _Inspected):
+            return slow
+        read = slow
+    seq = read.seq
+    if entry_hash_of(read.canonical) != read.entry_hash:
+        return _problem(
+            line_number, seq, FailureKind.EDITED, "entry_hash does not match its contents"
+        )
+    key = keys.find(read.key_id)
+    if key is None:
+        return _problem(
+            line_number, seq, FailureKind.UNKNOWN_KEY, f"key_id {read.key_id} is not a trusted key"
+        )
+    if not signature_verifies(read.signature, read.entry_hash, key.public_key_raw):
+        return _problem(
+            line_number,
+            seq,
+            FailureKind.BAD_SIGNATURE,
+            f"signature does not verify under key {key.key_id}",
+        )
+    if not key.covers(seq):
+        return _problem(
+            line_number,
+            seq,
+            FailureKind.KEY_OUT_OF_RANGE,
+            f"key {key.key_id} may only sign seq {key.describe_range()}",
+        )
+    return _Inspected(
+        line_number, seq, read.prev_hash, read.entry_hash, leaf_hash_of(read.canonical), None
+    )
+
+
+def _read_line(line_number: int, text: str) -> SignedLine | _Inspected:
+    """The exact reading of a line read_signed_line did not judge: its fields, or why not."""
     seq: int | None = None
-
-    def problem(kind: FailureKind, why: str) -> _Inspected:
-        where = f"line {line_number}" if seq is None else f"seq {seq}"
-        return _Inspected(line_number, seq, "", "", b"", (kind, f"{where}: {why} ({kind})"))
-
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        return problem(FailureKind.MALFORMED, f"not a JSON value: {exc}")
+        return _problem(line_number, seq, FailureKind.MALFORMED, f"not a JSON value: {exc}")
     if isinstance(obj, dict):
         candidate = obj.get("seq")
         if isinstance(candidate, int) and not isinstance(candidate, bool) and candidate >= 1:
@@ -156,24 +201,16 @@ def _inspect_line(line_number: int, line: str, keys: KeySet) -> _Inspected:
         entry, canonical = read_export_object(obj, text)
     except EntryFormatError as exc:
         # "$" is the whole line; any other key is named in the message.
-        return problem(FailureKind.MALFORMED, exc.why if exc.key == "$" else str(exc))
-    if entry_hash_of(canonical) != entry.entry_hash:
-        return problem(FailureKind.EDITED, "entry_hash does not match its contents")
-    key = keys.find(entry.key_id)
-    if key is None:
-        return problem(FailureKind.UNKNOWN_KEY, f"key_id {entry.key_id} is not a trusted key")
-    if not signature_is_valid(entry, key.public_key_raw):
-        return problem(
-            FailureKind.BAD_SIGNATURE, f"signature does not verify under key {key.key_id}"
-        )
-    if not key.covers(entry.seq):
-        return problem(
-            FailureKind.KEY_OUT_OF_RANGE,
-            f"key {key.key_id} may only sign seq {key.describe_range()}",
-        )
-    return _Inspected(
-        line_number, entry.seq, entry.prev_hash, entry.entry_hash, leaf_hash_of(canonical), None
+        why = exc.why if exc.key == "$" else str(exc)
+        return _problem(line_number, seq, FailureKind.MALFORMED, why)
+    return SignedLine(
+        entry.seq, entry.prev_hash, entry.key_id, entry.entry_hash, entry.signature, canonical
     )
+
+
+def _problem(line_number: int, seq: int | None, kind: FailureKind, why: str) -> _Inspected:
+    where = f"line {line_number}" if seq is None else f"seq {seq}"
+    return _Inspected(line_number, seq, "", "", b"", (kind, f"{where}: {why} ({kind})"))
 
 
 def _inspect_chunk(chunk: list[tuple[int, str]], keys: KeySet) -> list[_Inspected]:
@@ -181,11 +218,14 @@ def _inspect_chunk(chunk: list[tuple[int, str]], keys: KeySet) -> list[_Inspecte
 
 
 def _inspect_in_pool(
-    numbered: Iterator[tuple[int, str]], keys: KeySet, workers: int, chunk_size: int
+    numbered: Iterator[tuple[int, str]],
+    keys: KeySet,
+    workers: int,
+    chunk_size: int,
+    context: BaseContext,
 ) -> Generator[_Inspected]:
-    # spawn, not fork: the caller may hold threads (gRPC, logging) that fork would copy
-    # mid-lock. Two chunks per worker in flight keep the pool busy and memory bounded.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    # Two chunks per worker in flight keep the pool busy and memory bounded.
+    pool = ProcessPoolExecutor(workers, mp_context=context)
     pending: deque[Future[list[_Inspected]]] = deque()
     try:
         while True:

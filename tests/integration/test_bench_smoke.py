@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -46,3 +48,17 @@ def test_benchmark_measures_both_targets_at_each_concurrency(bench: ModuleType) 
 
     table = bench.format_report(report)
     assert "echo" in table and "gateway" in table
+
+
+@pytest.mark.timeout(60)
+def test_verify_benchmark_verifies_the_export_it_writes(tmp_path: Path) -> None:
+    results = tmp_path / "verify.json"
+    command = [sys.executable, str(BENCH.parent / "verify_bench.py"), "--entries", "300"]
+    command += ["--seconds", "0.05", "--workers", "2", "--json", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(results.read_text(encoding="utf-8"))
+    assert figures["entries"] == 300 and figures["workers"] == 2
+    assert figures["verify_entries_per_s_1_worker"] > 0
+    assert figures["verify_entries_per_s_n_workers"] > 0
+    assert figures["raw_verifies_per_s_one_core"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from types import MappingProxyType
@@ -18,6 +19,7 @@ from gateway.audit.entry import (
     AuditEntry,
     EntryDraft,
     EntryFormatError,
+    SignedLine,
     build_entry,
     canonical_bytes,
     canonical_forms,
@@ -25,6 +27,7 @@ from gateway.audit.entry import (
     leaf_hash,
     parse_timestamp,
     read_export_object,
+    read_signed_line,
     signature_is_valid,
 )
 from gateway.audit.keys import Signer
@@ -247,3 +250,70 @@ def test_a_lone_surrogate_is_reported_under_its_own_key() -> None:
     with pytest.raises(EntryFormatError) as caught:
         build_entry(draft(actor="\ud800"), 1, GENESIS_HASH, SIGNER)
     assert caught.value.key == "actor"
+
+
+# --- read_signed_line: the verifier's shortcut must agree with read_export_object ------
+
+
+def exact_reading(line: str) -> SignedLine | None:
+    """What read_export_object makes of a line, as a SignedLine; None if it refuses it."""
+    try:
+        entry, canonical = read_export_object(json.loads(line), line)
+    except (ValueError, RecursionError):  # EntryFormatError and JSONDecodeError included
+        return None
+    return SignedLine(
+        entry.seq, entry.prev_hash, entry.key_id, entry.entry_hash, entry.signature, canonical
+    )
+
+
+def assert_shortcut_agrees(line: str) -> SignedLine | None:
+    fast = read_signed_line(line)
+    exact = exact_reading(line)
+    # The shortcut may decline a line (None) but never differ from the exact reading.
+    assert fast is None or fast == exact, line
+    return fast
+
+
+@given(json_objects, st.text(), st.integers(1, 2**53))
+def test_read_signed_line_agrees_with_read_export_object(
+    details: dict[str, Any], actor: str, seq: int
+) -> None:
+    entry = build_entry(draft(details=details, actor=actor), seq, "ab" * 32, SIGNER)
+    assert_shortcut_agrees(entry.to_json_line())
+
+
+MUTATIONS = st.sampled_from(
+    [*'0123456789.eE+-"\\{}[],: atfn', "\u00e9", "\u2615", "\ue000", "\U0001f600", "\ud800"]
+)
+
+
+@given(json_objects, st.data())
+def test_read_signed_line_agrees_on_mutated_lines(details: dict[str, Any], data: Any) -> None:
+    line = build_entry(draft(details=details), 7, "cd" * 32, SIGNER).to_json_line()
+    position = data.draw(st.integers(0, len(line) - 1), label="position")
+    replacement = data.draw(MUTATIONS, label="replacement")
+    insert = data.draw(st.booleans(), label="insert")
+    end = position if insert else position + 1
+    assert_shortcut_agrees(line[:position] + replacement + line[end:])
+
+
+def test_read_signed_line_takes_the_gateway_lines_and_declines_what_it_cannot_judge() -> None:
+    line = build_entry(draft(), 1, GENESIS_HASH, SIGNER).to_json_line()
+    assert assert_shortcut_agrees(line) is not None
+    with_unicode = build_entry(draft(resource="caf\u00e9 \u2615"), 1, GENESIS_HASH, SIGNER)
+    assert assert_shortcut_agrees(with_unicode.to_json_line()) is not None
+    # Accepted by the exact reading, but not judged by the shortcut.
+    for details in (
+        {"tiny": 1e-7},
+        {"big": 1e21},
+        {"max_int": 2**53 + 2},
+        {"\U0001f600": 1, "\ue000": 2},
+        {"many_brackets": [functools.reduce(lambda inner, _: [inner], range(40), [])] * 9},
+    ):
+        line = build_entry(draft(details=details), 1, GENESIS_HASH, SIGNER).to_json_line()
+        assert read_signed_line(line) is None
+        assert exact_reading(line) is not None
+    # Refused by both.
+    assert read_signed_line(line.replace('"seq":1', '"seq":1.0')) is None
+    lone = build_entry(draft(), 1, GENESIS_HASH, SIGNER).to_json_line().replace("agent-7", "\udc80")
+    assert assert_shortcut_agrees(lone) is None
