@@ -11,6 +11,7 @@ from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
 from gateway.actions import ActionRequest, Decision, Finding, Resolution, ResolutionStatus, Verdict
 from gateway.api.structs import python_to_struct, struct_to_python
 from gateway.audit.entry import AuditEntry
+from gateway.audit.query import EntryFilter, Report, micros_from_unix
 from gateway.holds import Hold, HoldStatus
 
 VERDICT_TO_PROTO = {
@@ -154,4 +155,63 @@ def entry_to_proto(e: AuditEntry) -> audit_pb2.AuditEntry:
         entry_hash=e.entry_hash,
         signature=e.signature,
         key_id=e.key_id,
+    )
+
+
+def _bound(field: str, present: bool, value: timestamp_pb2.Timestamp) -> int | None:
+    """A time bound in microseconds (rounded up); None when the field is not set."""
+    return micros_from_unix(field, value.seconds, value.nanos) if present else None
+
+
+def query_filter_from_proto(msg: audit_pb2.QueryRequest) -> EntryFilter:
+    return EntryFilter.create(
+        start_micros=_bound("start_time", msg.HasField("start_time"), msg.start_time),
+        end_micros=_bound("end_time", msg.HasField("end_time"), msg.end_time),
+        actor=msg.actor,
+        actor_type=msg.actor_type,
+        event_type=msg.event_type,
+        action_id=msg.action_id,
+        outcome=msg.outcome,
+        agent_id=msg.agent_id,
+        session_id=msg.session_id,
+        after_seq=msg.after_seq,
+    )
+
+
+def report_filter_from_proto(msg: audit_pb2.ReportRequest) -> EntryFilter:
+    return EntryFilter.create(
+        start_micros=_bound("start_time", msg.HasField("start_time"), msg.start_time),
+        end_micros=_bound("end_time", msg.HasField("end_time"), msg.end_time),
+    )
+
+
+def report_to_proto(r: Report) -> audit_pb2.ReportResponse:
+    return audit_pb2.ReportResponse(
+        by_actor_type=r.by_actor_type,
+        by_event_type=r.by_event_type,
+        by_outcome=r.by_outcome,
+        by_finding_type=r.by_finding_type,
+        security_events=[entry_to_proto(e) for e in r.security_events],
+        failures=[entry_to_proto(e) for e in r.failures],
+        total=r.total,
+        security_event_count=r.security_event_count,
+        failure_count=r.failure_count,
+        first_seq=r.first_seq,
+        last_seq=r.last_seq,
+    )
+
+
+def report_from_proto(msg: audit_pb2.ReportResponse) -> Report:
+    return Report(
+        total=msg.total,
+        by_actor_type=dict(msg.by_actor_type),
+        by_event_type=dict(msg.by_event_type),
+        by_outcome=dict(msg.by_outcome),
+        by_finding_type=dict(msg.by_finding_type),
+        security_event_count=msg.security_event_count,
+        failure_count=msg.failure_count,
+        security_events=tuple(entry_from_proto(e) for e in msg.security_events),
+        failures=tuple(entry_from_proto(e) for e in msg.failures),
+        first_seq=msg.first_seq,
+        last_seq=msg.last_seq,
     )

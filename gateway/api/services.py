@@ -30,6 +30,7 @@ from gateway.approvals import ApprovalDesk
 from gateway.audit.checkpoint import note_verifier_key
 from gateway.audit.entry import AuditEntry
 from gateway.audit.keys import TrustedKey
+from gateway.audit_search import AuditSearch
 from gateway.config import Principal, Role
 from gateway.errors import InvalidRequest
 from gateway.key_rotation import rotate_key
@@ -143,6 +144,7 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
         self.audit = audit
         self.origin = audit.origin
         self.clock = clock
+        self.search = AuditSearch(audit)
 
     @rpc(Role.AUDITOR)
     async def GetCheckpoint(
@@ -255,16 +257,26 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
             new_root=proof.new_root.hex(),
         )
 
+    @stream_rpc(Role.AUDITOR)
     async def Query(
-        self, request: audit_pb2.QueryRequest, context: grpc.aio.ServicerContext
+        self,
+        request: audit_pb2.QueryRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> AsyncIterator[audit_pb2.AuditEntry]:
-        await unimplemented(context, "Audit.Query")
-        yield audit_pb2.AuditEntry()  # unreachable: abort raises
+        entries = self.search.entries(convert.query_filter_from_proto(request), request.limit)
+        async for entry in entries:
+            yield convert.entry_to_proto(entry)
 
+    @rpc(Role.AUDITOR)
     async def Report(
-        self, request: audit_pb2.ReportRequest, context: grpc.aio.ServicerContext
+        self,
+        request: audit_pb2.ReportRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> audit_pb2.ReportResponse:
-        await unimplemented(context, "Audit.Report")
+        flt = convert.report_filter_from_proto(request)
+        return convert.report_to_proto(await self.search.report(flt, request.max_entries))
 
 
 class AlertsService(alerts_pb2_grpc.AlertsServicer):
