@@ -138,8 +138,10 @@ class EmbeddedRedis:
             raise ValueError(
                 f"appendfsync: {appendfsync!r} is not one of {sorted(APPENDFSYNC_POLICIES)}"
             )
-        self._data_dir = data_dir
-        self._redis_dir = data_dir / "redis"
+        # Absolute: the server runs with its own directory as cwd, where a relative
+        # path (the default data dir `agentgw-data`) would point somewhere else.
+        self._data_dir = data_dir.absolute()
+        self._redis_dir = self._data_dir / "redis"
         self._binary = binary if binary is not None else find_server_binary()
         self._appendfsync = appendfsync
         self._password: str | None = None

@@ -46,20 +46,17 @@ def walkthrough_lines() -> list[str]:
 
 
 class Server:
-    def __init__(self, data_dir: Path, port: int) -> None:
+    """`agentgw serve` as `make run` starts it: from a working directory, with the
+    default (relative) data dir `agentgw-data`; only the port is a free one."""
+
+    def __init__(self, cwd: Path, port: int) -> None:
         self.output: list[str] = []
         self.process = subprocess.Popen(
-            [
-                str(BIN / "agentgw"),
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
+            [str(BIN / "agentgw"), "serve", "--listen", f"127.0.0.1:{port}"],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
+            cwd=cwd,
             env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
         )
         assert self.process.stderr is not None
@@ -87,7 +84,7 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[Server, int]]:
     port = free_port()
-    srv = Server(tmp_path / "agentgw-data", port)
+    srv = Server(tmp_path, port)
     try:
         wait_for(
             lambda: "export AGENTGW_TOKEN" in srv.text() or srv.process.poll() is not None,
