@@ -822,7 +822,7 @@ def _export_entries(path: Path) -> Iterator[AuditEntry]:
                 if not line.strip():
                     continue
                 try:
-                    entry = AuditEntry.from_json_dict(json.loads(line))
+                    entry = AuditEntry.from_json_line(line)
                 except (ValueError, RecursionError) as e:
                     raise CliError(f"--export {path}:{number}: not an audit entry: {e}") from None
                 yield entry

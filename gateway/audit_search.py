@@ -9,7 +9,6 @@ may start and stop, and what a report counts are the pure rules of
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
@@ -24,10 +23,6 @@ from gateway.audit.query import (
 from gateway.store.audit_log import AuditLog
 
 SCAN_CHUNK = 256
-
-
-def parse_line(line: str) -> AuditEntry:
-    return AuditEntry.from_json_dict(json.loads(line))
 
 
 class AuditSearch:
@@ -60,7 +55,7 @@ class AuditSearch:
         while seq <= head:
             stop = min(seq + SCAN_CHUNK - 1, head)
             for line in await self.audit.read_lines(seq, stop):
-                entry = parse_line(line)
+                entry = AuditEntry.from_json_line(line)
                 if flt.past_end(entry):
                     return
                 yield entry
@@ -75,7 +70,7 @@ class AuditSearch:
         while probes := start_probes(low, high):
             lines = await self.audit.read_lines_at(probes)
             stamps = {
-                seq: None if line is None else parse_line(line).timestamp
+                seq: None if line is None else AuditEntry.from_json_line(line).timestamp
                 for seq, line in zip(probes, lines, strict=True)
             }
             low, high = narrow_start(low, high, stamps, flt.scan_from)

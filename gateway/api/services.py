@@ -7,7 +7,6 @@ principal, and converts back. Unimplemented RPCs answer UNIMPLEMENTED.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import NoReturn
 
@@ -186,7 +185,7 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
         while start <= end:
             stop = min(start + READ_CHUNK - 1, end)
             for line in await self.audit.read_lines(start, stop):
-                yield convert.entry_to_proto(AuditEntry.from_json_dict(json.loads(line)))
+                yield convert.entry_to_proto(AuditEntry.from_json_line(line))
             start = stop + 1
 
     @rpc(Role.AUDITOR)

@@ -163,6 +163,14 @@ class AuditEntry:
         _check_details(entry)
         return entry
 
+    @classmethod
+    def from_json_line(cls, line: str) -> AuditEntry:
+        """One stored or exported line; ValueError (EntryFormatError, or not JSON).
+
+        It does not check that the line is canonical nor verify it (see verify.py).
+        """
+        return cls.from_json_dict(json.loads(line))
+
 
 def _entry_from_mapping(obj: object) -> AuditEntry:
     """Every check of from_json_dict except encoding details, which callers that

@@ -38,9 +38,7 @@ def submit_some(gw: RunningGateway, n: int, session: str = "s") -> list[int]:
 
 
 def entries(gw: RunningGateway) -> list[AuditEntry]:
-    import json
-
-    return [AuditEntry.from_json_dict(json.loads(line)) for line in gw.export_lines()]
+    return [AuditEntry.from_json_line(line) for line in gw.export_lines()]
 
 
 def test_rotation_entry_is_signed_by_the_old_key_and_later_entries_by_the_new(
