@@ -171,8 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit.add_parser("verify", help="verify an export offline")
     verify.add_argument("export", type=Path)
     verify.add_argument(
-        "--keys", type=Path, required=True, help="key set from `agentgw audit keys`"
+        "--keys",
+        type=Path,
+        help="key set from `agentgw audit keys`: its key for seq 1 is the trust anchor "
+        "unless one is pinned; checked against the key history the chain carries",
     )
+    add_anchor_arguments(verify)
     verify.add_argument(
         "--checkpoint", type=Path, help="checkpoint from `agentgw audit checkpoint`"
     )
@@ -189,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     inclusion.add_argument(
         "--keys", type=Path, required=True, help="key set from `agentgw audit keys`"
     )
+    add_anchor_arguments(inclusion)
     source = inclusion.add_mutually_exclusive_group()
     source.add_argument(
         "--entry-line", metavar="FILE:LINE", help="the entry is line LINE (from 1) of FILE"
@@ -207,9 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     consistency.add_argument(
         "--keys", type=Path, required=True, help="key set from `agentgw audit keys`"
     )
+    add_anchor_arguments(consistency)
     consistency.set_defaults(run=run_audit_prove_consistency)
     add_query_commands(audit, client)
     return parser
+
+
+def add_anchor_arguments(parser: argparse.ArgumentParser) -> None:
+    """--trust-key and --key-id: the key trusted to sign seq 1 (docs/audit-format.md §8)."""
+    anchor = parser.add_mutually_exclusive_group()
+    anchor.add_argument(
+        "--trust-key",
+        metavar="KEY",
+        help="the log's first public key, trusted out of band: base64 of the raw key, or "
+        "its note verifier key (origin+hash+key)",
+    )
+    anchor.add_argument(
+        "--key-id",
+        help="pin the trust anchor by key id: it must be the --keys file's key for seq 1",
+    )
 
 
 # --- serve --------------------------------------------------------------------------
@@ -449,7 +470,10 @@ def run_keys_rotate(args: argparse.Namespace) -> int:
     print(f"{old.first_seq}..{old.last_seq}")
     print(f"key {new.key_id} signs from seq {new.first_seq} on")
     print(f"note verifier key: {new.note_verifier_key}")
-    print("auditors: save the key set again (agentgw audit keys --out keys.json)")
+    print(
+        "auditors: `agentgw audit verify` learns the new key from the chain; save the key "
+        "set again for prove-inclusion/prove-consistency (agentgw audit keys --out keys.json)"
+    )
     return EXIT_OK
 
 
@@ -459,17 +483,19 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
-    from gateway.audit.checkpoint import CheckpointError, open_checkpoint
-    from gateway.audit.keys import KeySet
     from gateway.audit.verify import verify_export
 
-    try:
-        keys = KeySet.load(args.keys)
-    except (OSError, ValueError) as e:
-        raise CliError(f"--keys {args.keys}: {e}") from e
+    if args.keys is None and args.trust_key is None:
+        raise CliError(
+            "give the trust anchor: --keys FILE (and optionally --key-id) or --trust-key"
+        )
+    if args.key_id is not None and args.keys is None:
+        raise CliError("--key-id picks the anchor out of --keys: give --keys too")
+    keys = None if args.keys is None else _key_set_file(args.keys)
+    anchor = _trust_key(args) or args.key_id
     if not args.export.is_file():
         raise CliError(f"{args.export}: no such file")
-    checkpoint = None
+    note = None
     if args.checkpoint is not None:
         try:
             # The bytes as saved: read_text would turn a CR into LF (accepting an edited
@@ -477,31 +503,16 @@ def run_audit_verify(args: argparse.Namespace) -> int:
             note = args.checkpoint.read_bytes().decode("utf-8", errors="surrogateescape")
         except OSError as e:
             raise CliError(f"--checkpoint {args.checkpoint}: {e}") from e
-        try:
-            checkpoint = open_checkpoint(note, keys)
-        except CheckpointError as e:
-            message = str(e)
-            _report(
-                {
-                    "ok": False,
-                    "kind": "checkpoint_signature",
-                    "seq": None,
-                    "line": None,
-                    "message": message,
-                },
-                args.json,
-                lambda: f"FAILED checkpoint_signature: {message}",
-            )
-            return EXIT_FAILED
     # This process has no other thread (no channel, no server) when it verifies, so the
     # pool may fork; elsewhere, and where fork is unsafe (macOS), it spawns.
     forkable = sys.platform == "linux" and threading.active_count() == 1
     report = verify_export(
         _lines(args.export),
         keys,
-        checkpoint,
+        note,
         workers=max(1, args.workers),
         start_method="fork" if forkable else "spawn",
+        anchor=anchor,
     )
     if report.ok:
         _report(
@@ -532,6 +543,18 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def _trust_key(args: argparse.Namespace) -> Any:
+    """The TrustAnchor of --trust-key, or None."""
+    from gateway.audit.keys import KeyFileError, TrustAnchor
+
+    if args.trust_key is None:
+        return None
+    try:
+        return TrustAnchor.parse(args.trust_key)
+    except KeyFileError as e:
+        raise CliError(f"--trust-key: {e}") from e
+
+
 def _report(document: dict[str, Any], as_json: bool, text: Callable[[], str]) -> None:
     print(json.dumps(document) if as_json else text())
 
@@ -543,7 +566,7 @@ class ProofFailed(Exception):
     """A checkpoint or a proof did not verify: printed as FAILED, exit code 1."""
 
 
-def _proof_keys(path: Path) -> Any:
+def _key_set_file(path: Path) -> Any:
     from gateway.audit.keys import KeySet
 
     try:
@@ -552,8 +575,31 @@ def _proof_keys(path: Path) -> Any:
         raise CliError(f"--keys {path}: {e}") from e
 
 
+def _anchored_keys(args: argparse.Namespace) -> Any:
+    """--keys for proofs: one key history, starting at the pinned anchor if one is given.
+
+    There is no chain here to check the rest of the history against; `audit verify`
+    with the same key set does that.
+    """
+    from gateway.audit.keys import KeyHistoryError
+
+    keys = _key_set_file(args.keys)
+    anchor = _trust_key(args)
+    try:
+        first = keys.anchor(args.key_id if anchor is None else anchor.key_id)
+    except KeyHistoryError as e:
+        raise ProofFailed(f"key_history_mismatch: --keys {args.keys}: {e}") from e
+    if anchor is not None and (
+        first.public_key_raw != anchor.public_key_raw or anchor.origin not in (None, keys.origin)
+    ):
+        raise ProofFailed(
+            f"key_history_mismatch: --keys {args.keys}: its key for seq 1 is not --trust-key"
+        )
+    return keys
+
+
 def _saved_checkpoint(flag: str, path: Path, keys: Any) -> Any:
-    """The checkpoint in `path`, its signature checked against `keys`."""
+    """The checkpoint in `path`, signed by the key `keys` names for the seq after it."""
     from gateway.audit.checkpoint import CheckpointError, open_checkpoint
 
     try:
@@ -643,7 +689,7 @@ def _prove_inclusion(args: argparse.Namespace) -> str:
     seq: int = args.seq
     if seq < 1:
         raise CliError("--seq: must be >= 1")
-    keys = _proof_keys(args.keys)
+    keys = _anchored_keys(args)
     found = _entry_line(args)
     checkpoint = _saved_checkpoint("--checkpoint", args.checkpoint, keys)
     if seq > checkpoint.size:
@@ -692,7 +738,7 @@ def run_audit_prove_consistency(args: argparse.Namespace) -> int:
 def _prove_consistency(args: argparse.Namespace) -> str:
     from gateway.audit.merkle import verify_consistency
 
-    keys = _proof_keys(args.keys)
+    keys = _anchored_keys(args)
     old = _saved_checkpoint("--old", args.old, keys)
     new = _saved_checkpoint("--new", args.new, keys)
     if old.size > new.size:

@@ -3,20 +3,27 @@
 A rotation is one audit entry, `key_rotated`, signed by the old key and naming the
 new one; the audit writer switches the log's head to the new key in the same atomic
 append, so the entry with seq k is the old key's last and k + 1 the new key's first.
-It never decides which key is current (the head does) nor stores private keys
-anywhere but the key directory (`SigningKeys`).
+That entry is what makes verifiers trust the new key; the key history the writer
+also keeps in Redis (for `Audit.GetPublicKeys`) is a convenience. It never decides
+which key is current (the head does) nor stores private keys anywhere but the key
+directory (`SigningKeys`).
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.audit.entry import AuditEntry, EntryDraft, format_timestamp
-from gateway.audit.keys import KeyFileError, Signer, TrustedKey
-from gateway.audit.note import note_verifier_key
+from gateway.audit.keys import (
+    ROTATION_EVENT,
+    SIGNER_RESOURCE_PREFIX,
+    KeyFileError,
+    Signer,
+    TrustedKey,
+    next_signer_details,
+)
 from gateway.config import Principal
 from gateway.errors import Conflict, InvalidRequest, StoreUnavailable
 from gateway.holds import check_reason
@@ -34,23 +41,19 @@ class Rotation:
 
 
 def rotation_draft(actor: str, new: Signer, origin: str, reason: str, now: float) -> EntryDraft:
-    # No detail key contains "key": such values are redacted wherever they appear.
-    public = base64.b64encode(new.public_key_raw).decode("ascii")
+    """The entry that introduces `new`: the verifier trusts the new key because of it
+    (`gateway.audit.keys.read_next_signer` reads what `next_signer_details` writes)."""
     return EntryDraft(
         timestamp=format_timestamp(now),
-        event_type="key_rotated",
+        event_type=ROTATION_EVENT,
         actor=actor,
         actor_type="user",
         action_id="",
         action_type="",
-        resource=f"audit-signer:{new.key_id}",
+        resource=f"{SIGNER_RESOURCE_PREFIX}{new.key_id}",
         details={
             "reason": reason,
-            "next_signer": {
-                "id": new.key_id,
-                "public": public,
-                "verifier": note_verifier_key(origin, new.public_key_raw),
-            },
+            "next_signer": next_signer_details(origin, new.public_key_raw),
         },
         outcome="rotated",
     )

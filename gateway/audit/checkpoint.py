@@ -129,12 +129,17 @@ def parse_checkpoint(note: str) -> Checkpoint:
 def open_checkpoint(note: str, keys: KeySet | Iterable[tuple[str, bytes]]) -> Checkpoint:
     """Verify `note` against trusted keys and return the checkpoint it signs.
 
-    `keys` is a KeySet (every key in it, named by its origin) or (name, raw public
-    key) pairs. A signature by a trusted key named as the body's origin is required.
+    `keys` is a KeySet or (name, raw public key) pairs. From a KeySet only the key it
+    names for seq size + 1 is trusted, under its origin: the key current once entry
+    `size` is the head, which the gateway signs that checkpoint with (a retired key
+    cannot vouch for a tree grown after its retirement). A signature by a trusted key
+    named as the body's origin is required.
     """
     try:
         if isinstance(keys, KeySet):
-            verifiers: tuple[NoteVerifier, ...] = keys.note_verifiers()
+            # The size is read before the signature is checked only to pick the key.
+            verifier = keys.checkpoint_verifier(parse_checkpoint(note).size)
+            verifiers: tuple[NoteVerifier, ...] = () if verifier is None else (verifier,)
         else:
             verifiers = tuple(NoteVerifier(name, raw) for name, raw in keys)
         opened = open_note(note, verifiers)

@@ -1,8 +1,10 @@
-"""Audit signing keys: the server's Ed25519 signer and the key set an auditor trusts.
+"""Audit signing keys: the server's Ed25519 signer, the trust anchor and the key set.
 
-Owns key ids, the private key file (PKCS#8 PEM, mode 0600) and the JSON key set file
-that `agentgw audit keys` writes and `agentgw audit verify` reads. It decides which key
-may sign which seq range; it does not verify entries (see `verify.py`).
+Owns key ids, the private key file (PKCS#8 PEM, mode 0600), the trust anchor (the
+public key an auditor trusts to sign seq 1), the `next_signer` details by which a
+`key_rotated` entry introduces the next key, and the JSON key set file that
+`agentgw audit keys` writes and `agentgw audit verify` checks against the chain. It
+does not verify entries nor walk the chain (see `verify.py`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,18 @@ from typing import Any, Final, TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit.note import NoteError, NoteVerifier, check_key_name, note_verifier_key
+from gateway.audit.note import (
+    NoteError,
+    NoteVerifier,
+    check_key_name,
+    note_verifier_key,
+    parse_verifier_key,
+)
 
 KEY_ID_PREFIX: Final = b"agentgw/audit/v1/key-id\x00"
+ROTATION_EVENT: Final = "key_rotated"
+SIGNER_RESOURCE_PREFIX: Final = "audit-signer:"
+NEXT_SIGNER_MEMBERS: Final = frozenset({"id", "public", "verifier"})
 _HEX16: Final = re.compile(r"[0-9a-f]{16}")
 
 _T = TypeVar("_T")
@@ -32,6 +43,14 @@ _T = TypeVar("_T")
 
 class KeyFileError(ValueError):
     """A private key file or key set file is unreadable or breaks the format."""
+
+
+class KeyHistoryError(ValueError):
+    """A key set contradicts itself or the trust anchor (verify: key_history_mismatch)."""
+
+
+class RotationError(ValueError):
+    """A key_rotated entry does not name its next key as the format says (bad_rotation)."""
 
 
 def key_id_for(public_key_raw: bytes) -> str:
@@ -157,7 +176,7 @@ class SigningKeys:
 
 @dataclass(frozen=True)
 class TrustedKey:
-    """A public key trusted to sign entries first_seq..last_seq (None: still current)."""
+    """A public key said to sign entries first_seq..last_seq (None: still current)."""
 
     key_id: str
     public_key_raw: bytes
@@ -181,7 +200,11 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class KeySet:
-    """The keys an auditor trusts for one log (`origin`), each for a seq range."""
+    """What a key set file says about one log's (`origin`) keys, each for a seq range.
+
+    A claim, not the authority: `agentgw audit verify` takes its first key (or a pinned
+    one) as the trust anchor and checks the rest against the keys the chain introduces.
+    """
 
     origin: str
     keys: tuple[TrustedKey, ...]
@@ -205,9 +228,74 @@ class KeySet:
                 return key
         return None
 
-    def note_verifiers(self) -> tuple[NoteVerifier, ...]:
-        """Every key may sign checkpoints, under the origin as the note key name."""
-        return tuple(NoteVerifier(self.origin, key.public_key_raw) for key in self.keys)
+    def key_for_seq(self, seq: int) -> TrustedKey | None:
+        """The key whose range contains `seq` (the first such in a set that overlaps)."""
+        for key in self.keys:
+            if key.covers(seq):
+                return key
+        return None
+
+    def by_first_seq(self) -> tuple[TrustedKey, ...]:
+        return tuple(sorted(self.keys, key=lambda key: key.first_seq))
+
+    def history_problem(self) -> str | None:
+        """Why the ranges are not one key history, or None.
+
+        A history tiles the seqs from 1: sorted by first_seq, the first key starts at
+        1, each later key starts right after the previous one's last_seq, and only the
+        last key may be open-ended.
+        """
+        expected = 1
+        previous: TrustedKey | None = None
+        for key in self.by_first_seq():
+            if previous is not None and previous.last_seq is None:
+                return (
+                    f"keys {previous.key_id} and {key.key_id} are both open-ended or overlap "
+                    f"(ranges {previous.describe_range()} and {key.describe_range()})"
+                )
+            if key.first_seq < expected:
+                assert previous is not None
+                return (
+                    f"the ranges of keys {previous.key_id} ({previous.describe_range()}) and "
+                    f"{key.key_id} ({key.describe_range()}) overlap"
+                )
+            if key.first_seq > expected:
+                after = "" if previous is None else f" after key {previous.key_id}"
+                return f"no key for seq {expected}..{key.first_seq - 1}{after}"
+            previous = key
+            expected = 0 if key.last_seq is None else key.last_seq + 1
+        if previous is None:
+            return "no keys"
+        return None
+
+    def anchor(self, key_id: str | None = None) -> TrustAnchor:
+        """The trust anchor this set names: key `key_id` (pinned), else its first key.
+
+        Raises KeyHistoryError if the set is not one history (history_problem) or the
+        pinned key is not in it as the key of seq 1.
+        """
+        problem = self.history_problem()
+        if problem is not None:
+            raise KeyHistoryError(f"key set: {problem}")
+        first = self.by_first_seq()[0]
+        if key_id is not None and key_id != first.key_id:
+            pinned = self.find(key_id)
+            if pinned is None:
+                raise KeyHistoryError(
+                    f"key set: the pinned trust anchor {key_id} is not in it "
+                    f"(its key for seq 1 is {first.key_id})"
+                )
+            raise KeyHistoryError(
+                f"key set: the pinned trust anchor {key_id} signs seq "
+                f"{pinned.describe_range()}, not from seq 1 (its key for seq 1 is {first.key_id})"
+            )
+        return TrustAnchor(first.key_id, first.public_key_raw, self.origin)
+
+    def checkpoint_verifier(self, size: int) -> NoteVerifier | None:
+        """The key that may sign a checkpoint of `size` entries: the key for seq size + 1,
+        which the gateway signs with once entry `size` is the head."""
+        key = self.key_for_seq(size + 1)
+        return None if key is None else NoteVerifier(self.origin, key.public_key_raw)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -294,3 +382,111 @@ def _field(item: Mapping[str, object], where: str, name: str, kind: type[_T]) ->
     if not isinstance(value, kind) or isinstance(value, bool):
         raise KeyFileError(f"{where}.{name}: missing or not a {kind.__name__}")
     return value
+
+
+@dataclass(frozen=True)
+class TrustAnchor:
+    """The public key an auditor trusts, out of band, to sign seq 1 of a log.
+
+    Every later key is introduced by the chain itself (`key_rotated` entries); `origin`
+    is known when the anchor came with one (a note verifier key, a key set).
+    """
+
+    key_id: str
+    public_key_raw: bytes
+    origin: str | None = None
+
+    def __post_init__(self) -> None:
+        if key_id_for(self.public_key_raw) != self.key_id:
+            raise KeyFileError(f"trust anchor {self.key_id}: key_id does not match the public key")
+        if self.origin is not None:
+            try:
+                check_key_name(self.origin)
+            except NoteError as exc:
+                raise KeyFileError(f"trust anchor origin: {exc}") from None
+
+    @classmethod
+    def of(cls, public_key_raw: bytes, origin: str | None = None) -> TrustAnchor:
+        return cls(key_id_for(public_key_raw), public_key_raw, origin)
+
+    @classmethod
+    def parse(cls, text: str) -> TrustAnchor:
+        """Base64 of the raw 32-byte public key, or a note verifier key (which names the
+        origin too)."""
+        raw = decode_public_key(text)
+        if raw is not None:
+            return cls.of(raw)
+        try:
+            verifier = parse_verifier_key(text)
+        except NoteError as exc:
+            raise KeyFileError(
+                f"trust key: neither base64 of a 32-byte public key nor a note verifier key: {exc}"
+            ) from None
+        return cls.of(verifier.public_key_raw, verifier.name)
+
+
+@dataclass(frozen=True)
+class NextSigner:
+    """The key a `key_rotated` entry introduces: it signs every entry after that one."""
+
+    key_id: str
+    public_key_raw: bytes
+
+
+def next_signer_details(origin: str, public_key_raw: bytes) -> dict[str, str]:
+    """`details.next_signer` of a rotation entry (no member name contains "key": the
+    gateway redacts values under such names)."""
+    return {
+        "id": key_id_for(public_key_raw),
+        "public": base64.b64encode(public_key_raw).decode("ascii"),
+        "verifier": note_verifier_key(origin, public_key_raw),
+    }
+
+
+def read_next_signer(resource: str, next_signer: object, origin: str | None) -> NextSigner:
+    """The key a key_rotated entry introduces; RotationError names the first rule broken.
+
+    Without an origin the verifier key is checked for its key only.
+    """
+    if not isinstance(next_signer, Mapping) or next_signer.keys() != NEXT_SIGNER_MEMBERS:
+        raise RotationError("details.next_signer must be an object of id, public and verifier")
+    for member in sorted(NEXT_SIGNER_MEMBERS):
+        if not isinstance(next_signer[member], str):
+            raise RotationError(f"details.next_signer.{member} must be a string")
+    public_key_raw = decode_public_key(next_signer["public"])
+    if public_key_raw is None:
+        raise RotationError("details.next_signer.public is not base64 of a 32-byte public key")
+    key_id = key_id_for(public_key_raw)
+    if next_signer["id"] != key_id:
+        raise RotationError(
+            f"details.next_signer.id {next_signer['id']!r} is not the key id of its public "
+            f"key ({key_id})"
+        )
+    verifier = next_signer["verifier"]
+    if origin is not None:
+        if verifier != note_verifier_key(origin, public_key_raw):
+            raise RotationError(
+                f"details.next_signer.verifier is not the note verifier key of origin "
+                f"{origin!r} and its public key"
+            )
+    else:
+        try:
+            named = parse_verifier_key(verifier)
+        except NoteError as exc:
+            raise RotationError(f"details.next_signer.verifier: {exc}") from None
+        if named.public_key_raw != public_key_raw:
+            raise RotationError("details.next_signer.verifier names another public key")
+    if resource != SIGNER_RESOURCE_PREFIX + key_id:
+        raise RotationError(f"resource must be {SIGNER_RESOURCE_PREFIX}{key_id}")
+    return NextSigner(key_id, public_key_raw)
+
+
+def decode_public_key(text: str) -> bytes | None:
+    """The 32 bytes `text` is the canonical base64 of, or None."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    if len(raw) != 32 or base64.b64encode(raw).decode("ascii") != text:
+        return None
+    return raw

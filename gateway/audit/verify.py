@@ -1,20 +1,25 @@
-"""Streaming offline verification of an audit export against trusted keys.
+"""Streaming offline verification of an audit export from a trust anchor.
 
 Owns the verification algorithm of `docs/audit-format.md`: per-line checks (format,
 entry hash, key, signature), the chain and seq checks with the rules that name the
-first bad entry's failure kind, and the comparison with a signed checkpoint. Memory is
-constant: the previous entry's seq and hash plus a Merkle compact range. With
-`workers > 1` the per-line checks run in a process pool over bounded chunks. It reads
-only the lines it is given; opening files and printing belong to the CLI.
+first bad entry's failure kind, the key history the chain carries (the anchor signs
+seq 1, each `key_rotated` entry introduces the next key) checked against what a key
+set file claims, and the comparison with a signed checkpoint. Memory is constant: the
+previous entry's seq and hash, a Merkle compact range and the log's few keys. With
+`workers > 1` the signature checks run in a process pool over bounded chunks, against
+the keys the lines before them name; the walk re-checks any line whose key turns out
+to be another, so the result never depends on `workers`. It reads only the lines it
+is given; opening files and printing belong to the CLI.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
 import multiprocessing
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ from itertools import chain, islice
 from multiprocessing.context import BaseContext
 from typing import Final, NamedTuple
 
-from gateway.audit.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from gateway.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from gateway.audit.entry import (
     GENESIS_HASH,
     EntryFormatError,
@@ -32,10 +37,24 @@ from gateway.audit.entry import (
     read_signed_line,
     signature_verifies,
 )
-from gateway.audit.keys import KeySet
+from gateway.audit.keys import (
+    ROTATION_EVENT,
+    KeyHistoryError,
+    KeySet,
+    NextSigner,
+    RotationError,
+    TrustAnchor,
+    decode_public_key,
+    key_id_for,
+    read_next_signer,
+)
 from gateway.audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash_of
+from gateway.audit.note import NoteError, NoteVerifier, check_note_signatures
 
 CHUNK_SIZE: Final = 2000
+# Every canonical key_rotated line contains this; a line that merely contains it (a
+# nested key) is parsed and told apart.
+_ROTATION_MARK: Final = f'"event_type":"{ROTATION_EVENT}"'
 
 
 class FailureKind(enum.StrEnum):
@@ -45,7 +64,10 @@ class FailureKind(enum.StrEnum):
     EDITED = "edited"
     UNKNOWN_KEY = "unknown_key"
     BAD_SIGNATURE = "bad_signature"
+    UNTRUSTED_KEY = "untrusted_key"
     KEY_OUT_OF_RANGE = "key_out_of_range"
+    BAD_ROTATION = "bad_rotation"
+    KEY_HISTORY_MISMATCH = "key_history_mismatch"
     BROKEN_LINK = "broken_link"
     DELETED = "deleted"
     DUPLICATE_SEQ = "duplicate_seq"
@@ -85,6 +107,9 @@ class _Inspected(NamedTuple):
     """What the chain walk needs from one line, after the checks that need no context.
 
     A tuple rather than a dataclass: one is built per line, and pickled in the pool.
+    The signature was checked against `checked_with`, the public key the lines before
+    this one name for `key_id` (b"" if none did); the walk uses that answer only if it
+    trusts that very key for `key_id`, and checks the signature itself otherwise.
     """
 
     line_number: int
@@ -92,64 +117,78 @@ class _Inspected(NamedTuple):
     prev_hash: str
     entry_hash: str
     leaf_hash: bytes
-    problem: tuple[FailureKind, str] | None
-
-    @property
-    def sound(self) -> bool:
-        return self.problem is None
+    problem: tuple[FailureKind, str] | None  # malformed or edited: the line alone is bad
+    key_id: str = ""
+    signature: str = ""
+    checked_with: bytes = b""
+    signature_ok: bool = False
+    rotation: tuple[str, object] | None = None  # a key_rotated entry's resource, next_signer
 
 
 def verify_export(
     lines: Iterable[str],
-    keys: KeySet,
+    keys: KeySet | None,
     checkpoint: Checkpoint | str | None = None,
     workers: int = 1,
     chunk_size: int = CHUNK_SIZE,
     start_method: str = "spawn",
+    *,
+    anchor: TrustAnchor | str | None = None,
 ) -> VerifyReport:
     """Verify an export (JSON Lines, with or without newlines) and stop at the first failure.
 
-    `checkpoint` is an already opened Checkpoint, or a signed note that is opened here
-    against `keys` (a bad note is reported as checkpoint_signature before any line is read).
-    With `workers` > 1 the pool's processes start with `start_method`: spawn by default,
-    as the caller may hold threads (gRPC, logging) that fork would copy mid-lock; a
-    caller that knows it has no other thread may pass "fork", which starts in
-    milliseconds instead of re-importing the caller's modules in every worker.
+    Trust starts from `anchor`, the key that must sign seq 1: a TrustAnchor, or the key
+    id of one of `keys` (pinned), or None for the key of `keys` with first_seq 1. Every
+    later key comes from the chain's key_rotated entries; `keys`, when given, is checked
+    against them (key_history_mismatch where it disagrees), and before any line is read
+    against itself and the anchor.
+
+    `checkpoint` is an already opened Checkpoint, trusted as it is, or a signed note:
+    its signatures by keys known before the scan (anchor, key set) are checked before any
+    line is read (checkpoint_signature), and at its size it must be signed by the key
+    the chain names for the next entry. With `workers` > 1 the pool's processes start
+    with `start_method`: spawn by default, as the caller may hold threads (gRPC, logging)
+    that fork would copy mid-lock; a caller that knows it has no other thread may pass
+    "fork", which starts in milliseconds instead of re-importing the caller's modules
+    in every worker.
     """
-    if isinstance(checkpoint, str):
+    try:
+        trust = _Trust.start(keys, anchor)
+    except KeyHistoryError as exc:
+        return _failed_before_scan(FailureKind.KEY_HISTORY_MISMATCH, str(exc))
+    pending = None
+    if checkpoint is not None:
         try:
-            checkpoint = open_checkpoint(checkpoint, keys)
+            pending = _PendingCheckpoint.open(checkpoint, trust)
         except CheckpointError as exc:
-            return _failed_before_scan(f"checkpoint: {exc}")
-    if checkpoint is not None and checkpoint.origin != keys.origin:
-        return _failed_before_scan(
-            f"checkpoint origin {checkpoint.origin!r} is not the key set's {keys.origin!r}"
-        )
+            return _failed_before_scan(FailureKind.CHECKPOINT_SIGNATURE, f"checkpoint: {exc}")
+    candidates = dict(trust.known)
     numbered = enumerate(lines, start=1)
     if workers > 1:
         context = multiprocessing.get_context(start_method)
         inspected: Generator[_Inspected] = _inspect_in_pool(
-            numbered, keys, workers, chunk_size, context
+            numbered, candidates, workers, chunk_size, context
         )
     else:
-        inspected = (_inspect_line(number, line, keys) for number, line in numbered)
+        inspected = _inspect_lines(numbered, candidates)
     with closing(inspected):
-        return _walk(inspected, checkpoint)
+        return _walk(inspected, trust, pending)
 
 
-def _failed_before_scan(message: str) -> VerifyReport:
-    failure = VerifyFailure(
-        FailureKind.CHECKPOINT_SIGNATURE, None, None, f"{message} (checkpoint_signature)"
-    )
+def _failed_before_scan(kind: FailureKind, message: str) -> VerifyReport:
+    failure = VerifyFailure(kind, None, None, f"{message} ({kind})")
     return VerifyReport(0, EMPTY_ROOT.hex(), GENESIS_HASH, failure)
+
+
+# --- the checks of one line (in the pool's workers, or in line) ------------------------
 
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _inspect_line(line_number: int, line: str, keys: KeySet) -> _Inspected:
-    """Checks that depend on this line alone, in the documented order."""
+def _inspect_line(line_number: int, line: str, candidates: Mapping[str, bytes]) -> _Inspected:
+    """Checks that depend on this line alone (and the key the lines before name)."""
     text = line[:-1] if line.endswith("\n") else line
     read = read_signed_line(text)
     if read is None:
@@ -162,27 +201,20 @@ def _inspect_line(line_number: int, line: str, keys: KeySet) -> _Inspected:
         return _problem(
             line_number, seq, FailureKind.EDITED, "entry_hash does not match its contents"
         )
-    key = keys.find(read.key_id)
-    if key is None:
-        return _problem(
-            line_number, seq, FailureKind.UNKNOWN_KEY, f"key_id {read.key_id} is not a trusted key"
-        )
-    if not signature_verifies(read.signature, read.entry_hash, key.public_key_raw):
-        return _problem(
-            line_number,
-            seq,
-            FailureKind.BAD_SIGNATURE,
-            f"signature does not verify under key {key.key_id}",
-        )
-    if not key.covers(seq):
-        return _problem(
-            line_number,
-            seq,
-            FailureKind.KEY_OUT_OF_RANGE,
-            f"key {key.key_id} may only sign seq {key.describe_range()}",
-        )
+    public = candidates.get(read.key_id, b"")
+    verified = bool(public) and signature_verifies(read.signature, read.entry_hash, public)
     return _Inspected(
-        line_number, seq, read.prev_hash, read.entry_hash, leaf_hash_of(read.canonical), None
+        line_number,
+        seq,
+        read.prev_hash,
+        read.entry_hash,
+        leaf_hash_of(read.canonical),
+        None,
+        read.key_id,
+        read.signature,
+        public,
+        verified,
+        _rotation_claim(text) if _ROTATION_MARK in text else None,
     )
 
 
@@ -208,18 +240,63 @@ def _read_line(line_number: int, text: str) -> SignedLine | _Inspected:
     )
 
 
-def _problem(line_number: int, seq: int | None, kind: FailureKind, why: str) -> _Inspected:
+def _message(line_number: int, seq: int | None, kind: FailureKind, why: str) -> str:
     where = f"line {line_number}" if seq is None else f"seq {seq}"
-    return _Inspected(line_number, seq, "", "", b"", (kind, f"{where}: {why} ({kind})"))
+    return f"{where}: {why} ({kind})"
 
 
-def _inspect_chunk(chunk: list[tuple[int, str]], keys: KeySet) -> list[_Inspected]:
-    return [_inspect_line(number, line, keys) for number, line in chunk]
+def _problem(line_number: int, seq: int | None, kind: FailureKind, why: str) -> _Inspected:
+    return _Inspected(line_number, seq, "", "", b"", (kind, _message(line_number, seq, kind, why)))
+
+
+def _rotation_claim(text: str) -> tuple[str, object] | None:
+    """(resource, details.next_signer) of a sound line whose event_type is key_rotated."""
+    obj = json.loads(text)
+    if obj["event_type"] != ROTATION_EVENT:
+        return None
+    return obj["resource"], obj["details"].get("next_signer")
+
+
+def _claimed_next_signer(line: str) -> object:
+    """details.next_signer of a line that says it is a key_rotated entry, unchecked."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or obj.get("event_type") != ROTATION_EVENT:
+        return None
+    details = obj.get("details")
+    return details.get("next_signer") if isinstance(details, dict) else None
+
+
+def _learn(candidates: dict[str, bytes], next_signer: object) -> None:
+    """Remember the key a rotation line names, for checking the lines after it.
+
+    Only a guess at the key for a key id: the walk decides whether the rotation counts.
+    """
+    public = next_signer.get("public") if isinstance(next_signer, dict) else None
+    raw = decode_public_key(public) if isinstance(public, str) else None
+    if raw is not None:
+        candidates.setdefault(key_id_for(raw), raw)
+
+
+def _inspect_lines(
+    numbered: Iterable[tuple[int, str]], candidates: dict[str, bytes]
+) -> Generator[_Inspected]:
+    for number, line in numbered:
+        item = _inspect_line(number, line, candidates)
+        if item.rotation is not None:
+            _learn(candidates, item.rotation[1])
+        yield item
+
+
+def _inspect_chunk(chunk: list[tuple[int, str]], candidates: dict[str, bytes]) -> list[_Inspected]:
+    return list(_inspect_lines(chunk, candidates))
 
 
 def _inspect_in_pool(
     numbered: Iterator[tuple[int, str]],
-    keys: KeySet,
+    candidates: dict[str, bytes],
     workers: int,
     chunk_size: int,
     context: BaseContext,
@@ -231,7 +308,11 @@ def _inspect_in_pool(
         while True:
             chunk = list(islice(numbered, chunk_size))
             if chunk:
-                pending.append(pool.submit(_inspect_chunk, chunk, keys))
+                # A copy: the pool pickles its arguments later, in another thread.
+                pending.append(pool.submit(_inspect_chunk, chunk, dict(candidates)))
+                for _, line in chunk:
+                    if _ROTATION_MARK in line:
+                        _learn(candidates, _claimed_next_signer(line))
             if pending and (not chunk or len(pending) >= 2 * workers):
                 yield from pending.popleft().result()
             elif not chunk:
@@ -240,46 +321,331 @@ def _inspect_in_pool(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _walk(inspected: Iterator[_Inspected], checkpoint: Checkpoint | None) -> VerifyReport:
+# --- the keys the chain trusts -----------------------------------------------------------
+
+
+class _Trust:
+    """Which key signs the next entry, the keys the chain has introduced and retired,
+    and the key set's claims, as the walk moves along the chain."""
+
+    def __init__(self, anchor: TrustAnchor, key_set: KeySet | None, origin: str | None) -> None:
+        self.anchor = anchor
+        self.key_set = key_set
+        self.origin = origin
+        # Every key a line may name: the key set's (claims) and the chain's (trusted).
+        self.known: dict[str, bytes] = {}
+        if key_set is not None:
+            self.known.update((key.key_id, key.public_key_raw) for key in key_set.keys)
+        self.known[anchor.key_id] = anchor.public_key_raw
+        self.current = NextSigner(anchor.key_id, anchor.public_key_raw)
+        self.current_first = 1
+        # Keys rotated out: key id -> (first seq, last seq, the key that followed).
+        self.retired: dict[str, tuple[int, int, str]] = {}
+        self.claims = None if key_set is None else _KeySetClaims(key_set)
+
+    @classmethod
+    def start(cls, keys: KeySet | None, anchor: TrustAnchor | str | None) -> _Trust:
+        """Step 0: the anchor, and the key set checked against itself and the anchor."""
+        if isinstance(anchor, TrustAnchor):
+            chosen = anchor
+        elif keys is None:
+            raise ValueError("verify_export needs a key set or a trust anchor")
+        else:
+            chosen = keys.anchor(anchor)
+        if keys is None:
+            return cls(chosen, None, chosen.origin)
+        problem = keys.history_problem()
+        if problem is not None:
+            raise KeyHistoryError(f"key set: {problem}")
+        listed = keys.find(chosen.key_id)
+        if listed is not None and listed.public_key_raw != chosen.public_key_raw:
+            raise KeyHistoryError(
+                f"key set: key {chosen.key_id} has another public key than the trust anchor"
+            )
+        if chosen.origin is not None and chosen.origin != keys.origin:
+            raise KeyHistoryError(
+                f"key set: it is for origin {keys.origin!r}, the trust anchor for {chosen.origin!r}"
+            )
+        return cls(chosen, keys, keys.origin)
+
+    def line_problem(self, item: _Inspected) -> tuple[FailureKind, str] | None:
+        """unknown_key or bad_signature for a line that passed its own checks."""
+        public = self.known.get(item.key_id)
+        if public is None:
+            return _failure_text(
+                item,
+                FailureKind.UNKNOWN_KEY,
+                f"key_id {item.key_id} is not a trusted key (not the anchor, not in the key "
+                "set, introduced by no rotation so far)",
+            )
+        if item.checked_with == public:
+            verified = item.signature_ok
+        else:
+            verified = signature_verifies(item.signature, item.entry_hash, public)
+        if not verified:
+            return _failure_text(
+                item,
+                FailureKind.BAD_SIGNATURE,
+                f"signature does not verify under key {item.key_id}",
+            )
+        return None
+
+    def sound(self, item: _Inspected) -> bool:
+        return item.problem is None and self.line_problem(item) is None
+
+    def accept(self, item: _Inspected, seq: int) -> tuple[FailureKind, str] | None:
+        """Step 3, for a sound entry that continues the chain at `seq`; on success the
+        chain moves to the next key if it is a rotation."""
+        current = self.current
+        if item.key_id != current.key_id:
+            return self._wrong_key(item, seq)
+        next_signer = None
+        if item.rotation is not None:
+            resource, raw = item.rotation
+            try:
+                next_signer = read_next_signer(resource, raw, self.origin)
+            except RotationError as exc:
+                return _failure_text(item, FailureKind.BAD_ROTATION, f"key_rotated entry: {exc}")
+            if next_signer.key_id == current.key_id or next_signer.key_id in self.retired:
+                return _failure_text(
+                    item,
+                    FailureKind.BAD_ROTATION,
+                    f"key_rotated entry: key {next_signer.key_id} has already signed this log",
+                )
+        claims = self.claims
+        if claims is not None and (seq > claims.end or item.key_id != claims.key_id):
+            why = claims.problem(seq, item.key_id, self.retired)
+            if why is not None:
+                return _failure_text(item, FailureKind.KEY_HISTORY_MISMATCH, why)
+            if claims.exhausted:
+                self.claims = None
+        if next_signer is not None:
+            return self._rotate(item, seq, next_signer)
+        return None
+
+    def _wrong_key(self, item: _Inspected, seq: int) -> tuple[FailureKind, str]:
+        current = self.current
+        retired = self.retired.get(item.key_id)
+        if retired is not None:
+            first, last, successor = retired
+            return _failure_text(
+                item,
+                FailureKind.KEY_OUT_OF_RANGE,
+                f"key {item.key_id} may only sign seq {first}..{last}: the rotation at seq "
+                f"{last} moved the chain to key {successor}",
+            )
+        if seq == 1:
+            why = f"signed by key {item.key_id}, not by the trust anchor {current.key_id}"
+        else:
+            why = (
+                f"signed by key {item.key_id}, which no rotation in the chain introduced; "
+                f"seq {seq} is signed by key {current.key_id} (since seq {self.current_first})"
+            )
+        return _failure_text(item, FailureKind.UNTRUSTED_KEY, why)
+
+    def _rotate(
+        self, item: _Inspected, seq: int, next_signer: NextSigner
+    ) -> tuple[FailureKind, str] | None:
+        listed = None if self.key_set is None else self.key_set.find(next_signer.key_id)
+        if listed is not None and listed.public_key_raw != next_signer.public_key_raw:
+            return _failure_text(
+                item,
+                FailureKind.KEY_HISTORY_MISMATCH,
+                f"the key set gives key {next_signer.key_id} another public key than the "
+                "rotation that introduces it",
+            )
+        self.retired[self.current.key_id] = (self.current_first, seq, next_signer.key_id)
+        self.current, self.current_first = next_signer, seq + 1
+        self.known[next_signer.key_id] = next_signer.public_key_raw
+        return None
+
+    def end_problem(self, next_seq: int) -> str | None:
+        """Step 4: the key set's key for the seq after the export is the chain's current."""
+        if self.claims is None:
+            return None
+        return self.claims.problem(next_seq, self.current.key_id, self.retired)
+
+    def signed_checkpoint(self, note: str, keys: Iterable[bytes]) -> bool:
+        """Does `note` carry a valid signature by one of `keys` under the origin?"""
+        assert self.origin is not None  # set from the checkpoint if nothing else named it
+        verifiers = [NoteVerifier(self.origin, public) for public in keys]
+        try:
+            return bool(check_note_signatures(note, verifiers).signed_by)
+        except NoteError:
+            return False
+
+
+def _failure_text(item: _Inspected, kind: FailureKind, why: str) -> tuple[FailureKind, str]:
+    return kind, _message(item.line_number, item.seq, kind, why)
+
+
+class _KeySetClaims:
+    """Checks, seq by seq, that a key set's ranges name the keys the chain uses.
+
+    `key_id` and `end` describe the set's key for the seqs checked last, so that the
+    walk needs to ask again only at a range's end or where the chain changes key.
+    """
+
+    def __init__(self, keys: KeySet) -> None:
+        self._keys = keys.by_first_seq()
+        self._index = 0
+        self.key_id = ""
+        self.end = 0.0
+        self.exhausted = False  # the set was saved before a rotation: it says no more
+
+    def problem(
+        self, seq: int, signer: str, retired: Mapping[str, tuple[int, int, str]]
+    ) -> str | None:
+        """Why the set's key for `seq` is not `signer`, the key the chain has for it."""
+        keys = self._keys
+        # Seqs only grow, and the ranges tile from 1 (history_problem): walk forward.
+        while self._index + 1 < len(keys):
+            last = keys[self._index].last_seq
+            if last is None or last >= seq:
+                break
+            self._index += 1
+        key = keys[self._index]
+        if not key.covers(seq):
+            return f"the key set names no key for seq {seq}; the chain's key for it is {signer}"
+        if key.key_id == signer:
+            self.key_id = key.key_id
+            self.end = math.inf if key.last_seq is None else key.last_seq
+            return None
+        if key.last_seq is None and key.key_id in retired:
+            # Saved before the rotation that retired its current key: still true of the
+            # seqs it knew about, and silent about the later ones.
+            self.exhausted = True
+            return None
+        said = f"the key set says key {key.key_id} signs seq {key.describe_range()}"
+        if key.key_id in retired:
+            last = retired[key.key_id][1]
+            return f"{said}, but the chain rotated it out after seq {last}; seq {seq} is {signer}'s"
+        return f"{said}, but no rotation introduced it; the chain's key for seq {seq} is {signer}"
+
+
+# --- the checkpoint ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PendingCheckpoint:
+    """A checkpoint to compare at its size; `note` None: opened and trusted by the caller."""
+
+    checkpoint: Checkpoint
+    note: str | None
+
+    @classmethod
+    def open(cls, checkpoint: Checkpoint | str, trust: _Trust) -> _PendingCheckpoint:
+        """Step 0: parse the note and check its signatures by the keys known before the
+        scan; raises CheckpointError."""
+        if isinstance(checkpoint, Checkpoint):
+            opened, note = checkpoint, None
+        else:
+            opened, note = parse_checkpoint(checkpoint), checkpoint
+        if trust.origin is None:
+            # A bare public key as anchor: the checkpoint names the origin, and the
+            # anchor's (or a chain key's) signature under that name vouches for it.
+            trust.origin = opened.origin
+        if opened.origin != trust.origin:
+            raise CheckpointError(
+                f"checkpoint origin {opened.origin!r} is not the key set's {trust.origin!r}"
+            )
+        if note is not None:
+            verifiers = [NoteVerifier(trust.origin, public) for public in trust.known.values()]
+            try:
+                check_note_signatures(note, verifiers)
+            except NoteError as exc:
+                raise CheckpointError(str(exc)) from None
+        return cls(opened, note)
+
+
+def _walk(
+    inspected: Iterator[_Inspected], trust: _Trust, pending: _PendingCheckpoint | None
+) -> VerifyReport:
     compact = CompactRange()
     last_seq, last_hash = 0, GENESIS_HASH
+    checkpoint = None if pending is None else pending.checkpoint
+    size = -1 if checkpoint is None else checkpoint.size
 
     def report(failure: VerifyFailure | None = None) -> VerifyReport:
         return VerifyReport(compact.size, compact.root().hex(), last_hash, failure)
 
-    if checkpoint is not None and checkpoint.size == 0:
-        failure = _compare_checkpoint(checkpoint, compact, last_hash, None)
+    if pending is not None and size == 0:
+        failure = _compare_checkpoint(pending, trust, compact, last_hash, None)
         if failure is not None:
             return report(failure)
     for item in inspected:
-        if item.problem is not None:
-            kind, message = item.problem
+        problem = item.problem or trust.line_problem(item)
+        if problem is not None:
+            kind, message = problem
             return report(VerifyFailure(kind, item.seq, item.line_number, message))
         if item.seq != last_seq + 1 or item.prev_hash != last_hash:
-            return report(_classify(item, inspected, last_seq, last_hash))
+            return report(_classify(item, inspected, last_seq, last_hash, trust))
+        problem = trust.accept(item, last_seq + 1)
+        if problem is not None:
+            kind, message = problem
+            return report(VerifyFailure(kind, item.seq, item.line_number, message))
         compact.append(item.leaf_hash)
         last_seq, last_hash = last_seq + 1, item.entry_hash
-        if checkpoint is not None and last_seq == checkpoint.size:
-            failure = _compare_checkpoint(checkpoint, compact, last_hash, item.line_number)
+        if last_seq == size:
+            assert pending is not None
+            failure = _compare_checkpoint(pending, trust, compact, last_hash, item.line_number)
             if failure is not None:
                 return report(failure)
-    if checkpoint is not None and last_seq < checkpoint.size:
+    why = trust.end_problem(last_seq + 1)
+    if why is not None:
+        kind = FailureKind.KEY_HISTORY_MISMATCH
         return report(
-            VerifyFailure(
-                FailureKind.TRUNCATED,
-                last_seq + 1,
-                None,
-                f"seq {last_seq + 1}: export ends after {last_seq} entries but the checkpoint "
-                f"covers {checkpoint.size} (truncated)",
-            )
+            VerifyFailure(kind, last_seq + 1, None, f"seq {last_seq + 1}: {why} ({kind})")
         )
+    if pending is not None and last_seq < size:
+        return report(_truncated(pending, trust, last_seq))
     return report()
 
 
+def _truncated(pending: _PendingCheckpoint, trust: _Trust, last_seq: int) -> VerifyFailure:
+    size = pending.checkpoint.size
+    # Which key should have signed it is in the entries that are missing: any key
+    # trusted so far will do to say the log was longer.
+    if pending.note is not None and not trust.signed_checkpoint(pending.note, trust.known.values()):
+        kind = FailureKind.CHECKPOINT_SIGNATURE
+        return VerifyFailure(
+            kind,
+            None,
+            None,
+            f"the checkpoint of size {size} is signed by no key the anchor, the key set or "
+            f"the chain up to seq {last_seq} trusts ({kind})",
+        )
+    return VerifyFailure(
+        FailureKind.TRUNCATED,
+        last_seq + 1,
+        None,
+        f"seq {last_seq + 1}: export ends after {last_seq} entries but the checkpoint "
+        f"covers {size} (truncated)",
+    )
+
+
 def _compare_checkpoint(
-    checkpoint: Checkpoint, compact: CompactRange, head: str, line_number: int | None
+    pending: _PendingCheckpoint,
+    trust: _Trust,
+    compact: CompactRange,
+    head: str,
+    line_number: int | None,
 ) -> VerifyFailure | None:
+    checkpoint = pending.checkpoint
     size = checkpoint.size
+    where = f"seq {size}: " if size else ""
+    signer = trust.current.key_id
+    if pending.note is not None and not trust.signed_checkpoint(
+        pending.note, [trust.current.public_key_raw]
+    ):
+        kind = FailureKind.CHECKPOINT_SIGNATURE
+        return VerifyFailure(
+            kind,
+            size or None,
+            line_number,
+            f"{where}the checkpoint of size {size} is not signed by key {signer}, the key "
+            f"the chain names for seq {size + 1} ({kind})",
+        )
     if compact.root() != checkpoint.root_hash:
         return VerifyFailure(
             FailureKind.ROOT_MISMATCH,
@@ -300,7 +666,7 @@ def _compare_checkpoint(
 
 
 def _classify(
-    item: _Inspected, rest: Iterator[_Inspected], last_seq: int, last_hash: str
+    item: _Inspected, rest: Iterator[_Inspected], last_seq: int, last_hash: str, trust: _Trust
 ) -> VerifyFailure:
     """Name the kind of the first sound entry that does not continue the chain.
 
@@ -313,7 +679,10 @@ def _classify(
     expected = last_seq + 1
     # Does the entry after this one continue the chain as if this one were absent?
     after_fits = (
-        after is not None and after.sound and after.seq == expected and after.prev_hash == last_hash
+        after is not None
+        and after.seq == expected
+        and after.prev_hash == last_hash
+        and trust.sound(after)
     )
     previous = f"seq {last_seq}" if last_seq else "the genesis hash"
 

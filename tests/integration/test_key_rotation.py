@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import fields
@@ -226,3 +229,83 @@ def test_keys_rotate_through_the_cli(
     )
     assert "PERMISSION_DENIED" in capsys.readouterr().err
     assert len(gw.key_set().keys) == 2
+
+
+def cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = cli_main(list(argv))
+    return code, out.getvalue()
+
+
+def test_a_key_set_saved_before_a_rotation_verifies_the_later_export(
+    gw: RunningGateway, tmp_path: Path
+) -> None:
+    # The auditor saved the key set once; the gateway rotated since. The new key comes
+    # from the chain: the rotation entry, signed by the key the auditor trusts.
+    flags = ["--server", gw.target, "--token", token_for("auditor-1")]
+    before, after = tmp_path / "keys-before.json", tmp_path / "keys-after.json"
+    export, checkpoint = tmp_path / "audit.jsonl", tmp_path / "cp.note"
+    submit_some(gw, 3)
+    assert cli("audit", "keys", *flags, "--out", str(before))[0] == 0
+    rotation = rotate(gw, "quarterly rotation")
+    submit_some(gw, 2, session="after")
+    assert cli("audit", "keys", *flags, "--out", str(after))[0] == 0
+    assert cli("audit", "checkpoint", *flags, "--out", str(checkpoint))[0] == 0
+    assert cli("audit", "export", *flags, "--out", str(export))[0] == 0
+    [first] = json.loads(before.read_text())["keys"]
+    assert (first["first_seq"], first["last_seq"]) == (1, 0)
+
+    verify = ["audit", "verify", str(export), "--checkpoint", str(checkpoint)]
+    for anchor in (
+        ["--keys", str(before)],
+        ["--keys", str(after)],
+        ["--keys", str(after), "--key-id", first["key_id"]],
+        ["--trust-key", first["note_verifier_key"]],
+        ["--trust-key", first["public_key"]],
+    ):
+        for workers in ("1", "2"):
+            code, out = cli(*verify, *anchor, "--workers", workers)
+            assert code == 0, (anchor, out)
+            assert out.startswith("OK: 6 entries verified"), out
+
+    # The key set saved after the rotation, with the rotation moved one seq later.
+    shifted = json.loads(after.read_text())
+    shifted["keys"][0]["last_seq"] = rotation.entry.seq + 1
+    shifted["keys"][1]["first_seq"] = rotation.entry.seq + 2
+    wrong = tmp_path / "keys-shifted.json"
+    wrong.write_text(json.dumps(shifted))
+    for workers in ("1", "2"):
+        code, out = cli(*verify, "--keys", str(wrong), "--workers", workers, "--json")
+        assert code == 1
+        report = json.loads(out)
+        assert (report["kind"], report["seq"]) == ("key_history_mismatch", rotation.entry.seq + 1)
+        assert f"the chain rotated it out after seq {rotation.entry.seq}" in report["message"]
+
+
+def test_proofs_take_the_checkpoint_signer_from_the_key_set(
+    gw: RunningGateway, tmp_path: Path
+) -> None:
+    flags = ["--server", gw.target, "--token", token_for("auditor-1")]
+    keys, old, new = tmp_path / "keys.json", tmp_path / "old.note", tmp_path / "new.note"
+    submit_some(gw, 2)
+    assert cli("audit", "checkpoint", *flags, "--out", str(old))[0] == 0
+    rotate(gw)
+    submit_some(gw, 2, session="after")
+    assert cli("audit", "checkpoint", *flags, "--out", str(new))[0] == 0
+    assert cli("audit", "keys", *flags, "--out", str(keys))[0] == 0
+    first = json.loads(keys.read_text())["keys"][0]
+    consistency = ["audit", "prove-consistency", *flags, "--old", str(old), "--new", str(new)]
+    assert cli(*consistency, "--keys", str(keys))[0] == 0
+    assert cli(*consistency, "--keys", str(keys), "--key-id", first["key_id"])[0] == 0
+    assert cli(*consistency, "--keys", str(keys), "--trust-key", first["public_key"])[0] == 0
+    code, out = cli(*consistency, "--keys", str(keys), "--key-id", "00" * 8)
+    assert code == 1 and out.startswith("FAILED key_history_mismatch"), out
+    # The old checkpoint (size 2) is the old key's, the new one (size 5) the new key's:
+    # a key set that says the old key signs on cannot vouch for the new one.
+    stale = json.loads(keys.read_text())
+    stale["keys"] = [{**stale["keys"][0], "last_seq": 0}]
+    stale_path = tmp_path / "keys-stale.json"
+    stale_path.write_text(json.dumps(stale))
+    code, out = cli(*consistency, "--keys", str(stale_path))
+    assert code == 1 and out.startswith("FAILED checkpoint_signature: --new"), out

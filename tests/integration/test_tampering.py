@@ -10,6 +10,7 @@ files the way an attacker would and runs the real CLI verify, checking the exit 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -30,6 +31,7 @@ from clients.cli import EXIT_FAILED, EXIT_OK, main
 from gateway.audit.checkpoint import parse_checkpoint
 from gateway.audit.entry import AuditEntry, EntryDraft, build_entry, canonical_forms, entry_hash_of
 from gateway.audit.keys import Signer
+from gateway.audit.note import note_verifier_key
 from gateway.config import Config, RedisSettings
 from gateway.store.embedded import EmbeddedRedis
 from tests.harness import ManualClock, RunningGateway, test_principals, token_for
@@ -157,12 +159,19 @@ def verify(
     keys: Path | None = None,
     checkpoint: Path | None = None,
     workers: int = 1,
+    anchor: Sequence[str] = (),
 ) -> Outcome:
-    """`agentgw audit verify` on `lines` (default: the untouched export), in-process."""
+    """`agentgw audit verify` on `lines` (default: the untouched export), in-process.
+
+    `anchor` are extra flags (--trust-key KEY, --key-id ID); with --trust-key and no
+    `keys`, no key set is given at all.
+    """
     export = log.work / f"export-{uuid.uuid4().hex}.jsonl"
     export.write_bytes("".join(log.lines if lines is None else lines).encode("utf-8"))
-    argv = ["audit", "verify", str(export), "--keys", str(keys or log.keys)]
-    argv += ["--workers", str(workers)]
+    argv = ["audit", "verify", str(export)]
+    if keys is not None or "--trust-key" not in anchor:
+        argv += ["--keys", str(keys or log.keys)]
+    argv += [*anchor, "--workers", str(workers)]
     if checkpoint is not None:
         argv += ["--checkpoint", str(checkpoint)]
     code, text = cli(*argv)
@@ -203,6 +212,40 @@ def signed_by(entry: AuditEntry, signer: Signer) -> AuditEntry:
     """The same event at the same place, validly signed by another key."""
     fields = {name: getattr(entry, name) for name in EntryDraft.__dataclass_fields__}
     return build_entry(EntryDraft(**fields), entry.seq, entry.prev_hash, signer)
+
+
+def resigned_from(lines: Sequence[str], seq: int, signer: Signer) -> list[str]:
+    """The export with entries seq.. re-signed by `signer` and re-linked: a rewrite by
+    someone who has only their own key."""
+    out = list(lines[: seq - 1])
+    prev = entry_at(lines, seq - 1).entry_hash if seq > 1 else None
+    for number in range(seq, len(lines) + 1):
+        entry = entry_at(lines, number)
+        if prev is not None:
+            entry = replace(entry, prev_hash=prev)
+        forged = signed_by(entry, signer)
+        out.append(line_of(forged))
+        prev = forged.entry_hash
+    return out
+
+
+def key_set_file(log: RealLog, name: str, keys: Sequence[dict[str, Any]]) -> Path:
+    """A copy of the saved key set with other keys: what a forger hands the auditor."""
+    document = json.loads(log.keys.read_text(encoding="utf-8"))
+    document["keys"] = list(keys)
+    path = log.work / name
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+def key_record(origin: str, signer: Signer, first_seq: int, last_seq: int) -> dict[str, Any]:
+    return {
+        "key_id": signer.key_id,
+        "public_key": base64.b64encode(signer.public_key_raw).decode("ascii"),
+        "note_verifier_key": note_verifier_key(origin, signer.public_key_raw),
+        "first_seq": first_seq,
+        "last_seq": last_seq,
+    }
 
 
 # --- one test per failure kind ------------------------------------------------------
@@ -258,17 +301,111 @@ def test_unknown_key(real_log: RealLog) -> None:
     assert f"key_id {entry_at(lines, 8).key_id} is not a trusted key" in outcome.text
 
 
-def test_key_out_of_range(real_log: RealLog) -> None:
-    # The key set says the key was retired after seq 9: entry 10 cannot be its.
+def test_a_key_set_that_retires_the_key_early_disagrees_with_the_chain(
+    real_log: RealLog,
+) -> None:
+    # The key set says the key was retired after seq 9; no entry rotated it out, so
+    # entry 10 is still its: the key set is wrong, not the entry.
     document = json.loads(real_log.keys.read_text(encoding="utf-8"))
     [key] = document["keys"]
     assert (key["first_seq"], key["last_seq"]) == (1, 0)
-    key["last_seq"] = 9
-    retired = real_log.work / "keys-retired.json"
-    retired.write_text(json.dumps(document), encoding="utf-8")
+    retired = key_set_file(real_log, "keys-retired.json", [{**key, "last_seq": 9}])
     outcome = verify(real_log, keys=retired, checkpoint=real_log.checkpoint)
-    assert_failed(outcome, "key_out_of_range", 10, 10)
-    assert "may only sign seq 1..9" in outcome.text
+    assert_failed(outcome, "key_history_mismatch", 10, 10)
+    assert "the key set names no key for seq 10" in outcome.text
+
+
+# --- trust: the anchor, and key sets that disagree with the chain -------------------
+
+
+def real_key(log: RealLog) -> dict[str, Any]:
+    [key] = json.loads(log.keys.read_text(encoding="utf-8"))["keys"]
+    return dict(key)
+
+
+def origin_of(log: RealLog) -> str:
+    origin: str = json.loads(log.keys.read_text(encoding="utf-8"))["origin"]
+    return origin
+
+
+def test_a_forged_key_set_with_a_resigned_export_is_rejected(real_log: RealLog) -> None:
+    # The forger rewrites the export from seq 6 with its own key and hands over a key
+    # set in which its key follows the real one, as if a rotation had introduced it.
+    forger = Signer.from_seed(b"\x0f" * 32)
+    lines = resigned_from(real_log.lines, 6, forger)
+    forged = key_set_file(
+        real_log,
+        "keys-forged.json",
+        [{**real_key(real_log), "last_seq": 5}, key_record(origin_of(real_log), forger, 6, 0)],
+    )
+    outcome = verify(real_log, lines, keys=forged)
+    assert_failed(outcome, "untrusted_key", 6, 6)
+    assert f"signed by key {forger.key_id}, which no rotation in the chain introduced" in (
+        outcome.text
+    )
+    assert verify(real_log, lines, keys=forged, workers=2).report == outcome.report
+
+
+def test_a_wholly_forged_key_set_is_caught_by_the_pinned_anchor(real_log: RealLog) -> None:
+    forger = Signer.from_seed(b"\x0f" * 32)
+    lines = resigned_from(real_log.lines, 1, forger)
+    only_forger = key_set_file(
+        real_log, "keys-only-forger.json", [key_record(origin_of(real_log), forger, 1, 0)]
+    )
+    # A key set alone is only as good as where it came from ...
+    assert verify(real_log, lines, keys=only_forger).code == EXIT_OK
+    # ... which is why the auditor pins the first key, by id or by the key itself.
+    real = real_key(real_log)
+    pinned = verify(real_log, lines, keys=only_forger, anchor=["--key-id", real["key_id"]])
+    assert_failed(pinned, "key_history_mismatch", None)
+    assert f"the pinned trust anchor {real['key_id']} is not in it" in pinned.text
+    for trust_key in (real["public_key"], real["note_verifier_key"]):
+        anchored = verify(real_log, lines, keys=only_forger, anchor=["--trust-key", trust_key])
+        assert_failed(anchored, "untrusted_key", 1, 1)
+        assert f"not by the trust anchor {real['key_id']}" in anchored.text
+
+
+def test_a_key_set_with_overlapping_ranges_is_rejected(real_log: RealLog) -> None:
+    other = Signer.from_seed(b"\x0e" * 32)
+    overlapping = key_set_file(
+        real_log,
+        "keys-overlapping.json",
+        [{**real_key(real_log), "last_seq": 11}, key_record(origin_of(real_log), other, 5, 0)],
+    )
+    outcome = verify(real_log, keys=overlapping, checkpoint=real_log.checkpoint)
+    assert_failed(outcome, "key_history_mismatch", None)
+    assert "overlap" in outcome.text
+
+
+def test_a_key_set_with_a_key_no_rotation_introduced_is_rejected(real_log: RealLog) -> None:
+    # The export is genuine; the key set claims a second key from seq 6 on.
+    other = Signer.from_seed(b"\x0e" * 32)
+    claims = key_set_file(
+        real_log,
+        "keys-unintroduced.json",
+        [{**real_key(real_log), "last_seq": 5}, key_record(origin_of(real_log), other, 6, 0)],
+    )
+    outcome = verify(real_log, keys=claims, checkpoint=real_log.checkpoint)
+    assert_failed(outcome, "key_history_mismatch", 6, 6)
+    assert f"key {other.key_id} signs seq 6.., but no rotation introduced it" in outcome.text
+    assert verify(real_log, keys=claims, workers=2).report == verify(real_log, keys=claims).report
+    # An export saved before seq 6 cannot contradict it.
+    assert verify(real_log, real_log.lines[:4], keys=claims).code == EXIT_OK
+
+
+def test_a_trust_key_alone_verifies_the_export_and_the_checkpoint(real_log: RealLog) -> None:
+    real = real_key(real_log)
+    for trust_key in (real["public_key"], real["note_verifier_key"]):
+        outcome = verify(
+            real_log, checkpoint=real_log.checkpoint, anchor=["--trust-key", trust_key]
+        )
+        assert outcome.code == EXIT_OK, outcome
+        assert outcome.report["count"] == real_log.size
+    export = real_log.work / "untouched-anchor.jsonl"
+    export.write_text("".join(real_log.lines), encoding="utf-8")
+    assert cli("audit", "verify", str(export))[0] == 2  # no anchor at all
+    assert cli("audit", "verify", str(export), "--trust-key", "AAAA")[0] == 2
+    assert cli("audit", "verify", str(export), "--key-id", real["key_id"])[0] == 2
 
 
 def test_broken_link(real_log: RealLog) -> None:

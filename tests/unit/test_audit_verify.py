@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.audit import verify as verify_module
 from gateway.audit.canonical import canonical_json
 from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
 from gateway.audit.entry import (
@@ -20,12 +22,19 @@ from gateway.audit.entry import (
     build_entry,
     leaf_hash,
 )
-from gateway.audit.keys import KeySet, Signer, TrustedKey
+from gateway.audit.keys import (
+    KeySet,
+    Signer,
+    TrustAnchor,
+    TrustedKey,
+    next_signer_details,
+)
 from gateway.audit.merkle import root_of
 from gateway.audit.verify import FailureKind, VerifyFailure, VerifyReport, verify_export
 
 SIGNER = Signer.from_seed(b"\x01" * 32)
 OTHER = Signer.from_seed(b"\x02" * 32)
+FORGER = Signer.from_seed(b"\x0f" * 32)  # whoever forges a key set signs with this
 ORIGIN = "agentgw.example/audit"
 KEYS = KeySet.for_signer(ORIGIN, SIGNER)
 COUNT = 20
@@ -45,12 +54,49 @@ def draft(seq: int) -> EntryDraft:
     )
 
 
-def chain(count: int = COUNT, signer_for: Any = lambda seq: SIGNER) -> list[AuditEntry]:
+def rotation(seq: int, new: Signer, **changes: Any) -> EntryDraft:
+    """The key_rotated entry the gateway writes (gateway/key_rotation.py), with changes."""
+    fields: dict[str, Any] = {
+        "timestamp": draft(seq).timestamp,
+        "event_type": "key_rotated",
+        "actor": "admin-1",
+        "actor_type": "user",
+        "action_id": "",
+        "action_type": "",
+        "resource": f"audit-signer:{new.key_id}",
+        "details": {
+            "reason": "drill",
+            "next_signer": next_signer_details(ORIGIN, new.public_key_raw),
+        },
+        "outcome": "rotated",
+    }
+    return EntryDraft(**{**fields, **changes})
+
+
+def chain(
+    count: int = COUNT,
+    signer_for: Any = None,
+    rotate_at: dict[int, Signer] | None = None,
+    rotation_changes: dict[str, Any] | None = None,
+) -> list[AuditEntry]:
+    """`count` linked entries signed by SIGNER; entry k of `rotate_at` hands over to its key.
+
+    `signer_for(seq, key)` may sign an entry with another key than the chain's `key`;
+    `rotation_changes` are made to every rotation entry.
+    """
     entries: list[AuditEntry] = []
     prev = GENESIS_HASH
+    key = SIGNER
+    rotations = rotate_at or {}
     for seq in range(1, count + 1):
-        entries.append(build_entry(draft(seq), seq, prev, signer_for(seq)))
+        signer = key if signer_for is None else signer_for(seq, key)
+        if seq in rotations:
+            made = rotation(seq, rotations[seq], **(rotation_changes or {}))
+        else:
+            made = draft(seq)
+        entries.append(build_entry(made, seq, prev, signer))
         prev = entries[-1].entry_hash
+        key = rotations.get(seq, key)
     return entries
 
 
@@ -162,26 +208,10 @@ def test_bad_signature_when_the_hash_is_recomputed_after_an_edit() -> None:
 
 
 def test_unknown_key() -> None:
-    lines = lines_of(chain(signer_for=lambda seq: SIGNER if seq < 11 else OTHER))
+    lines = lines_of(chain(signer_for=lambda seq, key: SIGNER if seq < 11 else OTHER))
     failure = failure_of(lines)
     assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.UNKNOWN_KEY, 11, 11)
     assert OTHER.key_id in failure.message
-
-
-def test_key_out_of_range_after_rotation() -> None:
-    rotated = KeySet(
-        ORIGIN,
-        (
-            TrustedKey(SIGNER.key_id, SIGNER.public_key_raw, 1, 10),
-            TrustedKey(OTHER.key_id, OTHER.public_key_raw, 11, None),
-        ),
-    )
-    assert verify_export(
-        lines_of(chain(signer_for=lambda s: SIGNER if s <= 10 else OTHER)), rotated
-    ).ok
-    failure = failure_of(LINES, keys=rotated)
-    assert (failure.kind, failure.seq) == (FailureKind.KEY_OUT_OF_RANGE, 11)
-    assert "may only sign seq 1..10" in failure.message
 
 
 def test_broken_link() -> None:
@@ -349,6 +379,281 @@ def test_the_report_covers_the_entries_before_the_failure() -> None:
     assert report.root_hash == root_of([leaf_hash(e) for e in ENTRIES[:6]]).hex()
 
 
+# --- trust: the anchor, rotations, and key sets checked against the chain ---------------
+
+ROTATED = chain(rotate_at={10: OTHER})  # entry 10 hands over to OTHER: it signs 11..20
+ROTATED_LINES = lines_of(ROTATED)
+ANCHOR = TrustAnchor.of(SIGNER.public_key_raw)
+
+
+def key_set(*ranges: tuple[Signer, int, int | None]) -> KeySet:
+    return KeySet(ORIGIN, tuple(TrustedKey(k.key_id, k.public_key_raw, a, b) for k, a, b in ranges))
+
+
+SAVED_AFTER = key_set((SIGNER, 1, 10), (OTHER, 11, None))  # what GetPublicKeys serves now
+
+
+def rotated_note(size: int, signer: Signer = OTHER) -> str:
+    root = root_of([leaf_hash(e) for e in ROTATED[:size]])
+    head = ROTATED[size - 1].entry_hash if size else GENESIS_HASH
+    return sign_checkpoint(
+        Checkpoint(ORIGIN, size, root, head, "2026-11-25T06:00:00.000000Z"), signer
+    )
+
+
+def never_read() -> Any:
+    raise AssertionError("lines were read")
+    yield ""
+
+
+def test_the_chain_introduces_the_next_key_whatever_the_key_set_knows() -> None:
+    expected = verify_export(ROTATED_LINES, SAVED_AFTER)
+    assert expected.ok and expected.count == COUNT
+    # Saved before the rotation: OTHER comes from entry 10, signed by SIGNER.
+    assert verify_export(ROTATED_LINES, KEYS) == expected
+    assert verify_export(ROTATED_LINES, None, anchor=ANCHOR) == expected
+    assert verify_export(ROTATED_LINES, SAVED_AFTER, anchor=SIGNER.key_id) == expected
+    assert verify_export(ROTATED_LINES, SAVED_AFTER, anchor=ANCHOR) == expected
+
+
+def test_a_trust_key_alone_is_enough_and_must_be_the_first_signer() -> None:
+    verifier = TrustAnchor.parse(SAVED_AFTER.to_json_dict()["keys"][0]["note_verifier_key"])
+    assert verifier.origin == ORIGIN
+    assert verify_export(ROTATED_LINES, None, checkpoint=rotated_note(15), anchor=verifier).ok
+    # A bare public key names no origin: the checkpoint does, under the chain's key.
+    assert verify_export(ROTATED_LINES, None, checkpoint=rotated_note(15), anchor=ANCHOR).ok
+    failure = failure_of(ROTATED_LINES, keys=None, anchor=TrustAnchor.of(OTHER.public_key_raw))
+    assert (failure.kind, failure.seq) == (FailureKind.UNKNOWN_KEY, 1)
+
+
+def test_key_out_of_range_after_rotation() -> None:
+    # Whoever kept the retired key signs seq 11 with it.
+    lines = lines_of(chain(rotate_at={10: OTHER}, signer_for=lambda s, k: SIGNER if s == 11 else k))
+    for keys in (KEYS, SAVED_AFTER):
+        failure = failure_of(lines, keys=keys)
+        assert (failure.kind, failure.seq, failure.line_number) == (
+            FailureKind.KEY_OUT_OF_RANGE,
+            11,
+            11,
+        )
+        assert "may only sign seq 1..10" in failure.message
+        assert f"moved the chain to key {OTHER.key_id}" in failure.message
+
+
+def test_a_forged_key_set_and_a_resigned_export_are_rejected() -> None:
+    # From seq 11 on the forger re-signs (and so re-links) the export, and adds its key
+    # to the key set as if a rotation had introduced it: no entry did.
+    forged_lines = lines_of(chain(signer_for=lambda s, k: FORGER if s > 10 else k))
+    forged_keys = key_set((SIGNER, 1, 10), (FORGER, 11, None))
+    failure = failure_of(forged_lines, keys=forged_keys)
+    assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.UNTRUSTED_KEY, 11, 11)
+    assert f"signed by key {FORGER.key_id}, which no rotation in the chain introduced" in (
+        failure.message
+    )
+    # The whole export re-signed, with a key set of the forger's key only: the anchor
+    # the auditor pinned tells it apart.
+    all_forged = lines_of(chain(signer_for=lambda s, k: FORGER))
+    only_forger = KeySet.for_signer(ORIGIN, FORGER)
+    assert verify_export(all_forged, only_forger).ok  # a key set alone is only its word
+    failure = failure_of(all_forged, keys=only_forger, anchor=ANCHOR)
+    assert (failure.kind, failure.seq) == (FailureKind.UNTRUSTED_KEY, 1)
+    assert f"not by the trust anchor {SIGNER.key_id}" in failure.message
+    report = verify_export(never_read(), only_forger, anchor=SIGNER.key_id)
+    assert report.failure is not None
+    assert (report.failure.kind, report.failure.seq) == (FailureKind.KEY_HISTORY_MISMATCH, None)
+    assert f"the pinned trust anchor {SIGNER.key_id} is not in it" in report.failure.message
+
+
+@pytest.mark.parametrize(
+    ("ranges", "why"),
+    [
+        (((SIGNER, 1, 10), (OTHER, 10, None)), "overlap"),
+        (((SIGNER, 1, None), (OTHER, 11, None)), "both open-ended or overlap"),
+        (((SIGNER, 1, 9), (OTHER, 11, None)), "no key for seq 10..10"),
+        (((SIGNER, 2, 10), (OTHER, 11, None)), "no key for seq 1..1"),
+        ((), "no keys"),
+    ],
+)
+def test_a_key_set_that_is_not_one_history_is_rejected_before_any_line(
+    ranges: tuple[tuple[Signer, int, int | None], ...], why: str
+) -> None:
+    report = verify_export(never_read(), key_set(*ranges))
+    assert report.failure is not None
+    assert (report.failure.kind, report.failure.seq, report.failure.line_number) == (
+        FailureKind.KEY_HISTORY_MISMATCH,
+        None,
+        None,
+    )
+    assert why in report.failure.message
+
+
+def test_a_key_set_with_a_key_no_rotation_introduced_is_rejected() -> None:
+    claims = key_set((SIGNER, 1, 12), (FORGER, 13, None))
+    failure = failure_of(LINES, keys=claims)
+    assert (failure.kind, failure.seq, failure.line_number) == (
+        FailureKind.KEY_HISTORY_MISMATCH,
+        13,
+        13,
+    )
+    assert f"key {FORGER.key_id} signs seq 13.., but no rotation introduced it" in failure.message
+    # An export that ends right where the key set says a rotation was: entry 12 is not one.
+    failure = failure_of(LINES[:12], keys=claims)
+    assert (failure.kind, failure.seq, failure.line_number) == (
+        FailureKind.KEY_HISTORY_MISMATCH,
+        13,
+        None,
+    )
+    # An export saved before the seqs the key set speaks of cannot contradict it.
+    assert verify_export(LINES[:11], claims).ok
+
+
+@pytest.mark.parametrize(
+    ("ranges", "seq", "why"),
+    [
+        (((SIGNER, 1, 9), (OTHER, 10, None)), 10, f"key {OTHER.key_id} signs seq 10.."),
+        (
+            ((SIGNER, 1, 11), (OTHER, 12, None)),
+            11,
+            "the chain rotated it out after seq 10",
+        ),
+        (((SIGNER, 1, 15), (OTHER, 16, None)), 11, "seq 1..15"),
+    ],
+)
+def test_a_key_set_range_that_does_not_match_the_rotation_is_rejected(
+    ranges: tuple[tuple[Signer, int, int | None], ...], seq: int, why: str
+) -> None:
+    failure = failure_of(ROTATED_LINES, keys=key_set(*ranges))
+    assert (failure.kind, failure.seq, failure.line_number) == (
+        FailureKind.KEY_HISTORY_MISMATCH,
+        seq,
+        seq,
+    )
+    assert why in failure.message
+
+
+def test_a_key_set_saved_after_the_export_verifies_it() -> None:
+    for size in (8, 9, 10, 11):
+        report = verify_export(ROTATED_LINES[:size], SAVED_AFTER)
+        assert report.ok and report.count == size, (size, report.failure)
+
+
+def test_a_key_set_that_gives_a_key_id_another_public_key_is_rejected() -> None:
+    # Key ids are 64 bits of a hash: a set cannot be built with a mismatched pair, but a
+    # set whose anchor has the anchor's id and another key is still caught.
+    stranger = TrustAnchor(SIGNER.key_id, SIGNER.public_key_raw, "other.example")
+    report = verify_export(never_read(), KEYS, anchor=stranger)
+    assert report.failure is not None
+    assert report.failure.kind is FailureKind.KEY_HISTORY_MISMATCH
+    assert "origin" in report.failure.message
+
+
+def bad_rotation_lines(**changes: Any) -> list[str]:
+    entries = chain(count=10)
+    made = rotation(10, OTHER, **changes)
+    entries[9] = build_entry(made, 10, entries[8].entry_hash, SIGNER)
+    tail = build_entry(draft(11), 11, entries[9].entry_hash, OTHER)
+    return lines_of([*entries, tail])
+
+
+def with_signer(**members: Any) -> dict[str, Any]:
+    details = next_signer_details(ORIGIN, OTHER.public_key_raw)
+    return {"reason": "drill", "next_signer": {**details, **members}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"details": {"reason": "drill"}}, "must be an object of id, public and verifier"),
+        ({"details": with_signer(extra="x")}, "must be an object of id, public and verifier"),
+        ({"details": with_signer(id=SIGNER.key_id)}, "is not the key id of its public key"),
+        ({"details": with_signer(public="AAAA")}, "not base64 of a 32-byte public key"),
+        ({"details": with_signer(verifier=1)}, "verifier must be a string"),
+        (
+            {
+                "details": with_signer(
+                    verifier=next_signer_details("x.example", OTHER.public_key_raw)["verifier"]
+                )
+            },
+            "not the note verifier key of origin",
+        ),
+        (
+            {"resource": "audit-signer:0000000000000000"},
+            f"resource must be audit-signer:{OTHER.key_id}",
+        ),
+    ],
+)
+def test_a_malformed_rotation_is_bad_rotation(changes: dict[str, Any], why: str) -> None:
+    failure = failure_of(bad_rotation_lines(**changes))
+    assert (failure.kind, failure.seq, failure.line_number) == (FailureKind.BAD_ROTATION, 10, 10)
+    assert why in failure.message
+
+
+def test_rotating_to_a_key_that_already_signed_is_bad_rotation() -> None:
+    lines = lines_of(chain(rotate_at={5: OTHER, 10: SIGNER}))
+    failure = failure_of(lines)
+    assert (failure.kind, failure.seq) == (FailureKind.BAD_ROTATION, 10)
+    assert f"key {SIGNER.key_id} has already signed this log" in failure.message
+
+
+def test_a_nested_key_rotated_member_is_not_a_rotation() -> None:
+    entries = chain(count=3)
+    made = replace(draft(3), details={"event_type": "key_rotated", "next_signer": {}})
+    entries[2] = build_entry(made, 3, entries[1].entry_hash, SIGNER)
+    assert '"event_type":"key_rotated"' in entries[2].to_json_line()
+    assert verify_export(lines_of(entries), KEYS).ok
+
+
+@pytest.mark.parametrize(
+    ("size", "signer", "ok"),
+    [
+        (15, OTHER, True),  # the rotated-in key signs checkpoints once it is introduced
+        (10, OTHER, True),  # the rotation is the head: the next entry is OTHER's
+        (10, SIGNER, False),
+        (15, SIGNER, False),  # the retired key cannot vouch for a tree grown after it
+        (5, OTHER, False),  # nor the new key for one before it
+        (5, SIGNER, True),
+    ],
+)
+def test_a_checkpoint_must_be_signed_by_the_key_of_the_seq_after_it(
+    size: int, signer: Signer, ok: bool
+) -> None:
+    note = rotated_note(size, signer)
+    for keys in (KEYS, SAVED_AFTER):
+        report = verify_export(ROTATED_LINES, keys, checkpoint=note)
+        if ok:
+            assert report.ok, report.failure
+            continue
+        assert report.failure is not None
+        assert (report.failure.kind, report.failure.seq, report.failure.line_number) == (
+            FailureKind.CHECKPOINT_SIGNATURE,
+            size,
+            size,
+        )
+
+
+def test_a_truncated_export_against_a_checkpoint_by_a_key_it_lost() -> None:
+    note = rotated_note(15)
+    # The key set names OTHER: the checkpoint stands, the export is short.
+    failure = failure_of(ROTATED_LINES[:8], keys=SAVED_AFTER, checkpoint=note)
+    assert (failure.kind, failure.seq) == (FailureKind.TRUNCATED, 9)
+    # Saved before the rotation, and the rotation cut off: nothing vouches for it.
+    failure = failure_of(ROTATED_LINES[:8], keys=KEYS, checkpoint=note)
+    assert (failure.kind, failure.seq) == (FailureKind.CHECKPOINT_SIGNATURE, None)
+    failure = failure_of(ROTATED_LINES[:12], keys=KEYS, checkpoint=note)
+    assert (failure.kind, failure.seq) == (FailureKind.TRUNCATED, 13)
+
+
+def test_a_bad_signature_by_a_key_known_before_the_scan_fails_before_any_line() -> None:
+    tampered = rotated_note(15).replace("\n15\n", "\n14\n")
+    report = verify_export(never_read(), SAVED_AFTER, checkpoint=tampered)
+    assert report.failure is not None
+    assert report.failure.kind is FailureKind.CHECKPOINT_SIGNATURE
+    assert report.failure.seq is None
+    # OTHER is not known before the scan: the same note fails at its size instead.
+    failure = failure_of(ROTATED_LINES, keys=KEYS, checkpoint=tampered)
+    assert (failure.kind, failure.seq) == (FailureKind.CHECKPOINT_SIGNATURE, 14)
+
+
 # --- properties and parity ---------------------------------------------------------------
 
 EXPORT = "".join(LINES).encode("utf-8")
@@ -383,6 +688,33 @@ CASES = {
     "truncated": (LINES[:17], note()),
     "root": (LINES, note(size=12, root=bytes(32))),
 }
+# The trust cases: (lines, key set, anchor, checkpoint).
+TRUST_CASES: dict[str, tuple[list[str], KeySet | None, Any, str | None]] = {
+    "rotated, saved before": (ROTATED_LINES, KEYS, None, rotated_note(15)),
+    "rotated, saved after": (ROTATED_LINES, SAVED_AFTER, None, rotated_note(15)),
+    "rotated, trust key": (ROTATED_LINES, None, ANCHOR, rotated_note(12)),
+    "untrusted_key": (
+        lines_of(chain(signer_for=lambda s, k: FORGER if s > 10 else k)),
+        key_set((SIGNER, 1, 10), (FORGER, 11, None)),
+        None,
+        None,
+    ),
+    "key_out_of_range": (
+        lines_of(chain(rotate_at={10: OTHER}, signer_for=lambda s, k: SIGNER if s == 11 else k)),
+        KEYS,
+        None,
+        None,
+    ),
+    "bad_rotation": (bad_rotation_lines(resource="audit-signer:x"), None, ANCHOR, None),
+    "key_history_mismatch": (ROTATED_LINES, key_set((SIGNER, 1, 9), (OTHER, 10, None)), None, None),
+    "key_history_mismatch at the end": (
+        LINES[:12],
+        key_set((SIGNER, 1, 12), (FORGER, 13, None)),
+        None,
+        None,
+    ),
+    "checkpoint by the retired key": (ROTATED_LINES, KEYS, None, rotated_note(15, SIGNER)),
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -393,7 +725,134 @@ def test_two_workers_give_the_same_report_as_one(case: str) -> None:
     assert parallel == serial
 
 
+@pytest.mark.parametrize("case", sorted(TRUST_CASES))
+def test_two_workers_give_the_same_trust_report_as_one(case: str) -> None:
+    lines, keys, anchor, checkpoint = TRUST_CASES[case]
+    serial = verify_export(lines, keys, checkpoint=checkpoint, anchor=anchor)
+    parallel = verify_export(
+        lines, keys, checkpoint=checkpoint, anchor=anchor, workers=2, chunk_size=3
+    )
+    assert parallel == serial
+    assert serial.ok == case.startswith("rotated"), serial.failure
+
+
+@pytest.mark.parametrize(
+    "guesses",
+    [{}, {SIGNER.key_id: OTHER.public_key_raw, OTHER.key_id: FORGER.public_key_raw}],
+    ids=["no key known", "wrong keys"],
+)
+def test_the_walk_does_not_take_the_inspection_s_word_for_a_key(guesses: dict[str, bytes]) -> None:
+    # Workers check signatures against the keys the lines before name; whatever they
+    # guessed, the walk re-checks each line against the key it trusts for it.
+    for lines, keys in [(ROTATED_LINES, KEYS), (TRUST_CASES["untrusted_key"][0], SAVED_AFTER)]:
+        trust = verify_module._Trust.start(keys, None)
+        inspected = verify_module._inspect_lines(enumerate(lines, start=1), dict(guesses))
+        assert verify_module._walk(inspected, trust, None) == verify_export(lines, keys)
+
+
+def test_the_pool_knows_the_rotated_key_so_the_walk_checks_no_signature_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: list[str] = []
+    real = verify_module.signature_verifies
+
+    def counting(signature: str, entry_hash: str, public: bytes) -> bool:
+        checked.append(entry_hash)  # counts in this process only, not in the workers
+        return real(signature, entry_hash, public)
+
+    monkeypatch.setattr(verify_module, "signature_verifies", counting)
+    report = verify_export(ROTATED_LINES, KEYS, workers=2, chunk_size=3, start_method="fork")
+    assert report.ok and checked == []
+
+
+SIGNERS = (SIGNER, OTHER, Signer.from_seed(b"\x04" * 32), Signer.from_seed(b"\x05" * 32))
+
+
+@st.composite
+def tampered_rotations(draw: st.DrawFn) -> tuple[list[str], KeySet | None, Any, str | None]:
+    """A log with rotations, one thing an insider or a forger might change, and maybe a
+    checkpoint by any of the keys."""
+    count = draw(st.integers(1, 14), label="count")
+    seqs = draw(st.lists(st.integers(1, count), unique=True, max_size=3), label="rotations")
+    rotate_at = {seq: SIGNERS[i + 1] for i, seq in enumerate(sorted(seqs))}
+    history, first, key = [], 1, SIGNER
+    for seq in sorted(rotate_at):
+        history.append((key, first, seq))
+        first, key = seq + 1, rotate_at[seq]
+    history.append((key, first, None))
+    wrong = draw(st.sampled_from((*SIGNERS, FORGER)), label="wrong signer")
+    at = draw(st.integers(1, count), label="at")
+    tamper = draw(
+        st.sampled_from(
+            ["none", "sign one", "sign from", "shift", "forge", "truncate set", "bad rotation"]
+        ),
+        label="tamper",
+    )
+    signer_for = None
+    if tamper == "sign one":
+        signer_for = lambda s, k: wrong if s == at else k  # noqa: E731
+    elif tamper == "sign from":
+        signer_for = lambda s, k: wrong if s >= at else k  # noqa: E731
+    changes = {"resource": "audit-signer:x"} if tamper == "bad rotation" else None
+    entries = chain(count, signer_for=signer_for, rotate_at=rotate_at, rotation_changes=changes)
+    lines = lines_of(entries)
+    checkpoint = None
+    if draw(st.booleans(), label="checkpoint"):
+        size = draw(st.integers(0, count + 1), label="checkpoint size")
+        root = root_of([leaf_hash(e) for e in entries[:size]]) if size <= count else bytes(32)
+        head = entries[size - 1].entry_hash if 0 < size <= count else GENESIS_HASH
+        cp = Checkpoint(ORIGIN, size, root, head, "2026-11-25T06:00:00.000000Z")
+        checkpoint = sign_checkpoint(cp, draw(st.sampled_from(SIGNERS), label="checkpoint by"))
+    ranges: list[tuple[Signer, int, int | None]] = list(history)
+    if tamper == "shift" and len(ranges) > 1:
+        shift = draw(st.sampled_from([-1, 1]), label="shift")
+        (k0, a0, b0), (k1, _, b1) = ranges[0], ranges[1]
+        assert b0 is not None
+        if a0 <= b0 + shift and (b1 is None or b0 + shift + 1 <= b1):
+            ranges[0], ranges[1] = (k0, a0, b0 + shift), (k1, b0 + shift + 1, b1)
+    elif tamper == "forge":
+        last, a, _ = ranges[-1]
+        cut = draw(st.integers(a, count + 1), label="forged from")
+        if cut > a:
+            ranges[-1:] = [(last, a, cut - 1), (FORGER, cut, None)]
+    elif tamper == "truncate set":
+        ranges = ranges[: draw(st.integers(1, len(ranges)), label="keys kept")]
+        last, a, _ = ranges[-1]
+        ranges[-1] = (last, a, None)
+    keys = key_set(*ranges)
+    trust = draw(st.sampled_from(["set", "anchor", "pinned", "both"]), label="trust")
+    if trust == "anchor":
+        return lines, None, ANCHOR, checkpoint
+    return lines, keys, {"set": None, "pinned": SIGNER.key_id, "both": ANCHOR}[trust], checkpoint
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tampered_rotations(), st.integers(1, 4))
+def test_workers_agree_on_every_trust_failure(
+    case: tuple[list[str], KeySet | None, Any, str | None], chunk_size: int
+) -> None:
+    lines, keys, anchor, checkpoint = case
+    serial = verify_export(lines, keys, checkpoint, anchor=anchor)
+    # fork: this test process runs no other thread, and spawn would take a second a case.
+    parallel = verify_export(
+        lines,
+        keys,
+        checkpoint,
+        anchor=anchor,
+        workers=2,
+        chunk_size=chunk_size,
+        start_method="fork",
+    )
+    assert parallel == serial
+
+
 def test_entries_round_trip_through_canonical_json() -> None:
     assert [json.loads(line) for line in LINES] == [
         json.loads(canonical_json(e.to_json_dict())) for e in ENTRIES
     ]
+
+
+def test_every_failure_kind_is_documented_in_the_spec() -> None:
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "audit-format.md").read_text("utf-8")
+    section = spec.split("## 8. Verification", 1)[1].split("## Test vectors", 1)[0]
+    assert [kind for kind in FailureKind if f"`{kind}`" not in section] == []

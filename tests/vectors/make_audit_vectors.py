@@ -1,8 +1,10 @@
 """Generate tests/vectors/audit-v1.json, the audit format's test vectors.
 
-Everything derives from a FIXED TEST KEY (the seed below is public: never use it for a
-real log) and fixed inputs; Ed25519 is deterministic, so the output is reproducible and
-`tests/unit/test_audit_vectors.py` fails if this file or the code drifts.
+Everything derives from FIXED TEST KEYS (the seeds below are public: never use them for
+a real log) and fixed inputs; Ed25519 is deterministic, so the output is reproducible and
+`tests/unit/test_audit_vectors.py` fails if this file or the code drifts. The `rotation`
+section continues the four entries with a rotation to a second test key, and lists
+verification outcomes for honest and forged key sets (docs/audit-format.md §8, "Trust").
 Run: `.venv/bin/python tests/vectors/make_audit_vectors.py` to rewrite the file.
 """
 
@@ -23,12 +25,19 @@ from gateway.audit.entry import (
     canonical_bytes,
     leaf_hash,
 )
-from gateway.audit.keys import KeySet, Signer
+from gateway.audit.keys import KeySet, Signer, TrustAnchor, TrustedKey, next_signer_details
 from gateway.audit.merkle import consistency_proof, inclusion_proof, root_of
 from gateway.audit.note import note_verifier_key
+from gateway.audit.verify import verify_export
 
 VECTOR_FILE = Path(__file__).with_name("audit-v1.json")
 TEST_SEED = hashlib.sha256(b"agentgw audit v1 TEST KEY - public, never use for a real log").digest()
+SECOND_SEED = hashlib.sha256(
+    b"agentgw audit v1 SECOND TEST KEY - public, never use for a real log"
+).digest()
+FORGER_SEED = hashlib.sha256(
+    b"agentgw audit v1 FORGER TEST KEY - public, never use for a real log"
+).digest()
 ORIGIN = "agentgw.example/audit-test"
 
 DRAFTS = (
@@ -89,30 +98,82 @@ DRAFTS = (
         outcome="",
     ),
 )
+
+
+def decision(timestamp: str, action_id: str, outcome: str) -> EntryDraft:
+    return EntryDraft(
+        timestamp=timestamp,
+        event_type="decision",
+        actor="agent-7",
+        actor_type="agent",
+        action_id=action_id,
+        action_type="search",
+        resource="index:reports",
+        details={"parameters": {"q": "quarterly figures"}},
+        outcome=outcome,
+    )
+
+
+def rotation_draft(new: Signer) -> EntryDraft:
+    """Entry 5: what gateway/key_rotation.py writes when an admin rotates to `new`."""
+    return EntryDraft(
+        timestamp="2026-11-25T06:00:02.000000Z",
+        event_type="key_rotated",
+        actor="admin-1",
+        actor_type="user",
+        action_id="",
+        action_type="",
+        resource=f"audit-signer:{new.key_id}",
+        details={
+            "reason": "quarterly rotation",
+            "next_signer": next_signer_details(ORIGIN, new.public_key_raw),
+        },
+        outcome="rotated",
+    )
+
+
+# Entries 6 and 7, signed by the second key; the forger's entries 5..7 in its re-signed export.
+AFTER_ROTATION = (
+    decision("2026-11-25T06:00:03.000000Z", "act-0003", "allow"),
+    decision("2026-11-25T06:00:04.000000Z", "act-0004", "deny"),
+)
+FORGED_TAIL = (
+    decision("2026-11-25T06:00:02.000000Z", "act-0003", "allow"),
+    decision("2026-11-25T06:00:03.000000Z", "act-0004", "allow"),
+    decision("2026-11-25T06:00:04.000000Z", "act-0005", "allow"),
+)
 CHECKPOINT_TIMESTAMP = "2026-11-25T06:00:01.000000Z"
+ROTATION_CHECKPOINT_TIMESTAMP = "2026-11-25T06:00:10.000000Z"
 INCLUSION = (2, 4)  # leaf index (seq 3), tree size
 CONSISTENCY = (3, 4)  # from size, to size
 
 
-def build_vectors() -> dict[str, Any]:
-    signer = Signer.from_seed(TEST_SEED)
-    prev_hash = GENESIS_HASH
-    entries: list[dict[str, Any]] = []
-    leaves: list[bytes] = []
-    for seq, draft in enumerate(DRAFTS, start=1):
+def vector_entries(
+    drafts: tuple[EntryDraft, ...], signers: list[Signer], first_seq: int, prev_hash: str
+) -> list[dict[str, Any]]:
+    """Entries first_seq.. of `drafts`, entry i signed by signers[i], as vector items."""
+    items: list[dict[str, Any]] = []
+    for seq, (draft, signer) in enumerate(zip(drafts, signers, strict=True), start=first_seq):
         entry = build_entry(draft, seq, prev_hash, signer)
-        leaves.append(leaf_hash(entry))
-        entries.append(
+        items.append(
             {
                 "entry": entry.to_json_dict(),
                 "canonical": canonical_bytes(entry).decode("utf-8"),
                 "entry_hash": entry.entry_hash,
-                "leaf_hash": leaves[-1].hex(),
+                "leaf_hash": leaf_hash(entry).hex(),
                 "signature": entry.signature,
                 "export_line": entry.to_json_line(),
             }
         )
         prev_hash = entry.entry_hash
+    return items
+
+
+def build_vectors() -> dict[str, Any]:
+    signer = Signer.from_seed(TEST_SEED)
+    entries = vector_entries(DRAFTS, [signer] * len(DRAFTS), 1, GENESIS_HASH)
+    leaves = [bytes.fromhex(item["leaf_hash"]) for item in entries]
+    prev_hash = entries[-1]["entry_hash"]
     root = root_of(leaves)
     checkpoint = Checkpoint(ORIGIN, len(leaves), root, prev_hash, CHECKPOINT_TIMESTAMP)
     index, size = INCLUSION
@@ -148,6 +209,142 @@ def build_vectors() -> dict[str, Any]:
             "proof": [h.hex() for h in consistency_proof(leaves, first, second)],
         },
         "key_set": KeySet.for_signer(ORIGIN, signer).to_json_dict(),
+        "rotation": build_rotation_vectors(signer, entries),
+    }
+
+
+def key_set_of(*ranges: tuple[Signer, int, int | None]) -> dict[str, Any]:
+    keys = tuple(TrustedKey(k.key_id, k.public_key_raw, a, b) for k, a, b in ranges)
+    return KeySet(ORIGIN, keys).to_json_dict()
+
+
+def build_rotation_vectors(first: Signer, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Entry 5 rotates to the second key, which signs 6 and 7; the cases verify them."""
+    second = Signer.from_seed(SECOND_SEED)
+    forger = Signer.from_seed(FORGER_SEED)
+    drafts = (rotation_draft(second), *AFTER_ROTATION)
+    rotated = vector_entries(drafts, [first, second, second], 5, entries[-1]["entry_hash"])
+    forged = vector_entries(FORGED_TAIL, [forger] * 3, 5, entries[-1]["entry_hash"])
+    every = [*entries, *rotated]
+    leaves = [bytes.fromhex(item["leaf_hash"]) for item in every]
+    root = root_of(leaves)
+    checkpoint = Checkpoint(
+        ORIGIN, len(every), root, every[-1]["entry_hash"], ROTATION_CHECKPOINT_TIMESTAMP
+    )
+    note = sign_checkpoint(checkpoint, second)
+    exports = {
+        "genuine": [item["export_line"] for item in every],
+        "forged": [item["export_line"] for item in [*entries, *forged]],
+    }
+    first_key = base64.b64encode(first.public_key_raw).decode("ascii")
+    before = KeySet.for_signer(ORIGIN, first).to_json_dict()
+    after = key_set_of((first, 1, 5), (second, 6, None))
+    cases: list[dict[str, Any]] = [
+        case("key set saved before the rotation", "genuine", key_set=before, checkpoint=True),
+        case("key set saved after the rotation", "genuine", key_set=after, checkpoint=True),
+        case(
+            "note verifier key of the first key as trust anchor, no key set",
+            "genuine",
+            trust_key=note_verifier_key(ORIGIN, first.public_key_raw),
+            checkpoint=True,
+        ),
+        case("raw first public key as trust anchor", "genuine", trust_key=first_key),
+        case("first key pinned by key id", "genuine", key_set=after, key_id=first.key_id),
+        case(
+            "forged key set introducing the forger's key, export re-signed from seq 5",
+            "forged",
+            key_set=key_set_of((first, 1, 4), (forger, 5, None)),
+        ),
+        case(
+            "key set with overlapping ranges",
+            "genuine",
+            key_set=key_set_of((first, 1, 5), (second, 5, None)),
+        ),
+        case(
+            "key set with a key no rotation introduced",
+            "genuine",
+            key_set=key_set_of((first, 1, 3), (forger, 4, None)),
+        ),
+        case(
+            "key set range that does not match the rotation's seq",
+            "genuine",
+            key_set=key_set_of((first, 1, 4), (second, 5, None)),
+        ),
+        case(
+            "the second key pinned as trust anchor",
+            "genuine",
+            key_set=after,
+            trust_key=base64.b64encode(second.public_key_raw).decode("ascii"),
+        ),
+        case(
+            "forger's key set pinned to the first key's id",
+            "forged",
+            key_set=KeySet.for_signer(ORIGIN, forger).to_json_dict(),
+            key_id=first.key_id,
+        ),
+    ]
+    for item in cases:
+        item["expected"] = expected_outcome(item, exports, note)
+    return {
+        "description": (
+            "Entry 5 rotates from the first test key to the second; entries 6 and 7 are "
+            "signed by the second key. THE SEEDS ARE PUBLIC TEST KEYS: never use them."
+        ),
+        "second_private_key_seed_hex": SECOND_SEED.hex(),
+        "second_public_key_hex": second.public_key_raw.hex(),
+        "second_key_id": second.key_id,
+        "second_note_verifier_key": note_verifier_key(ORIGIN, second.public_key_raw),
+        "forger_private_key_seed_hex": FORGER_SEED.hex(),
+        "forger_key_id": forger.key_id,
+        "entries": rotated,
+        "forged_entries": forged,
+        "tree_size": len(every),
+        "root_hash": root.hex(),
+        "checkpoint_note": note,
+        "key_set": after,
+        "exports": exports,
+        "cases": cases,
+    }
+
+
+def case(
+    name: str,
+    export: str,
+    *,
+    key_set: dict[str, Any] | None = None,
+    trust_key: str | None = None,
+    key_id: str | None = None,
+    checkpoint: bool = False,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "export": export,
+        "key_set": key_set,
+        "trust_key": trust_key,
+        "key_id": key_id,
+        "checkpoint": checkpoint,
+    }
+
+
+def expected_outcome(
+    item: dict[str, Any], exports: dict[str, list[str]], note: str
+) -> dict[str, Any]:
+    """What `agentgw audit verify` answers for the case (test_audit_vectors re-checks it)."""
+    keys = None if item["key_set"] is None else KeySet.from_json_dict(item["key_set"])
+    anchor: TrustAnchor | str | None = item["key_id"]
+    if item["trust_key"] is not None:
+        anchor = TrustAnchor.parse(item["trust_key"])
+    report = verify_export(
+        exports[item["export"]], keys, note if item["checkpoint"] else None, anchor=anchor
+    )
+    if report.failure is None:
+        return {"ok": True, "count": report.count, "root_hash": report.root_hash}
+    failure = report.failure
+    return {
+        "ok": False,
+        "kind": str(failure.kind),
+        "seq": failure.seq,
+        "line": failure.line_number,
     }
 
 
