@@ -8,6 +8,7 @@ with AgentClient("127.0.0.1:50051", token, agent_id="demo-agent") as agent:
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
@@ -19,6 +20,10 @@ from agentgw.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.api.structs import python_to_struct
 
 Metadata = tuple[tuple[str, str], ...]
+
+# Codes after which the same request may simply be sent again.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
+RETRY_BACKOFF_SECONDS = 0.2
 
 
 def bearer(token: str) -> Metadata:
@@ -50,8 +55,16 @@ class AgentClient:
         labels: Mapping[str, str] | None = None,
         action_id: str | None = None,
         timeout: float = 10.0,
+        attempts: int = 3,
     ) -> gateway_pb2.Decision:
-        """Asks for a decision. Reuse `action_id` when retrying: the first decision returns."""
+        """Asks for a decision; `decision.action_id` names the action.
+
+        The gateway decides an action_id once: the same request submitted again gets
+        the first decision, so a call that failed in transit (UNAVAILABLE, or ABORTED
+        while another call decides it) is retried here with the same action_id, up to
+        `attempts` calls in all. To retry later yourself, pass the same `action_id`
+        and the same content; other content under it is refused (ALREADY_EXISTS).
+        """
         request = gateway_pb2.ActionRequest(
             action_id=action_id or uuid.uuid4().hex,
             agent_id=self.agent_id,
@@ -62,10 +75,17 @@ class AgentClient:
             reasoning=reasoning,
             labels=dict(labels or {}),
         )
-        response: gateway_pb2.Decision = self.stub.Submit(
-            request, metadata=self._metadata, timeout=timeout
-        )
-        return response
+        for attempt in range(1, max(attempts, 1) + 1):
+            try:
+                response: gateway_pb2.Decision = self.stub.Submit(
+                    request, metadata=self._metadata, timeout=timeout
+                )
+                return response
+            except grpc.RpcError as e:
+                if attempt >= attempts or e.code() not in RETRYABLE:
+                    raise
+                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def wait(
         self, held: gateway_pb2.Decision | str, timeout: float | None = None

@@ -7,6 +7,8 @@ policy, detection, holds and audit take and return them.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,3 +75,33 @@ class Decision:
     expires_at: float = 0.0  # unix seconds; 0 when not held
     resolution: Resolution | None = None
     audit_seq: int = 0
+
+
+def request_digest(request: ActionRequest, key: bytes) -> str:
+    """What an action_id stands for: a keyed hash (BLAKE2b-256 in its MAC mode, hex; `key`
+    at most 64 bytes) of the request as submitted, before redaction: agent, session,
+    action type, resource, parameters, reasoning and labels. A resubmission with the
+    same digest is the same action; any other content under the same action_id is a
+    different one.
+
+    Keyed, because the digest is stored beside the redacted request: an unkeyed hash
+    of a short secret (a PIN) could be found by trying every value. The key is shared
+    by every replica (see `gateway.pipeline.digest_key`).
+    """
+    content = json.dumps(
+        [
+            request.agent_id,
+            request.session_id,
+            request.action_type,
+            request.resource,
+            dict(request.parameters),
+            request.reasoning,
+            dict(request.labels),
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    data = content.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, key=key, digest_size=32).hexdigest()

@@ -1,9 +1,15 @@
 """Wiring: builds the gateway from a Config, starts and stops it in order.
 
 Start: logging -> Redis (embedded or external) -> signing key -> policy -> stores ->
-background tasks (audit writer, hold notifications, expiry sweeper, policy watch,
-Redis supervisor) -> gRPC server. Stop runs the other way: the server drains
-in-flight calls first, then the tasks stop, then Redis.
+background tasks (audit writer, hold notifications, expiry sweeper, await recheck,
+policy watch, Redis supervisor) -> gRPC server -> health watch. Stop runs the other
+way: the health watch stops and health turns NOT_SERVING, the server drains
+in-flight calls, then the tasks stop, then the Redis clients and Redis.
+
+Three Redis clients with their own pools (`gateway/store/connection.py`): the
+decision path's, a small waiting one for holds (notifications, waiters, approvals,
+the expiry sweeper) so that no number of `Await`s can take the decision path's
+connections, and one connection for the health probe.
 """
 
 from __future__ import annotations
@@ -20,33 +26,32 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
 
-from agentgw.v1 import (
-    alerts_pb2,
-    alerts_pb2_grpc,
-    approvals_pb2,
-    approvals_pb2_grpc,
-    audit_pb2,
-    audit_pb2_grpc,
-    gateway_pb2,
-    gateway_pb2_grpc,
-)
+from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2
 from gateway.api.auth import Authenticator
+from gateway.api.decoding import add_servicer
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
-from gateway.api.status import RequireToken
-from gateway.approvals import ApprovalDesk
+from gateway.api.status import RequireToken, Servicer, roles_of
+from gateway.approvals import RECHECK_SECONDS, ApprovalDesk
 from gateway.audit.keys import SigningKeys
 from gateway.config import Config
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
 from gateway.pipeline import DecisionPipeline
 from gateway.policy.reload import PolicyReloader
+from gateway.redaction import Redactor
 from gateway.store.audit_log import AuditLog
-from gateway.store.connection import connect, unavailable_on_error
+from gateway.store.connection import (
+    HOLD_POOL_SIZE,
+    POOL_WAIT_SECONDS,
+    connect,
+    unavailable_on_error,
+)
 from gateway.store.embedded import EmbeddedRedis, find_server_binary
 from gateway.store.keys import KeySpace
 from gateway.store.notifications import ResolutionListener
-from gateway.store.state import StateStore
+from gateway.store.state import Lifetimes, StateStore
 
 log = logging.getLogger("agentgw.app")
 
@@ -57,6 +62,9 @@ SERVICE_NAMES = (
     alerts_pb2.DESCRIPTOR.services_by_name["Alerts"].full_name,
 )
 SWEEP_MAX_WAIT = 1.0
+# The health watch pings Redis this often, each ping failing after HEALTH_TIMEOUT.
+HEALTH_INTERVAL = 1.0
+HEALTH_TIMEOUT = 1.0
 
 
 class App:
@@ -67,7 +75,9 @@ class App:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = asyncio.Event()
+        self._health_watch: asyncio.Task[None] | None = None
+        self._draining = asyncio.Event()  # stop() has begun
+        self._stopping = asyncio.Event()  # the server has stopped; tasks end
 
     async def start(self) -> int:
         """Starts everything; returns the bound port."""
@@ -86,21 +96,40 @@ class App:
                 "embedded redis started",
                 extra={"binary": str(self.embedded.binary), "version": self.embedded.version},
             )
-        self.client = connect(url)
+        prefix = config.redis.key_prefix
+        self.client = connect(url, name=f"agentgw:{prefix}:decisions")
+        self.hold_client = connect(
+            url,
+            name=f"agentgw:{prefix}:holds",
+            max_connections=HOLD_POOL_SIZE,
+            wait_for_connection=POOL_WAIT_SECONDS,
+        )
+        self.health_client = connect(
+            url,
+            name=f"agentgw:{prefix}:health",
+            max_connections=1,
+            wait_for_connection=HEALTH_TIMEOUT,
+            timeout=HEALTH_TIMEOUT,
+            retries=0,
+        )
         with unavailable_on_error(f"connecting to Redis at {_safe_url(url)}"):
             await self.client.ping()
         signing_keys = SigningKeys(config.signing_key_path, config.key_dir_path)
-        keys = KeySpace(config.redis.key_prefix)
-        self.state = StateStore(self.client, keys)
+        keys = KeySpace(prefix)
+        self.state = StateStore(self.client, keys, lifetimes(config))
+        self.hold_state = StateStore(self.hold_client, keys, lifetimes(config))
         self.audit = AuditLog(self.client, keys, signing_keys, config.audit.origin, self.clock)
-        self.listener = ResolutionListener(self.client, keys.hold_resolved_channel)
-        self.desk = ApprovalDesk(self.state, self.audit, self.listener, self.clock)
+        self.listener = ResolutionListener(self.hold_client, keys.hold_resolved_channel)
+        self.desk = ApprovalDesk(
+            self.hold_state, self.audit, self.listener, self.clock, Redactor(config.redaction)
+        )
         self.pipeline = DecisionPipeline(config, policy, self.state, self.audit, self.clock)
         self.policy = policy
 
         self._spawn(self.audit.run(), "audit writer")
         self._spawn(self.listener.run(), "hold notifications")
         self._spawn(self._sweep_expired(), "hold expiry sweeper")
+        self._spawn(self._recheck_waiters(), "await recheck")
         self._spawn(self._publish_checkpoints(), "checkpoint publisher")
         if config.policy_file is not None:
             self._spawn(policy.watch(), "policy watcher")
@@ -109,23 +138,20 @@ class App:
         await asyncio.wait_for(self.listener.subscribed.wait(), 10)
 
         auth = Authenticator(config.principals)
+        servicers: tuple[Servicer, ...] = (
+            GatewayService(auth, self.pipeline, self.desk),
+            ApprovalsService(auth, self.desk),
+            AuditService(auth, self.audit, self.clock),
+            AlertsService(auth),
+        )
+        own_methods = frozenset(
+            f"/{s.service.full_name}/{m.name}" for s in servicers for m in s.service.methods
+        )
         server = grpc.aio.server(
-            interceptors=[RequireToken(auth)],
-            options=[
-                ("grpc.max_receive_message_length", config.limits.max_request_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
+            interceptors=[RequireToken(auth, own_methods)], options=server_options(config)
         )
-        gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayService(auth, self.pipeline, self.desk), server
-        )
-        approvals_pb2_grpc.add_ApprovalsServicer_to_server(
-            ApprovalsService(auth, self.desk), server
-        )
-        audit_pb2_grpc.add_AuditServicer_to_server(
-            AuditService(auth, self.audit, self.clock), server
-        )
-        alerts_pb2_grpc.add_AlertsServicer_to_server(AlertsService(), server)
+        for servicer in servicers:
+            add_servicer(server, servicer, servicer.service, lambda m: roles_of(m) is not None)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -140,29 +166,65 @@ class App:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
         self.health = health_servicer
+        self._health_watch = self._spawn(self._watch_redis(), "health watch")
         log.info("gateway listening", extra={"listen": config.listen, "port": self.port})
         return self.port
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._report_task_end)
         self._tasks.append(task)
+        return task
 
-    async def _pause(self, seconds: float) -> None:
-        """Waits `seconds`, or less once stop() has begun.
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _watch_redis(self) -> None:
+        """Health follows Redis: NOT_SERVING while a PING fails, SERVING once it answers."""
+        serving = True
+        while not self._draining.is_set():
+            try:
+                async with asyncio.timeout(2 * HEALTH_TIMEOUT):
+                    await self.health_client.ping()
+                reachable, error = True, ""
+            except (RedisError, OSError, TimeoutError) as e:
+                reachable, error = False, f"{type(e).__name__}: {e}"
+            if reachable != serving and not self._draining.is_set():
+                serving = reachable
+                if reachable:
+                    await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+                    log.info("redis reachable again; health SERVING", extra={"category": "errors"})
+                else:
+                    await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+                    log.error(
+                        "redis unreachable; health NOT_SERVING",
+                        extra={"category": "errors", "error": error},
+                    )
+            await self._pause(HEALTH_INTERVAL, self._draining)
+
+    async def _recheck_waiters(self) -> None:
+        """Wakes every `Await` now and then, in case a notification was lost; the
+        waiters of one hold share one read."""
+        while not self._stopping.is_set():
+            await self._pause(RECHECK_SECONDS)
+            self.listener.wake_all()
+
+    async def _pause(self, seconds: float, until: asyncio.Event | None = None) -> None:
+        """Waits `seconds`, or less once stop() has begun (or `until` is set).
 
         The periodic tasks check `_stopping` instead of relying on cancellation only:
         a cancellation that lands inside a Redis call can be absorbed by the client
         (seen with redis-py's asyncio client), and the task would then sleep on.
         """
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            await asyncio.wait_for((until or self._stopping).wait(), seconds)
 
     async def _sweep_expired(self) -> None:
         while not self._stopping.is_set():
             try:
                 await self.desk.expire_due()
-                upcoming = await self.state.next_expiry()
+                upcoming = await self.hold_state.next_expiry()
             except StoreUnavailable as e:
                 log.warning("expiry sweep failed", extra={"category": "errors", "error": str(e)})
                 upcoming = None
@@ -195,7 +257,7 @@ class App:
         if task.cancelled():
             return
         error = task.exception()
-        if error is None and self._stopping.is_set():
+        if error is None and self._draining.is_set():
             return  # a periodic task that saw stop() begin
         log.error(
             "background task ended",
@@ -206,12 +268,19 @@ class App:
         return self.policy.reload()
 
     async def stop(self, grace: float = 10.0) -> None:
+        self._draining.set()
+        if self._health_watch is not None:
+            # First, so that it cannot turn health back to SERVING while we drain.
+            self._health_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_watch
+            self._health_watch = None
         if self.server is not None:
             self.desk.close()
-            for name in ("", *SERVICE_NAMES):
-                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.server.stop(grace)
             self.server = None
+            await self.desk.drain(max(grace, 1.0))
         self._stopping.set()
         for task in reversed(self._tasks):
             task.cancel()
@@ -219,11 +288,51 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if hasattr(self, "client"):
-            await self.client.aclose()
+        if hasattr(self, "pipeline"):
+            await self.pipeline.drain()
+        for name in ("health_client", "hold_client", "client"):
+            if hasattr(self, name):
+                await getattr(self, name).aclose()
         if self.embedded is not None:
             await self.embedded.stop()
         log.info("gateway stopped")
+
+
+def server_options(config: Config) -> list[tuple[str, int]]:
+    """gRPC server options: message size, connection idle time, keepalive, stream cap,
+    calls waiting to start."""
+    s = config.server
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    return [
+        ("grpc.max_receive_message_length", config.limits.max_request_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_idle_ms", ms(s.max_connection_idle_seconds)),
+        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", ms(s.keepalive_time_seconds)),
+        ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_seconds)),
+        # Keep pinging a connection whose calls send nothing for long (an Await).
+        ("grpc.http2.max_pings_without_data", 0),
+        # gRPC's defaults (1000, then cancelling some calls at random up to 3000)
+        # cancel part of a burst of new calls before the gateway can start them.
+        ("grpc.server.max_pending_requests", s.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", s.max_pending_calls),
+    ]
+
+
+def lifetimes(config: Config) -> Lifetimes:
+    """The configured lifetimes of Redis records, in the store's units."""
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    return Lifetimes(
+        decision_ms=ms(config.idempotency_ttl_seconds),
+        session_idle_ms=ms(config.session_idle_timeout_seconds),
+        resolved_hold_ms=ms(config.hold_retention_seconds),
+    )
 
 
 def _safe_url(url: str) -> str:
@@ -236,7 +345,7 @@ def _safe_url(url: str) -> str:
 
 async def serve(config: Config, tokens: dict[str, str]) -> None:
     """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy."""
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.redaction)
     app = App(config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,6 +3,11 @@
 Each transition is checked by the pure state machine in `gateway/holds.py`, then
 committed together with its audit entry; the store's compare-and-set on the hold's
 status makes racing approvers (and replicas) produce exactly one winner.
+
+Waiting (`await_decision`) costs no Redis connection while nothing happens: the
+process's one subscription (`ResolutionListener`) wakes the waiters of a hold, and
+all of them share one read of it (`FreshReads`) and, at its expiry, one expire
+attempt. So any number of `Await`s on a hold costs a couple of reads per wake-up.
 """
 
 from __future__ import annotations
@@ -10,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
 
 from gateway.actions import Decision, ResolutionStatus
 from gateway.audit.entry import EntryDraft, format_timestamp
-from gateway.config import Principal, Role
-from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
+from gateway.config import Principal
+from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable, preview
 from gateway.holds import Hold, HoldStatus, check_reason, resolve, with_resolution_seq
+from gateway.redaction import Redactor
 from gateway.store.audit_log import AuditLog
 from gateway.store.notifications import ResolutionListener
 from gateway.store.state import StateStore
@@ -25,8 +32,65 @@ from gateway.validation import require_identifier
 log = logging.getLogger("agentgw.approvals")
 
 SYSTEM = "system"
-# Waiters re-read the hold at least this often, in case a notification was lost.
+# app.py wakes every waiter this often, in case a notification was lost; the waiters
+# of one hold then share one read.
 RECHECK_SECONDS = 5.0
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class FreshReads(Generic[K, V]):
+    """Coalesced reads per key, each one fresh for everyone who shares it.
+
+    Callers that ask while a read of the key is waiting to start share that read; a
+    caller that asks while one is already running gets the next one, which starts
+    when the running one ends. So every caller gets a value read after it asked (a
+    wake-up is never answered with state from before it), and a key has at most one
+    read running and one waiting, however many callers there are. A caller that is
+    cancelled (its deadline passed) does not cancel a read others share.
+    """
+
+    def __init__(self, read: Callable[[K], Awaitable[V]]) -> None:
+        self._read = read
+        self._running: dict[K, asyncio.Task[V]] = {}
+        self._waiting: dict[K, asyncio.Task[V]] = {}
+        self._tasks: set[asyncio.Task[V]] = set()
+
+    async def get(self, key: K) -> V:
+        task = self._waiting.get(key)
+        if task is None:
+            task = asyncio.create_task(self._run(key, self._running.get(key)))
+            self._waiting[key] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    async def _run(self, key: K, previous: asyncio.Task[V] | None) -> V:
+        if previous is not None:
+            await asyncio.wait([previous])
+        me = asyncio.current_task()
+        assert me is not None
+        # From here on the read may already have happened for a new caller: it must
+        # get the next one.
+        if self._waiting.get(key) is me:
+            del self._waiting[key]
+        self._running[key] = me
+        try:
+            return await self._read(key)
+        finally:
+            if self._running.get(key) is me:
+                del self._running[key]
+
+    def _finished(self, task: asyncio.Task[V]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have gone away
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Waits (up to `timeout` seconds) for the reads still running, at shutdown."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
 
 
 class ApprovalDesk:
@@ -36,17 +100,29 @@ class ApprovalDesk:
         audit: AuditLog,
         listener: ResolutionListener,
         clock: Callable[[], float],
+        redactor: Redactor | None = None,
     ) -> None:
         self.state = state
         self.audit = audit
         self.listener = listener
         self.clock = clock
+        # Approvers' reasons are free text, signed into the log: redacted like requests.
+        self.redactor = redactor or Redactor()
         self.closing = False
+        self._holds = FreshReads(state.get_hold)
+        self._expiring: dict[str, asyncio.Task[Hold]] = {}
 
     def close(self) -> None:
         """Ends every Await with UNAVAILABLE so agents retry elsewhere during shutdown."""
         self.closing = True
         self.listener.wake_all()
+
+    async def drain(self, timeout: float) -> None:
+        """Waits (up to `timeout` seconds each) for the shared reads and expiries still
+        running; after the server stopped."""
+        await self._holds.drain(timeout)
+        if self._expiring:
+            await asyncio.wait(list(self._expiring.values()), timeout=timeout)
 
     async def list_holds(self, agent_id: str = "", session_id: str = "") -> list[Hold]:
         holds = await self.state.pending_holds()
@@ -79,18 +155,30 @@ class ApprovalDesk:
             try:
                 await self.expire(hold_id)
                 done += 1
-            except (Conflict, NotFound):
+            except Conflict:
                 pass  # another replica, or an approver, got there first
+            except NotFound:
+                # Its record outlived its retention with no gateway running to expire it.
+                await self.state.forget_pending_hold(hold_id)
+            except StoreUnavailable:
+                raise
+            except Exception as e:
+                # One unreadable hold must not stop the others from expiring.
+                log.error(
+                    "hold could not be expired",
+                    exc_info=True,
+                    extra={"category": "errors", "hold_id": hold_id, "error": preview(str(e))},
+                )
         return done
 
     async def _resolve(
         self, hold_id: str, status: ResolutionStatus, actor: str, actor_type: str, reason: str
     ) -> Hold:
         require_identifier("hold_id", hold_id, 128)
-        reason = check_reason(reason)
+        reason = self.redactor.text(check_reason(reason))
         hold = await self.state.get_hold(hold_id)
         if hold is None:
-            raise NotFound(f"hold {hold_id} not found")
+            raise NotFound(f"hold {preview(hold_id)} not found")
         now = self.clock()
         resolved = resolve(hold, status, actor, reason, now)
         draft = EntryDraft(
@@ -113,7 +201,7 @@ class ApprovalDesk:
         entries = await self.audit.commit(
             [draft],
             self.state.record_resolution(resolved),
-            conflict=f"hold {hold_id} is no longer pending",
+            conflict=f"hold {preview(hold_id)} is no longer pending",
         )
         log.info(
             "hold resolved",
@@ -132,7 +220,7 @@ class ApprovalDesk:
     ) -> tuple[bool, int]:
         require_identifier("agent_id", agent_id, 128)
         require_identifier("session_id", session_id, 128)
-        reason = check_reason(reason)
+        reason = self.redactor.text(check_reason(reason))
         pause = await self.state.session_pause(agent_id, session_id)
         if pause is None:
             return False, 0
@@ -168,7 +256,7 @@ class ApprovalDesk:
             require_identifier("action_id", action_id, 128)
             decision = await self.state.get_decision(principal.name, action_id)
             if decision is None:
-                raise NotFound(f"no decision for action_id {action_id}")
+                raise NotFound(f"no decision for action_id {preview(action_id)}")
             if not decision.hold_id:
                 return decision
             hold_id = decision.hold_id
@@ -177,20 +265,38 @@ class ApprovalDesk:
             while True:
                 if self.closing:
                     raise StoreUnavailable("the gateway is shutting down; call Await again")
-                # Cleared before the read: a wake-up after the read is kept for the wait.
+                # Cleared before the read, and the shared read starts after this: a
+                # wake-up after the read is kept for the wait.
                 woken.clear()
-                hold = await self.state.get_hold(hold_id)
-                if hold is None or (
-                    principal.role is Role.AGENT and hold.request.agent_id != principal.name
-                ):
-                    raise NotFound(f"hold {hold_id} not found")
+                hold = await self._holds.get(hold_id)
+                # Only agents await, and only their own holds.
+                if hold is None or hold.request.agent_id != principal.name:
+                    raise NotFound(f"hold {preview(hold_id)} not found")
                 if hold.status is not HoldStatus.PENDING:
                     return hold.decision()
                 remaining = hold.expires_at - self.clock()
                 if remaining <= 0:
                     try:
-                        return (await self.expire(hold_id)).decision()
+                        return (await self._expire_shared(hold_id)).decision()
                     except Conflict:
                         continue
+                # No timer of its own beyond the expiry: app.py wakes every waiter
+                # every RECHECK_SECONDS, and the hold's waiters share that read.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(remaining, RECHECK_SECONDS))
+                    await asyncio.wait_for(woken.wait(), remaining)
+
+    async def _expire_shared(self, hold_id: str) -> Hold:
+        """One expire attempt for all the waiters whose hold ran out together."""
+        task = self._expiring.get(hold_id)
+        if task is None:
+            task = asyncio.create_task(self.expire(hold_id))
+            self._expiring[hold_id] = task
+
+            def finished(done: asyncio.Task[Hold]) -> None:
+                if self._expiring.get(hold_id) is done:
+                    del self._expiring[hold_id]
+                if not done.cancelled():
+                    done.exception()  # retrieved: every waiter may have gone away
+
+            task.add_done_callback(finished)
+        return await asyncio.shield(task)

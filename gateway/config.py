@@ -14,22 +14,24 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from gateway.actions import Verdict
 from gateway.detect.loops import LoopSettings
 from gateway.errors import ConfigError
+from gateway.redaction import RedactionRules, key_word, value_pattern
 from gateway.validation import Limits
 from gateway.verdicts import DEFAULT_EFFECTS, Effect
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path("agentgw-data")
 CONFIG_FILE_NAME = "agentgw.yaml"
+_T = TypeVar("_T")
 
 
 class Role(enum.Enum):
@@ -63,6 +65,19 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class ServerSettings:
+    """The gRPC server's connection limits (the `server:` section)."""
+
+    max_connection_idle_seconds: float = 300.0  # close a connection with no call this long
+    max_concurrent_streams: int = 1000  # calls in flight per connection; more queue
+    keepalive_time_seconds: float = 60.0  # ping a connection with calls this often
+    keepalive_timeout_seconds: float = 20.0  # close it if a ping gets no answer by then
+    # Calls gRPC has accepted that the gateway has not started yet (a burst of many
+    # new calls at once); beyond it gRPC cancels new calls.
+    max_pending_calls: int = 10_000
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
     data_dir: Path = DEFAULT_DATA_DIR
@@ -70,13 +85,17 @@ class Config:
     principals: tuple[Principal, ...] = ()
     redis: RedisSettings = field(default_factory=RedisSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     detection: LoopSettings = field(default_factory=LoopSettings)
     limits: Limits = field(default_factory=Limits)
     hold_ttl_seconds: float = 900.0
+    hold_retention_seconds: float = 7 * 86400.0  # a resolved hold stays readable this long
     idempotency_ttl_seconds: float = 86400.0
+    session_idle_timeout_seconds: float = 86400.0  # history and pause of an idle session
     paused_session_verdict: Verdict = Verdict.HOLD
     effects: Mapping[str, Effect] = field(default_factory=lambda: dict(DEFAULT_EFFECTS))
     log_level: str = "INFO"
+    redaction: RedactionRules = field(default_factory=RedactionRules)  # added to the built-ins
     source: str = "<defaults>"
 
     @property
@@ -201,6 +220,9 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
             "paused_session_verdict",
             "recommendations",
             "log_level",
+            "redaction",
+            "server",
+            "sessions",
         },
     )
     cfg = Config(source=source)
@@ -282,9 +304,19 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         m = r.mapping(top["limits"], "limits", names)
         changes["limits"] = Limits(**{k: r.integer(v, f"limits.{k}", 1) for k, v in m.items()})
     if "holds" in top:
-        m = r.mapping(top["holds"], "holds", {"ttl_seconds"})
+        m = r.mapping(top["holds"], "holds", {"ttl_seconds", "retention_seconds"})
         if "ttl_seconds" in m:
             changes["hold_ttl_seconds"] = r.number(m["ttl_seconds"], "holds.ttl_seconds", 1)
+        if "retention_seconds" in m:
+            changes["hold_retention_seconds"] = r.number(
+                m["retention_seconds"], "holds.retention_seconds", 60
+            )
+    if "sessions" in top:
+        m = r.mapping(top["sessions"], "sessions", {"idle_timeout_seconds"})
+        if "idle_timeout_seconds" in m:
+            changes["session_idle_timeout_seconds"] = r.number(
+                m["idle_timeout_seconds"], "sessions.idle_timeout_seconds", 60
+            )
     if "idempotency_ttl_seconds" in top:
         changes["idempotency_ttl_seconds"] = r.number(
             top["idempotency_ttl_seconds"], "idempotency_ttl_seconds", 60
@@ -312,7 +344,51 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
                     v, key, f"unknown effect '{value}' (expected one of {allowed})"
                 ) from None
         changes["effects"] = effects
+    if "redaction" in top:
+        changes["redaction"] = _redaction(r, top["redaction"])
+    if "server" in top:
+        changes["server"] = _server(r, top["server"])
     return replace(cfg, **changes)
+
+
+def _server(r: _Reader, node: yaml.Node) -> ServerSettings:
+    m = r.mapping(node, "server", {f.name for f in fields(ServerSettings)})
+    values: dict[str, Any] = {}
+    for name, minimum in (
+        ("max_connection_idle_seconds", 0.1),
+        ("keepalive_time_seconds", 1),
+        ("keepalive_timeout_seconds", 1),
+    ):
+        if name in m:
+            values[name] = r.number(m[name], f"server.{name}", minimum)
+    for name in ("max_concurrent_streams", "max_pending_calls"):
+        if name in m:
+            values[name] = r.integer(m[name], f"server.{name}", 1)
+    return ServerSettings(**values)
+
+
+def _redaction(r: _Reader, node: yaml.Node) -> RedactionRules:
+    """`redaction:` adds key words and value patterns; the built-in rules always apply."""
+    m = r.mapping(node, "redaction", {"key_words", "patterns"})
+
+    def each(name: str, check: Callable[[str], _T]) -> tuple[_T, ...]:
+        if name not in m:
+            return ()
+        seq = m[name]
+        if not isinstance(seq, yaml.SequenceNode):
+            raise r.fail(seq, f"redaction.{name}", "expected a list")
+        out = []
+        for i, item in enumerate(seq.value):
+            key = f"redaction.{name}[{i}]"
+            try:
+                out.append(check(r.string(item, key)))
+            except ValueError as e:  # the reason, e.g. "invalid regular expression: ..."
+                raise r.fail(item, key, str(e)) from None
+        return tuple(out)
+
+    return RedactionRules(
+        key_words=each("key_words", key_word), patterns=each("patterns", value_pattern)
+    )
 
 
 def _check_listen(r: _Reader, node: yaml.Node | None, value: str) -> str:

@@ -1,37 +1,66 @@
 """One decision: the path of a `Submit` call, top to bottom.
 
-authenticate (wire) -> validate -> idempotency + session state + counters (one Lua
-call) -> policy -> detection -> verdict -> audit append with the state it records
-(one Lua call) -> log. Any failure before the audit append completes ends in an
-error (UNAVAILABLE / INVALID_ARGUMENT ...), never in an allow.
+validate -> authenticate the agent (wire + `authorize_agent`) -> claim the action_id
+with idempotency + session state + counters (one Lua call) -> policy -> detection ->
+verdict -> audit append with the state it records (one Lua call) -> log. Any failure
+before the audit append completes ends in an error (UNAVAILABLE / INVALID_ARGUMENT
+...), never in an allow.
+
+An action_id stands for one request (its digest): the same request again gets the
+first decision, another request under it is refused and recorded as a security
+event. A claim on the action_id is released only when nothing was or will be
+committed for it, so a cancelled or retried call never gets an action decided twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
 
-from gateway.actions import ActionRequest, Decision, Verdict
-from gateway.audit.entry import EntryDraft, format_timestamp
+from gateway.actions import ActionRequest, Decision, Verdict, request_digest
+from gateway.audit.entry import AuditEntry, EntryDraft, format_timestamp
+from gateway.audit.keys import Signer
 from gateway.config import Config, Principal
 from gateway.detect.loops import detect_loops, fingerprint
-from gateway.errors import Forbidden, InFlight
+from gateway.errors import AlreadyExists, Forbidden, InFlight, OutcomeUnknown
 from gateway.holds import Hold, finding_to_json
 from gateway.policy.evaluator import evaluate_rules
 from gateway.policy.reload import PolicyReloader
-from gateway.redaction import redact
+from gateway.redaction import Redactor
 from gateway.store.audit_log import AuditLog
-from gateway.store.state import Observation, Seen, StateStore
+from gateway.store.state import (
+    Claim,
+    Marks,
+    Mutation,
+    Observation,
+    Pending,
+    Reused,
+    Seen,
+    StateStore,
+)
 from gateway.validation import validate_request
 from gateway.verdicts import VerdictOutcome, combine_verdict
 
 log = logging.getLogger("agentgw.decisions")
 
+DIGEST_KEY_LABEL = b"agentgw/request-digest/v1\x00"
+# A retry that finds its action being decided by another call waits this long for
+# that call's decision before it is told to retry (ABORTED).
+PENDING_WAIT_SECONDS = 5.0
+
 
 def new_hold_id() -> str:
     return "hold_" + secrets.token_hex(12)
+
+
+def digest_key(signer: Signer) -> bytes:
+    """The key of request digests: the first audit key's (deterministic) Ed25519
+    signature of a label no entry or checkpoint signature can have. Every replica has
+    the first key, so every replica derives the same secret, and no new file is needed."""
+    return signer.sign(DIGEST_KEY_LABEL)
 
 
 class DecisionPipeline:
@@ -48,28 +77,36 @@ class DecisionPipeline:
         self.state = state
         self.audit = audit
         self.clock = clock
+        self.redactor = Redactor(config.redaction)
+        self.digest_key = digest_key(audit.signing_keys.first)
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def submit(self, principal: Principal, request: ActionRequest) -> Decision:
-        authorize_agent(principal, request)
+        # Sizes first: nothing below looks at (or echoes) an oversized field.
         validate_request(request, self.config.limits)
+        authorize_agent(principal, request)
+        claim = Claim.new(request_digest(request, self.digest_key))
         # Everything stored, logged or audited from here on uses the redacted copy.
-        stored = replace(
-            request, parameters=redact(request.parameters), labels=redact(request.labels)
-        )
-        observed = await self.state.observe(
-            stored, fingerprint(stored, self.config.detection), self.config.detection
-        )
-        if isinstance(observed, Seen):
-            return await self.replay(request, observed)
+        stored = self.redactor.request(request)
+        marks = Marks(stored.action_type, fingerprint(stored, self.config.detection))
+        observed: Observation | Seen | Reused | None = None
+        committing: asyncio.Future[list[AuditEntry]] | None = None
         try:
-            decision = await self.decide(request, stored, observed)
+            observed = await self.claim_action(stored, claim, marks)
+            if isinstance(observed, Seen):
+                return await self.replay(observed)
+            if isinstance(observed, Reused):
+                await self.refuse_reuse(stored)
+            assert isinstance(observed, Observation)
+            decision, draft, mutation = self.decide(request, stored, claim, observed)
+            committing = self.audit.enqueue([draft], mutation)
+            entries = await asyncio.shield(committing)
         except BaseException:
-            # Free the action_id so the agent can retry; best effort, Redis may be down.
-            try:
-                await self.state.release_claim(request)
-            except Exception as e:
-                log.warning("could not release an action claim", extra={"error": str(e)})
+            # None: cancelled or failed while claiming, so the claim may stand.
+            if observed is None or isinstance(observed, Observation):
+                self.release_unless_committed(request, claim, marks, committing)
             raise
+        decision = replace(decision, audit_seq=entries[0].seq)
         log.info(
             "decision",
             extra={
@@ -87,9 +124,73 @@ class DecisionPipeline:
         )
         return decision
 
-    async def decide(
-        self, request: ActionRequest, stored: ActionRequest, observed: Observation
-    ) -> Decision:
+    async def claim_action(
+        self, stored: ActionRequest, claim: Claim, marks: Marks
+    ) -> Observation | Seen | Reused:
+        """Claims the action_id, or finds its decision; while another call decides the
+        same request, waits (bounded) for that call's decision."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + PENDING_WAIT_SECONDS
+        pause = 0.005
+        while True:
+            observed = await self.state.observe(stored, claim, marks, self.config.detection)
+            if observed is not Pending.PENDING:
+                return observed
+            if loop.time() + pause > give_up:
+                raise InFlight(
+                    f"action_id {stored.action_id} is being decided by another call; retry"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    def release_unless_committed(
+        self,
+        request: ActionRequest,
+        claim: Claim,
+        marks: Marks,
+        committing: asyncio.Future[list[AuditEntry]] | None,
+    ) -> None:
+        """Frees the claim once it is certain that nothing was or will be committed
+        for it: at once if no commit was queued, else when the commit has failed
+        without writing. A commit that landed, or whose outcome is unknown (its reply
+        was lost), keeps the claim: the decision record replaces it, or it lapses
+        after its TTL, and the commit itself checks that the claim still stands."""
+        if committing is None:
+            self._spawn_release(request, claim, marks)
+            return
+
+        def after_commit(future: asyncio.Future[list[AuditEntry]]) -> None:
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is not None and not isinstance(error, OutcomeUnknown):
+                self._spawn_release(request, claim, marks)
+
+        committing.add_done_callback(after_commit)
+
+    def _spawn_release(self, request: ActionRequest, claim: Claim, marks: Marks) -> None:
+        # A task of its own: the call that held the claim may be cancelled already.
+        task = asyncio.get_running_loop().create_task(self._release(request, claim, marks))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, request: ActionRequest, claim: Claim, marks: Marks) -> None:
+        try:
+            await self.state.release_claim(request, claim, marks)
+        except Exception as e:  # best effort: the claim lapses after its TTL anyway
+            log.warning(
+                "could not release an action claim",
+                extra={"category": "errors", "action_id": request.action_id, "error": str(e)},
+            )
+
+    async def drain(self) -> None:
+        """Waits for claim releases in progress (the app calls this when stopping)."""
+        while self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
+
+    def decide(
+        self, request: ActionRequest, stored: ActionRequest, claim: Claim, observed: Observation
+    ) -> tuple[Decision, EntryDraft, Mutation]:
         now = self.clock()
         policy_result = evaluate_rules(self.policy.current, request)
         findings = detect_loops(
@@ -124,21 +225,50 @@ class DecisionPipeline:
             )
             decision = replace(decision, hold_id=hold.hold_id, expires_at=hold.expires_at)
         draft = decision_entry(stored, decision, outcome, now)  # `stored` is redacted
-        mutation = self.state.record_decision(
-            request, decision, hold, self.config.idempotency_ttl_seconds
-        )
-        entries = await self.audit.commit([draft], mutation)
-        return replace(decision, audit_seq=entries[0].seq)
+        mutation = self.state.record_decision(request, claim, decision, hold)
+        return decision, draft, mutation
 
-    async def replay(self, request: ActionRequest, seen: Seen) -> Decision:
-        """The first decision for a resubmitted action_id; nothing is counted or written."""
-        if seen.decision is None:
-            raise InFlight(f"action_id {request.action_id} is being decided by another call; retry")
+    async def replay(self, seen: Seen) -> Decision:
+        """The first decision for a resubmitted request; nothing is counted or written."""
         if seen.decision.hold_id:
             hold = await self.state.get_hold(seen.decision.hold_id)
             if hold is not None:
                 return hold.decision()
         return seen.decision
+
+    async def refuse_reuse(self, stored: ActionRequest) -> None:
+        """An action_id already used for other content: refused, and recorded as a
+        security event (the first decision is not returned for a different action)."""
+        draft = EntryDraft(
+            timestamp=format_timestamp(self.clock()),
+            event_type="security_action_id_reused",
+            actor=stored.agent_id,
+            actor_type="agent",
+            action_id=stored.action_id,
+            action_type=stored.action_type,
+            resource=stored.resource,
+            details={
+                "session_id": stored.session_id,
+                "reason": "the action_id was already used for a request with other content",
+            },
+            outcome="refused",
+        )
+        (entry,) = await self.audit.commit([draft], Mutation())
+        log.warning(
+            "action_id reused for a different request",
+            extra={
+                "category": "security",
+                "agent_id": stored.agent_id,
+                "session_id": stored.session_id,
+                "action_id": stored.action_id,
+                "action_type": stored.action_type,
+                "audit_seq": entry.seq,
+            },
+        )
+        raise AlreadyExists(
+            f"action_id {stored.action_id} was already used for a request with different "
+            "content; use a new action_id for a new action"
+        )
 
 
 def authorize_agent(principal: Principal, request: ActionRequest) -> None:

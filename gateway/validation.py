@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.actions import ActionRequest
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, preview
 
 # Identifiers end up inside Redis key names and audit entries: no braces (cluster
 # hash tags), no spaces, no control characters.
@@ -66,9 +66,13 @@ def validate_request(request: ActionRequest, limits: Limits) -> None:
             "labels", f"{len(request.labels)} labels exceed the limit of {limits.max_labels}"
         )
     for key, value in request.labels.items():
+        # An overlong key is named by its bounded preview, never echoed whole.
+        name = (
+            f"labels[{key!r}]" if len(key) <= limits.max_id_chars else f"labels[{preview(key)!r}]"
+        )
         if not LABEL_KEY.fullmatch(key) or len(key) > limits.max_id_chars:
-            raise InvalidRequest(f"labels[{key!r}]", "is not a valid label key")
-        _check_text(f"labels[{key!r}]", value, limits.max_label_value_chars)
+            raise InvalidRequest(name, "is not a valid label key")
+        _check_text(name, value, limits.max_label_value_chars)
     size = _check_value("parameters", request.parameters, 1, limits)
     if size > limits.max_parameters_bytes:
         raise InvalidRequest(

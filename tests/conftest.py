@@ -57,7 +57,12 @@ from dataclasses import replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 from gateway.config import Config, RedisSettings  # noqa: E402
-from tests.harness import ManualClock, RunningGateway, test_principals  # noqa: E402
+from tests.harness import (  # noqa: E402
+    GatewayLogs,
+    ManualClock,
+    RunningGateway,
+    test_principals,
+)
 
 
 @pytest.fixture
@@ -88,3 +93,10 @@ def make_gateway(gateway_config: Config) -> Iterator[Callable[..., RunningGatewa
 @pytest.fixture
 def gw(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     return make_gateway()
+
+
+@pytest.fixture
+def gateway_logs() -> Iterator[GatewayLogs]:
+    """The gateway's log records during the test (see tests.harness.GatewayLogs)."""
+    with GatewayLogs.capture() as logs:
+        yield logs

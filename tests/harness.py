@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -23,6 +25,7 @@ from gateway.api.convert import entry_from_proto
 from gateway.app import App
 from gateway.audit.keys import KeySet, TrustedKey
 from gateway.config import Config, Principal, Role, token_digest
+from gateway.logs import JsonFormatter
 
 T = TypeVar("T")
 
@@ -128,6 +131,40 @@ class RunningGateway:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+class GatewayLogs(logging.Handler):
+    """Every record of the gateway's `agentgw` loggers while attached, whichever
+    thread logs it; `lines` are the records as the gateway writes them out."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def lines(self) -> list[str]:
+        return [self.format(record) for record in self.records]
+
+    def with_ref(self, ref: str) -> list[logging.LogRecord]:
+        return [r for r in self.records if getattr(r, "ref", None) == ref]
+
+    @classmethod
+    @contextlib.contextmanager
+    def capture(cls) -> Iterator[GatewayLogs]:
+        handler = cls()
+        logger = logging.getLogger("agentgw")
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        try:
+            yield handler
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

@@ -1,7 +1,9 @@
 """Bearer-token authentication and role checks for every RPC.
 
 The identity comes from the `authorization: Bearer <token>` metadata only; tokens
-are compared by their SHA-256 digest, as stored in the config.
+are compared by their SHA-256 digest, as stored in the config. Which role may call
+which RPC is declared beside each RPC (`gateway/api/services.py`) and listed in
+docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ class Authenticator:
 
 
 def require_role(principal: Principal, roles: frozenset[Role]) -> None:
-    if principal.role is Role.ADMIN or principal.role in roles:
+    """Roles are separate: a principal may call only RPCs that list its own role. No
+    role implies another; an admin is not an agent, an approver or an auditor."""
+    if principal.role in roles:
         return
     allowed = ", ".join(sorted(r.value for r in roles))
     raise Forbidden(

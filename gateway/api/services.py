@@ -1,27 +1,20 @@
 """gRPC servicers for Gateway, Approvals, Audit and Alerts.
 
 Thin by design: each method converts, calls the domain with the authenticated
-principal, and converts back. Unimplemented RPCs answer UNIMPLEMENTED.
+principal, and converts back. Each RPC names the one role that may call it (roles
+are separate: docs/configuration.md, "Roles"); `gateway/api/decoding.add_servicer`
+refuses to register a method declared without one. RPCs not built yet answer
+UNIMPLEMENTED, and only to a caller of the right role.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator, Callable
-from typing import NoReturn
 
 import grpc
 
-from agentgw.v1 import (
-    alerts_pb2,
-    alerts_pb2_grpc,
-    approvals_pb2,
-    approvals_pb2_grpc,
-    audit_pb2,
-    audit_pb2_grpc,
-    gateway_pb2,
-    gateway_pb2_grpc,
-)
+from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2
 from gateway.api import convert
 from gateway.api.auth import Authenticator
 from gateway.api.status import Servicer, rpc, stream_rpc
@@ -31,7 +24,7 @@ from gateway.audit.entry import AuditEntry
 from gateway.audit.keys import TrustedKey
 from gateway.audit_search import AuditSearch
 from gateway.config import Principal, Role
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, NotImplementedYet
 from gateway.key_rotation import rotate_key
 from gateway.pipeline import DecisionPipeline
 from gateway.store.audit_log import AuditLog
@@ -39,12 +32,9 @@ from gateway.store.audit_log import AuditLog
 READ_CHUNK = 500
 
 
-async def unimplemented(context: grpc.aio.ServicerContext, what: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented yet")
-    raise AssertionError("abort raises")
+class GatewayService(Servicer):
+    service = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 
-
-class GatewayService(Servicer, gateway_pb2_grpc.GatewayServicer):
     def __init__(self, auth: Authenticator, pipeline: DecisionPipeline, desk: ApprovalDesk) -> None:
         super().__init__(auth)
         self.pipeline = pipeline
@@ -70,18 +60,28 @@ class GatewayService(Servicer, gateway_pb2_grpc.GatewayServicer):
         decision = await self.desk.await_decision(principal, request.hold_id, request.action_id)
         return convert.decision_to_proto(decision)
 
+    @rpc(Role.AGENT)
     async def ReportOutcome(
-        self, request: gateway_pb2.Outcome, context: grpc.aio.ServicerContext
+        self,
+        request: gateway_pb2.Outcome,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> gateway_pb2.ReportOutcomeResponse:
-        await unimplemented(context, "Gateway.ReportOutcome")
+        raise NotImplementedYet("Gateway.ReportOutcome")
 
+    @rpc(Role.AGENT)
     async def Log(
-        self, request: gateway_pb2.LogEvent, context: grpc.aio.ServicerContext
+        self,
+        request: gateway_pb2.LogEvent,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> gateway_pb2.LogResponse:
-        await unimplemented(context, "Gateway.Log")
+        raise NotImplementedYet("Gateway.Log")
 
 
-class ApprovalsService(Servicer, approvals_pb2_grpc.ApprovalsServicer):
+class ApprovalsService(Servicer):
+    service = approvals_pb2.DESCRIPTOR.services_by_name["Approvals"]
+
     def __init__(self, auth: Authenticator, desk: ApprovalDesk) -> None:
         super().__init__(auth)
         self.desk = desk
@@ -118,7 +118,8 @@ class ApprovalsService(Servicer, approvals_pb2_grpc.ApprovalsServicer):
             await self.desk.reject(principal, request.hold_id, request.reason)
         )
 
-    @rpc(Role.APPROVER)
+    # An admin may resume a session as an administrative act (and quarantine, later).
+    @rpc(Role.APPROVER, Role.ADMIN)
     async def ResumeSession(
         self,
         request: approvals_pb2.ResumeSessionRequest,
@@ -130,14 +131,20 @@ class ApprovalsService(Servicer, approvals_pb2_grpc.ApprovalsServicer):
         )
         return approvals_pb2.ResumeSessionResponse(was_paused=was_paused, audit_seq=seq)
 
+    @stream_rpc(Role.APPROVER)
     async def WatchHolds(
-        self, request: approvals_pb2.WatchHoldsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: approvals_pb2.WatchHoldsRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> AsyncIterator[approvals_pb2.HoldEvent]:
-        await unimplemented(context, "Approvals.WatchHolds")
-        yield approvals_pb2.HoldEvent()  # unreachable: abort raises
+        raise NotImplementedYet("Approvals.WatchHolds")
+        yield approvals_pb2.HoldEvent()  # unreachable: makes this a stream
 
 
-class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
+class AuditService(Servicer):
+    service = audit_pb2.DESCRIPTOR.services_by_name["Audit"]
+
     def __init__(self, auth: Authenticator, audit: AuditLog, clock: Callable[[], float]) -> None:
         super().__init__(auth)
         self.audit = audit
@@ -278,24 +285,39 @@ class AuditService(Servicer, audit_pb2_grpc.AuditServicer):
         return convert.report_to_proto(await self.search.report(flt, request.max_entries))
 
 
-class AlertsService(alerts_pb2_grpc.AlertsServicer):
-    """Alerts arrive with their own issue; every RPC answers UNIMPLEMENTED until then."""
+class AlertsService(Servicer):
+    """Alerts arrive with their own issue; until then every RPC answers UNIMPLEMENTED,
+    to admins (the operators) only."""
 
+    service = alerts_pb2.DESCRIPTOR.services_by_name["Alerts"]
+
+    @rpc(Role.ADMIN)
     async def List(
-        self, request: alerts_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: alerts_pb2.ListAlertsRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> alerts_pb2.ListAlertsResponse:
-        await unimplemented(context, "Alerts.List")
+        raise NotImplementedYet("Alerts.List")
 
+    @stream_rpc(Role.ADMIN)
     async def Watch(
-        self, request: alerts_pb2.WatchAlertsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: alerts_pb2.WatchAlertsRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> AsyncIterator[alerts_pb2.Alert]:
-        await unimplemented(context, "Alerts.Watch")
-        yield alerts_pb2.Alert()  # unreachable: abort raises
+        raise NotImplementedYet("Alerts.Watch")
+        yield alerts_pb2.Alert()  # unreachable: makes this a stream
 
+    @rpc(Role.ADMIN)
     async def Acknowledge(
-        self, request: alerts_pb2.AcknowledgeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: alerts_pb2.AcknowledgeRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> alerts_pb2.Alert:
-        await unimplemented(context, "Alerts.Acknowledge")
+        raise NotImplementedYet("Alerts.Acknowledge")
 
 
 def parse_time(text: str) -> float:

@@ -1,40 +1,62 @@
 """The one place that maps domain errors to gRPC status codes.
 
-`rpc(roles)` wraps a servicer method: it authenticates the caller, checks the role,
-calls the method with the principal, and turns `GatewayError`s into statuses. An
-unexpected exception becomes INTERNAL (logged), never an answer.
+`rpc(roles)` / `stream_rpc(roles)` wrap a servicer method: they authenticate the
+caller, check the role, decode the request (`gateway/api/decoding.py`), call the
+method with the principal, and turn `GatewayError`s into statuses. Every status
+message is bounded (`MESSAGE_LIMIT`). An unexpected exception answers INTERNAL with
+only "internal error (ref <id>)"; the traceback goes to the log under the same id,
+never into the reply. Every failed call is logged with such a ref, which the client
+also gets in the `agentgw-ref` trailing metadata.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+import secrets
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar, NoReturn, ParamSpec, TypeVar, cast
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from gateway.api.auth import Authenticator, require_role
+from gateway.api.decoding import Received, open_request
 from gateway.config import Principal, Role
 from gateway.errors import (
+    AlreadyExists,
     Conflict,
     Forbidden,
     GatewayError,
     InFlight,
     InvalidRequest,
     NotFound,
+    NotImplementedYet,
     StoreUnavailable,
     Unauthenticated,
+    UndecodableRequest,
+    preview,
 )
 
 log = logging.getLogger("agentgw.api")
 
+# Longest status message (and logged error text) the gateway sends, in characters.
+MESSAGE_LIMIT = 512
+REF_TRAILER = "agentgw-ref"
+_TRACEBACK_PART_LIMIT = 2000
+_TRACEBACK_FRAMES = 40
+_SECURITY_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
 STATUS_FOR: dict[type[GatewayError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    UndecodableRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotImplementedYet: grpc.StatusCode.UNIMPLEMENTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     InFlight: grpc.StatusCode.ABORTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
@@ -47,11 +69,26 @@ def status_for(error: GatewayError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def new_ref() -> str:
+    """A correlation id for one failed call: in the reply and in the log record."""
+    return secrets.token_hex(6)
+
+
 class Servicer:
-    """Base for servicers: holds the authenticator used by `rpc`."""
+    """Base for servicers: the service they implement, and the authenticator `rpc` uses."""
+
+    service: ClassVar[ServiceDescriptor]
 
     def __init__(self, auth: Authenticator) -> None:
         self.auth = auth
+
+    def _authorize(self, context: grpc.aio.ServicerContext, roles: frozenset[Role]) -> Principal:
+        principal = self.auth.authenticate(context.invocation_metadata())
+        require_role(principal, roles)
+        return principal
+
+    def _open(self, request: Received, name: str) -> Any:
+        return open_request(request, self.service.methods_by_name[name].input_type)
 
 
 S = TypeVar("S", bound=Servicer)
@@ -59,34 +96,42 @@ Req = TypeVar("Req")
 Res = TypeVar("Res")
 P = ParamSpec("P")
 
+_ROLES = "agentgw_roles"
+
+
+def roles_of(behaviour: Any) -> frozenset[Role] | None:
+    """The roles an RPC method was declared for with `rpc`/`stream_rpc`, else None."""
+    roles = getattr(behaviour, _ROLES, None)
+    return roles if isinstance(roles, frozenset) else None
+
 
 def rpc(
     *roles: Role,
 ) -> Callable[
     [Callable[[S, Req, grpc.aio.ServicerContext, Principal], Awaitable[Res]]],
-    Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Res]],
+    Callable[[S, Received, grpc.aio.ServicerContext], Awaitable[Res]],
 ]:
     allowed = frozenset(roles)
 
     def wrap(
         method: Callable[[S, Req, grpc.aio.ServicerContext, Principal], Awaitable[Res]],
-    ) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Res]]:
-        @functools.wraps(method)
-        async def handler(self: S, request: Req, context: grpc.aio.ServicerContext) -> Res:
-            try:
-                principal = self.auth.authenticate(context.invocation_metadata())
-                require_role(principal, allowed)
-                return await method(self, request, context, principal)
-            except GatewayError as e:
-                code = status_for(e)
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    log.warning(
-                        "call refused",
-                        extra={"category": "security", "rpc": method.__name__, "error": str(e)},
-                    )
-                await context.abort(code, str(e))
-                raise  # abort raises; this satisfies the type checker
+    ) -> Callable[[S, Received, grpc.aio.ServicerContext], Awaitable[Res]]:
+        name = method.__name__
 
+        @functools.wraps(method)
+        async def handler(self: S, request: Received, context: grpc.aio.ServicerContext) -> Res:
+            principal: Principal | None = None
+            try:
+                principal = self._authorize(context, allowed)
+                message = self._open(request, name)
+                return await method(self, cast(Req, message), context, principal)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:  # every failure becomes a status
+                failure = e
+            await refuse(context, f"/{self.service.full_name}/{name}", principal, failure)
+
+        setattr(handler, _ROLES, allowed)
         return handler
 
     return wrap
@@ -94,38 +139,112 @@ def rpc(
 
 def stream_rpc(
     *roles: Role,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+) -> Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]]:
     """Like `rpc`, for server-streaming methods written as async generators."""
     allowed = frozenset(roles)
 
-    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(method)
-        async def handler(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                principal = self.auth.authenticate(context.invocation_metadata())
-                require_role(principal, allowed)
-                async for item in method(self, request, context, principal):
-                    yield item
-            except GatewayError as e:
-                await context.abort(status_for(e), str(e))
+    def wrap(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        name = method.__name__
 
+        @functools.wraps(method)
+        async def handler(
+            self: Servicer, request: Received, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            principal: Principal | None = None
+            try:
+                principal = self._authorize(context, allowed)
+                message = self._open(request, name)
+                async for item in method(self, message, context, principal):
+                    yield item
+                return
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:  # every failure becomes a status
+                failure = e
+            await refuse(context, f"/{self.service.full_name}/{name}", principal, failure)
+
+        setattr(handler, _ROLES, allowed)
         return handler
 
     return wrap
 
 
-class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authenticates calls to services we do not implement ourselves (reflection).
+async def refuse(
+    context: grpc.aio.ServicerContext,
+    rpc_path: str,
+    principal: Principal | None,
+    error: Exception,
+) -> NoReturn:
+    """Ends the call with the status for `error`, and logs it under a new ref.
 
-    Our own servicers authenticate in `rpc`; health checking stays open so load
-    balancers and orchestrators can probe it (it reveals only SERVING/NOT_SERVING).
+    Refusals that matter to security (no or unknown token, wrong role, undecodable
+    request) are warnings in category "security"; an unexpected exception is an error
+    with its traceback; any other refusal (bad argument, not found, Redis down...) is
+    logged in category "errors".
+    """
+    ref = new_ref()
+    extra: dict[str, Any] = {
+        "rpc": rpc_path,
+        "principal": principal.name if principal is not None else "",
+        "ref": ref,
+    }
+    if isinstance(error, GatewayError):
+        code = status_for(error)
+        message = preview(str(error), MESSAGE_LIMIT)
+        extra.update(code=code.name, error=message)
+        if isinstance(error, UndecodableRequest | StoreUnavailable) and error.detail:
+            extra["detail"] = preview(error.detail, MESSAGE_LIMIT)
+        if code in _SECURITY_CODES or isinstance(error, UndecodableRequest):
+            log.warning("call refused", extra={"category": "security", **extra})
+        elif code is grpc.StatusCode.UNAVAILABLE:
+            log.warning("call failed", extra={"category": "errors", **extra})
+        else:
+            log.info("call refused", extra={"category": "errors", **extra})
+    else:
+        code = grpc.StatusCode.INTERNAL
+        message = f"internal error (ref {ref})"
+        log.error(
+            "unexpected error",
+            extra={
+                "category": "errors",
+                **extra,
+                "code": code.name,
+                "error": preview(f"{type(error).__name__}: {error}", MESSAGE_LIMIT),
+                "traceback": bounded_traceback(error),
+            },
+        )
+    await context.abort(code, message, trailing_metadata=((REF_TRAILER, ref),))
+    raise AssertionError("abort raises")
+
+
+def bounded_traceback(error: BaseException) -> str:
+    """The traceback of `error` with its last frames, each part cut to a bounded size
+    (exception messages may quote what the caller sent)."""
+    parts = traceback.format_exception(
+        type(error), error, error.__traceback__, limit=-_TRACEBACK_FRAMES
+    )
+    return "".join(
+        part
+        if len(part) <= _TRACEBACK_PART_LIMIT
+        else f"{part[:_TRACEBACK_PART_LIMIT]}... ({len(part)} chars)\n"
+        for part in parts
+    )
+
+
+class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authenticates calls to everything but our own RPCs and health checking.
+
+    Our own RPCs authenticate and authorize in `rpc`; this covers server reflection
+    and any method the server does not know (so probing for RPCs needs a token too).
+    Health checking stays open so load balancers and orchestrators can probe it (it
+    reveals only SERVING/NOT_SERVING).
     """
 
     OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
-    OWN_PREFIX = "/agentgw.v1."
 
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, own_methods: frozenset[str]) -> None:
         self.auth = auth
+        self.own_methods = own_methods
 
     async def intercept_service(
         self,
@@ -133,16 +252,16 @@ class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
-        if not method.startswith((*self.OPEN_PREFIXES, self.OWN_PREFIX)):
+        if method not in self.own_methods and not method.startswith(self.OPEN_PREFIXES):
             try:
                 self.auth.authenticate(handler_call_details.invocation_metadata)
             except Unauthenticated as e:
-                return _refuse(str(e))
+                return _refuse_unauthenticated(method, e)
         return await continuation(handler_call_details)
 
 
-def _refuse(message: str) -> grpc.RpcMethodHandler:
-    async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+def _refuse_unauthenticated(method: str, error: Unauthenticated) -> grpc.RpcMethodHandler:
+    async def refuse_call(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        await refuse(context, method, None, error)
 
-    return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.stream_stream_rpc_method_handler(refuse_call)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from gateway.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, sign_checkpoint
 from gateway.audit.entry import (
@@ -45,7 +46,7 @@ from gateway.audit.merkle import (
     inclusion_plan,
     root_nodes,
 )
-from gateway.errors import Conflict, InvalidRequest, StoreUnavailable
+from gateway.errors import Conflict, InvalidRequest, OutcomeUnknown, StoreUnavailable
 from gateway.store.connection import load_script, unavailable_on_error
 from gateway.store.keys import KeySpace
 from gateway.store.state import Mutation
@@ -155,10 +156,23 @@ class AuditLog:
         of the mutation does not hold, and StoreUnavailable when Redis cannot take the
         write or this gateway lacks the key the log's head names.
         """
+        return await asyncio.shield(self.enqueue(drafts, mutation, conflict, rotate_to))
+
+    def enqueue(
+        self,
+        drafts: list[EntryDraft],
+        mutation: Mutation,
+        conflict: str = "state changed",
+        rotate_to: Signer | None = None,
+    ) -> asyncio.Future[list[AuditEntry]]:
+        """Queues a commit and returns its future, which the writer resolves whether or
+        not anyone still awaits it: a caller that is cancelled can still learn (from a
+        done-callback) whether its entries landed. Its errors are those of `commit`;
+        `OutcomeUnknown` means the append may have been applied."""
         future: asyncio.Future[list[AuditEntry]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(drafts, mutation, conflict, future, rotate_to))
         self._wakeup.set()
-        return await asyncio.shield(future)
+        return future
 
     async def run(self) -> None:
         """The writer task (owned by the app). Cancel it after the queue is drained."""
@@ -172,7 +186,7 @@ class AuditLog:
                 except Exception as e:  # the writer must survive anything; callers fail closed
                     log.exception("audit writer failed", extra={"event": "audit_write_failed"})
                     self._head = None
-                    _fail(batch, StoreUnavailable(f"audit log write failed: {e}"))
+                    _fail(batch, OutcomeUnknown(f"audit log write failed: {e}"))
 
     async def _read_head(self) -> Head:
         with unavailable_on_error("reading the audit head"):
@@ -222,9 +236,14 @@ class AuditLog:
                         keys=keys, args=[start.seq, payload, start.key_id, head.seq, head.hash]
                     )
             except StoreUnavailable as e:
-                # The write may or may not have landed; re-read the head next time.
-                self._head = None
-                _fail(batch, e)
+                self._head = None  # re-read the head next time
+                if isinstance(e.__cause__, ResponseError):
+                    # Redis ran the script and it failed before writing (its checks and
+                    # reads come first): nothing was appended.
+                    _fail(batch, e)
+                else:
+                    # The reply was lost: the write may or may not have landed.
+                    _fail(batch, OutcomeUnknown(str(e), detail=e.detail))
                 return
             status = reply[0]
             if status == "ok":

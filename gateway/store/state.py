@@ -6,7 +6,9 @@ Reads happen here; writes that must be atomic with an audit entry are returned a
 
 from __future__ import annotations
 
+import enum
 import json
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -27,15 +29,53 @@ from gateway.holds import (
 from gateway.store.connection import load_script, unavailable_on_error
 from gateway.store.keys import KeySpace
 
-# Long enough for a slow audit append, short enough that a crashed call does not
-# block a retry of the same action_id for long.
-CLAIM_TTL_MS = 15_000
-HISTORY_TTL_MS = 24 * 3600 * 1000
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """How long each kind of record lives in Redis (milliseconds); see
+    docs/operations.md for every key family and its bound."""
+
+    # A claim outlives a slow audit append (the writer retries for 10 s), and is short
+    # enough that a claim left by a crashed gateway soon stops blocking its retry.
+    claim_ms: int = 15_000
+    decision_ms: int = 24 * 3600 * 1000  # idempotency: a resubmission gets the decision
+    session_idle_ms: int = 24 * 3600 * 1000  # history and pause of a session at rest
+    resolved_hold_ms: int = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One call's claim on an action_id: the digest of the request it stands for and a
+    token of the call, so that the call (and only it) recognises its own claim, also
+    when the client library resends the claiming script after losing its reply."""
+
+    digest: str  # 64 hex digits: `request_digest` of the request
+    token: str
+
+    @classmethod
+    def new(cls, digest: str) -> Claim:
+        return cls(digest, secrets.token_hex(8))
+
+    @property
+    def value(self) -> str:
+        return f"p|{self.digest}|{self.token}"
+
+    def decided(self, decision_json: str) -> str:
+        """The action record once decided: digest kept, so that replays compare it."""
+        return f"d|{self.digest}|{decision_json}"
+
+
+@dataclass(frozen=True)
+class Marks:
+    """What one action adds to its session's history: its type and fingerprint."""
+
+    action_type: str
+    fingerprint: str
 
 
 @dataclass(frozen=True)
 class Observation:
-    """What the store knew when a new action arrived."""
+    """What the store knew when a new action arrived (and was claimed)."""
 
     pause: dict[str, Any] | None
     recent_types: tuple[str, ...]
@@ -44,9 +84,21 @@ class Observation:
 
 @dataclass(frozen=True)
 class Seen:
-    """The action_id was submitted before; `decision` is None while still in flight."""
+    """The action_id was decided before, for a request with the same digest."""
 
-    decision: Decision | None
+    decision: Decision
+
+
+class Pending(enum.Enum):
+    """Another call holds the claim on the action_id for the same request."""
+
+    PENDING = "pending"
+
+
+class Reused(enum.Enum):
+    """The action_id was used before for a request with another digest."""
+
+    REUSED = "reused"
 
 
 if TYPE_CHECKING:
@@ -73,6 +125,9 @@ class Mutation:
     def check_exists(self, key: str) -> None:
         self.checks.append([key, "exists"])
 
+    def check_equals(self, key: str, value: str) -> None:
+        self.checks.append([key, "equals", value])
+
     def set(self, key: str, value: str | Deferred, px: int = 0) -> None:
         self.ops.append(["set", key, value, px])
 
@@ -81,6 +136,9 @@ class Mutation:
         for k, v in mapping.items():
             flat += [k, v]
         self.ops.append(flat)
+
+    def pexpire(self, key: str, milliseconds: int) -> None:
+        self.ops.append(["pexpire", key, milliseconds])
 
     def zadd(self, key: str, score: float, member: str) -> None:
         self.ops.append(["zadd", key, repr(score), member])
@@ -95,19 +153,36 @@ class Mutation:
         self.ops.append(["publish", channel, message])
 
 
+# KEYS: action record, recent types, recent fingerprints; ARGV: claim, type, fingerprint.
+# LREM with count 1 removes the newest equal entry: the one this claim pushed, or one
+# equal to it, which leaves the same counts for detection.
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('LREM', KEYS[2], 1, ARGV[2])
+  redis.call('LREM', KEYS[3], 1, ARGV[3])
+end
+"""
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 class StateStore:
-    def __init__(self, client: aioredis.Redis, keys: KeySpace) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: KeySpace, lifetimes: Lifetimes | None = None
+    ) -> None:
         self.client = client
         self.keys = keys
+        self.lifetimes = lifetimes or Lifetimes()
         self._observe = load_script(client, "observe")
 
     async def observe(
-        self, request: ActionRequest, fingerprint: str, settings: LoopSettings
-    ) -> Observation | Seen:
+        self, request: ActionRequest, claim: Claim, marks: Marks, settings: LoopSettings
+    ) -> Observation | Seen | Pending | Reused:
+        """Claims the action_id and records the action in its session's history, or
+        says why not (decided before, being decided, or used for another request)."""
         k = self.keys
         a, s = request.agent_id, request.session_id
         with unavailable_on_error("recording the action"):
@@ -119,27 +194,41 @@ class StateStore:
                     k.recent_fingerprints(a, s),
                 ],
                 args=[
-                    CLAIM_TTL_MS,
-                    request.action_type,
-                    fingerprint,
+                    self.lifetimes.claim_ms,
+                    marks.action_type,
+                    marks.fingerprint,
                     settings.history_length,
-                    HISTORY_TTL_MS,
+                    self.lifetimes.session_idle_ms,
+                    claim.value,
                 ],
             )
-        if reply[0] == "seen":
-            record = reply[1]
-            return Seen(None if record == "pending" else decision_from_json(json.loads(record)))
+        status = reply[0]
+        if status == "seen":
+            return Seen(decision_from_json(json.loads(reply[1])))
+        if status == "pending":
+            return Pending.PENDING
+        if status == "reused":
+            return Reused.REUSED
         pause = json.loads(reply[1]) if reply[1] else None
         return Observation(pause, tuple(reply[2]), tuple(reply[3]))
 
-    async def release_claim(self, request: ActionRequest) -> None:
-        """Frees an action_id whose decision could not be committed, so a retry works."""
-        key = self.keys.action(request.agent_id, request.action_id)
+    async def release_claim(self, request: ActionRequest, claim: Claim, marks: Marks) -> None:
+        """Frees an action_id that nothing was or will be committed for, so that a
+        retry can claim it, and takes its marks back out of the session history (the
+        retry adds them again): only this claim is released, never another call's."""
+        k = self.keys
+        a, s = request.agent_id, request.session_id
         with unavailable_on_error("releasing the action claim"):
-            script = (
-                "if redis.call('GET', KEYS[1]) == 'pending' then redis.call('DEL', KEYS[1]) end"
+            await self.client.eval(
+                RELEASE_SCRIPT,
+                3,
+                k.action(a, request.action_id),
+                k.recent_types(a, s),
+                k.recent_fingerprints(a, s),
+                claim.value,
+                marks.action_type,
+                marks.fingerprint,
             )
-            await self.client.eval(script, 1, key)
 
     async def get_hold(self, hold_id: str) -> Hold | None:
         with unavailable_on_error("reading a hold"):
@@ -149,9 +238,10 @@ class StateStore:
     async def get_decision(self, agent_id: str, action_id: str) -> Decision | None:
         with unavailable_on_error("reading a decision"):
             raw = await self.client.get(self.keys.action(agent_id, action_id))
-        if not raw or raw == "pending":
-            return None
-        return decision_from_json(json.loads(raw))
+        record = str(raw or "")
+        if not record.startswith("d|"):
+            return None  # unknown, or still being decided
+        return decision_from_json(json.loads(record[67:]))
 
     async def pending_holds(self) -> list[Hold]:
         with unavailable_on_error("listing holds"):
@@ -171,6 +261,17 @@ class StateStore:
             )
         return [str(i) for i in ids]
 
+    async def forget_pending_hold(self, hold_id: str) -> None:
+        """Drops a hold id from the pending index if its record is gone (expired)."""
+        with unavailable_on_error("cleaning the pending-holds index"):
+            script = (
+                "if redis.call('EXISTS', KEYS[2]) == 0 then "
+                "redis.call('ZREM', KEYS[1], ARGV[1]) end"
+            )
+            await self.client.eval(
+                script, 2, self.keys.pending_holds, self.keys.hold(hold_id), hold_id
+            )
+
     async def next_expiry(self) -> float | None:
         with unavailable_on_error("finding the next hold expiry"):
             first = await self.client.zrange(self.keys.pending_holds, 0, 0, withscores=True)
@@ -184,18 +285,22 @@ class StateStore:
     # --- mutations applied with the audit entry that records them ---------------
 
     def record_decision(
-        self,
-        request: ActionRequest,
-        decision: Decision,
-        hold: Hold | None,
-        ttl_seconds: float,
+        self, request: ActionRequest, claim: Claim, decision: Decision, hold: Hold | None
     ) -> Mutation:
-        k = self.keys
+        """The decision record (replacing this call's claim, which must still stand),
+        the hold and the session pause, as one commit with the decision's entry."""
+        k, life = self.keys, self.lifetimes
+        action_key = k.action(request.agent_id, request.action_id)
         m = Mutation()
+        # If the claim lapsed and another call claimed the action_id meanwhile, this
+        # commit fails: one action_id is never decided twice.
+        m.check_equals(action_key, claim.value)
         m.set(
-            k.action(request.agent_id, request.action_id),
-            lambda entries: _dumps(decision_to_json(replace(decision, audit_seq=entries[0].seq))),
-            int(ttl_seconds * 1000),
+            action_key,
+            lambda entries: claim.decided(
+                _dumps(decision_to_json(replace(decision, audit_seq=entries[0].seq)))
+            ),
+            life.decision_ms,
         )
         if hold is not None:
             m.hset(
@@ -207,6 +312,9 @@ class StateStore:
                     "status": hold.status.value,
                 },
             )
+            # Bounded even if no gateway ever resolves it (the sweeper does, on time).
+            pending_ms = max(0, int((hold.expires_at - hold.created_at) * 1000))
+            m.pexpire(k.hold(hold.hold_id), pending_ms + life.resolved_hold_ms)
             m.zadd(k.pending_holds, hold.expires_at, hold.hold_id)
             if hold.paused_session:
                 pause = {
@@ -214,7 +322,11 @@ class StateStore:
                     "reason": hold.reason,
                     "paused_at": hold.created_at,
                 }
-                m.set(k.session_pause(request.agent_id, request.session_id), _dumps(pause))
+                m.set(
+                    k.session_pause(request.agent_id, request.session_id),
+                    _dumps(pause),
+                    life.session_idle_ms,
+                )
         return m
 
     def record_resolution(self, hold: Hold) -> Mutation:
@@ -230,6 +342,7 @@ class StateStore:
                 "status": hold.status.value,
             },
         )
+        m.pexpire(k.hold(hold.hold_id), self.lifetimes.resolved_hold_ms)
         m.zrem(k.pending_holds, hold.hold_id)
         m.publish(k.hold_resolved_channel, hold.hold_id)
         return m

@@ -23,20 +23,14 @@ the client library resends the script, which must not append the batch twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import itertools
 import json
 import os
 import signal
-import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import grpc
 import pytest
@@ -52,8 +46,8 @@ from agentgw.v1 import (
 from clients.agent import bearer
 from gateway.api.structs import python_to_struct
 from gateway.audit.keys import Signer
-from gateway.config import RedisSettings
 from gateway.store.embedded import EmbeddedRedis
+from gateway.store.keys import KeySpace
 from tests.harness import RunningGateway, token_for, wait_for
 from tests.processes import (
     GatewayProcess,
@@ -63,6 +57,8 @@ from tests.processes import (
     verify_offline,
     write_config,
 )
+from tests.redis_proxy import ReplyDroppingProxy
+from tests.redis_proxy import lossy_gateway as start_lossy_gateway
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds the embedded server through /proc"
@@ -298,102 +294,12 @@ def resubmit(target: str, action_ids: dict[str, str]) -> dict[str, Answer | str]
 # --- a reply lost on the wire ------------------------------------------------------
 
 
-class ReplyDroppingProxy:
-    """A TCP proxy to Redis that, once armed, forwards the next commit.lua call but
-    drops the connection instead of forwarding its reply, as a network failure or a
-    Redis failover would. redis-py then resends the call on a new connection."""
-
-    def __init__(self, upstream: dict[str, object], script_sha: str) -> None:
-        self._upstream = upstream
-        self._sha = script_sha.encode()
-        self.armed = threading.Event()
-        self.dropped = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = [self._listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _connect_upstream(self) -> socket.socket:
-        if "path" in self._upstream:
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(str(self._upstream["path"]))
-            return upstream
-        return socket.create_connection((str(self._upstream["host"]), int(self._upstream["port"])))
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = self._connect_upstream()
-            self._sockets += [client, upstream]
-            doomed = threading.Event()
-            threading.Thread(
-                target=self._requests, args=(client, upstream, doomed), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._replies, args=(upstream, client, doomed), daemon=True
-            ).start()
-
-    def _requests(
-        self, client: socket.socket, upstream: socket.socket, doomed: threading.Event
-    ) -> None:
-        with contextlib.suppress(OSError):
-            while data := client.recv(65536):
-                if self.armed.is_set() and self._sha in data:
-                    self.armed.clear()
-                    doomed.set()
-                upstream.sendall(data)
-        _close(client, upstream)
-
-    def _replies(
-        self, upstream: socket.socket, client: socket.socket, doomed: threading.Event
-    ) -> None:
-        with contextlib.suppress(OSError):
-            while data := upstream.recv(65536):
-                if doomed.is_set():
-                    # Redis has run the script (it answered); the client never hears.
-                    self.dropped += 1
-                    break
-                client.sendall(data)
-        _close(client, upstream)
-
-    def close(self) -> None:
-        _close(*self._sockets)
-
-
-def _close(*sockets: socket.socket) -> None:
-    for sock in sockets:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-
-
 @pytest.fixture
 def lossy_gateway(
     redis_server: EmbeddedRedis, key_prefix: str, make_gateway: Callable[..., RunningGateway]
 ) -> Iterator[tuple[RunningGateway, ReplyDroppingProxy]]:
-    url = urlparse(redis_server.url)
-    password = (
-        parse_qs(url.query)["password"][0] if url.scheme == "unix" else unquote(url.password or "")
-    )
-    upstream: dict[str, object] = (
-        {"path": unquote(url.path)}
-        if url.scheme == "unix"
-        else {"host": url.hostname, "port": url.port}
-    )
-    script = resources.files("gateway.store").joinpath("scripts", "commit.lua").read_text()
-    proxy = ReplyDroppingProxy(upstream, hashlib.sha1(script.encode()).hexdigest())
-    try:
-        proxied = f"redis://:{quote(password, safe='')}@127.0.0.1:{proxy.port}/0"
-        gw = make_gateway(redis=RedisSettings(url=proxied, key_prefix=key_prefix))
-        # The first commit loads the script into Redis (NOSCRIPT, then SCRIPT LOAD);
-        # arm the proxy only once commit.lua runs by its sha.
-        gw.agent().submit("search", session_id="warm-up")
-        yield gw, proxy
-    finally:
-        proxy.close()
+    with start_lossy_gateway(redis_server, key_prefix, make_gateway) as running:
+        yield running
 
 
 def log_entries(gw: RunningGateway) -> list[dict[str, object]]:
@@ -404,7 +310,7 @@ def test_commit_resent_after_a_lost_reply_is_appended_once(
     lossy_gateway: tuple[RunningGateway, ReplyDroppingProxy],
 ) -> None:
     gw, proxy = lossy_gateway
-    proxy.armed.set()
+    proxy.arm("commit")
     decision = gw.agent().submit("search", session_id="s", action_id="lost-reply")
     assert proxy.dropped == 1
     entries = log_entries(gw)
@@ -418,7 +324,7 @@ def test_approval_resent_after_a_lost_reply_succeeds_once(
     gw, proxy = lossy_gateway
     held = gw.agent().submit("send_email", session_id="s", action_id="needs-approval")
     assert held.verdict == gateway_pb2.VERDICT_HOLD
-    proxy.armed.set()
+    proxy.arm("commit")
     hold = gw.approvals.Approve(
         approvals_pb2.ApproveRequest(hold_id=held.hold_id, reason="looks fine"),
         metadata=gw.md("approver-1"),
@@ -428,3 +334,28 @@ def test_approval_resent_after_a_lost_reply_succeeds_once(
     entries = log_entries(gw)
     assert [e["action_id"] for e in entries][1:] == ["needs-approval", "needs-approval"]
     assert hold.resolution.audit_seq == 3
+
+
+def test_claim_resent_after_a_lost_reply_is_recognised_as_the_same_call(
+    lossy_gateway: tuple[RunningGateway, ReplyDroppingProxy], redis_url: str, key_prefix: str
+) -> None:
+    """observe.lua claims the action_id and pushes the session history; when its reply
+    is lost, the resend must find its own claim (not ABORTED, not counted twice)."""
+    gw, proxy = lossy_gateway
+    proxy.arm("observe")
+    # One call, no client-side retry: the gateway alone must get it right.
+    action = gateway_pb2.ActionRequest(
+        action_id="lost-claim", agent_id="agent-1", session_id="resent", action_type="search"
+    )
+    decision = gw.gateway.Submit(action, metadata=gw.md("agent-1"), timeout=20)
+    assert proxy.dropped == 1
+    assert decision.verdict == gateway_pb2.VERDICT_ALLOW
+    assert [e["action_id"] for e in log_entries(gw)][1:] == ["lost-claim"]
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        history = raw.lrange(KeySpace(key_prefix).recent_types("agent-1", "resent"), 0, -1)
+    finally:
+        raw.close()
+    assert history == ["search"]
+    # The stored decision answers a retry, as for any decided action.
+    assert gw.gateway.Submit(action, metadata=gw.md("agent-1"), timeout=20) == decision

@@ -62,7 +62,9 @@ def test_rejection_is_a_deny_for_the_agent(gw: RunningGateway) -> None:
     assert final.verdict == gateway_pb2.VERDICT_DENY
     assert final.resolution.status == gateway_pb2.RESOLUTION_STATUS_REJECTED
     # The resubmitted action_id also returns the resolved decision.
-    again = gw.agent().submit("send_email", session_id="s1", action_id=decision.action_id)
+    again = gw.agent().submit(
+        "send_email", session_id="s1", parameters={"to": "x@y.z"}, action_id=decision.action_id
+    )
     assert again.verdict == gateway_pb2.VERDICT_DENY
 
 

@@ -24,6 +24,7 @@ from gateway.config import (
 )
 from gateway.detect.loops import LoopSettings
 from gateway.errors import ConfigError
+from gateway.redaction import REDACTED, RedactionRules, Redactor
 from gateway.validation import Limits
 from gateway.verdicts import DEFAULT_EFFECTS, Effect
 
@@ -467,6 +468,32 @@ def test_bad_value_names_line_and_key(body: str, message: str) -> None:
     assert parse_error(body) == f"{SOURCE}:{message}"
 
 
+def test_record_lifetimes_are_configurable() -> None:
+    config = parse("holds:\n  retention_seconds: 3600\nsessions:\n  idle_timeout_seconds: 600\n")
+    assert config.hold_retention_seconds == 3600
+    assert config.session_idle_timeout_seconds == 600
+    assert Config().hold_retention_seconds == 7 * 86400
+    assert Config().session_idle_timeout_seconds == 86400
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "holds:\n  retention_seconds: 59\n",
+            "2: holds.retention_seconds: expected a number >= 60",
+        ),
+        (
+            "sessions:\n  idle_timeout_seconds: .inf\n",
+            "2: sessions.idle_timeout_seconds: expected a number >= 60",
+        ),
+        ("sessions:\n  idle: 60\n", "2: sessions.idle: unknown key"),
+    ],
+)
+def test_bad_record_lifetimes_name_line_and_key(body: str, message: str) -> None:
+    assert message in parse_error(body)
+
+
 def test_holds_ttl_accepts_a_finite_number() -> None:
     assert parse("holds:\n  ttl_seconds: 1.5\n").hold_ttl_seconds == 1.5
     assert math.isfinite(parse("holds:\n  ttl_seconds: 1.0e+9\n").hold_ttl_seconds)
@@ -684,3 +711,72 @@ def test_first_run_file_parses_on_its_own(tmp_path: Path) -> None:
     assert {p.name: p.token_sha256 for p in config.principals} == {
         name: token_digest(token) for name, token in tokens.items()
     }
+
+
+# -- redaction -----------------------------------------------------------------------------
+
+
+def test_redaction_defaults_to_the_built_in_rules() -> None:
+    assert parse("log_level: INFO\n").redaction == RedactionRules()
+
+
+def test_redaction_section_adds_key_words_and_patterns() -> None:
+    config = parse(
+        r"""
+        redaction:
+          key_words: [ssn, Account-Number]
+          patterns:
+            - 'ACME-[0-9a-f]{8}'
+            - 'employee (?P<secret>\d{6})'
+        """
+    )
+    assert config.redaction.key_words == ("ssn", "account number")
+    assert [p.pattern for p in config.redaction.patterns] == [
+        "ACME-[0-9a-f]{8}",
+        r"employee (?P<secret>\d{6})",
+    ]
+    redactor = Redactor(config.redaction)
+    assert redactor.value({"accountNumber": "1", "password": "p", "to": "ana"}) == {
+        "accountNumber": REDACTED,
+        "password": REDACTED,  # the built-ins still apply
+        "to": "ana",
+    }
+    out = redactor.text("ACME-0badc0de for employee 123456")
+    assert out == f"{REDACTED} for employee {REDACTED}"
+
+
+def test_a_bad_redaction_pattern_names_its_line_and_key() -> None:
+    error = parse_error(
+        """
+        log_level: INFO
+        redaction:
+          patterns:
+            - 'ok-[0-9]+'
+            - 'ACME-[0-9'
+        """
+    )
+    assert error.startswith(f"{SOURCE}:5: redaction.patterns[1]: invalid regular expression: ")
+
+
+def test_a_redaction_pattern_matching_nothing_at_all_is_refused() -> None:
+    error = parse_error(
+        """
+        redaction:
+          patterns: ['.*']
+        """
+    )
+    assert error == f"{SOURCE}:2: redaction.patterns[0]: the pattern matches the empty string"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("redaction:\n  key_words: ssn\n", ":2: redaction.key_words: expected a list"),
+        ("redaction:\n  key_words: ['--']\n", ":2: redaction.key_words[0]: expected a word"),
+        ("redaction:\n  key_words: ['']\n", ":2: redaction.key_words[0]: expected a non-empty"),
+        ("redaction:\n  disable_built_ins: true\n", ":2: redaction.disable_built_ins: unknown key"),
+        ("redaction: [x]\n", ":1: redaction: expected a mapping"),
+    ],
+)
+def test_bad_redaction_settings_name_their_line_and_key(body: str, expected: str) -> None:
+    assert parse_error(body).startswith(SOURCE + expected)

@@ -11,10 +11,11 @@
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
 --          "keys": [field, value, ...] (key history changes: first key, rotations),
 --          "items": [{"entries": [line...],
---          "checks": [[key, "hfield", field, value] | [key, "exists"]],
+--          "checks": [[key, "hfield", field, value] | [key, "exists"] |
+--                     [key, "equals", value]],
 --          "ops": [["set", key, value, px] | ["hset", key, field, value, ...] |
---                  ["zadd", key, score, member] | ["zrem", key, member] |
---                  ["del", key] | ["publish", channel, message]]}]}
+--                  ["pexpire", key, ms] | ["zadd", key, score, member] |
+--                  ["zrem", key, member] | ["del", key] | ["publish", channel, message]]}]}
 --
 -- Returns {'ok'}; {'moved', seq, hash, frontier, key_id} when another writer appended
 -- first or the head names another signing key (a rotation, or a misconfigured replica);
@@ -56,6 +57,8 @@ for i, item in ipairs(batch.items) do
     local holds
     if check[2] == 'hfield' then
       holds = redis.call('HGET', key, check[3]) == check[4]
+    elseif check[2] == 'equals' then
+      holds = redis.call('GET', key) == check[3]
     else
       holds = redis.call('EXISTS', key) == 1
     end
@@ -93,6 +96,8 @@ for _, item in ipairs(batch.items) do
         args[#args + 1] = op[j]
       end
       redis.call('HSET', KEYS[op[2]], unpack(args))
+    elseif name == 'pexpire' then
+      redis.call('PEXPIRE', KEYS[op[2]], op[3])
     elseif name == 'zadd' then
       redis.call('ZADD', KEYS[op[2]], op[3], op[4])
     elseif name == 'zrem' then

@@ -5,26 +5,49 @@
 -- KEYS[1] action record   KEYS[2] session pause   KEYS[3] recent action types
 -- KEYS[4] recent fingerprints
 -- ARGV[1] claim ttl (ms)  ARGV[2] action_type  ARGV[3] fingerprint
--- ARGV[4] history length  ARGV[5] history ttl (ms)
+-- ARGV[4] history length  ARGV[5] session idle timeout (ms)
+-- ARGV[6] the claim: 'p|<request digest>|<claim token>'
 --
--- Returns {'seen', record} when the action_id was submitted before (record is the
--- stored decision JSON, or 'pending' while another call is deciding it), else
--- {'new', pause JSON or '', types newest first, fingerprints newest first}.
+-- The action record is 'p|<digest>|<token>' while a call decides the action (for the
+-- claim ttl), then 'd|<digest>|<decision JSON>' (written by commit.lua with its audit
+-- entry). Returns:
+--   {'seen', decision JSON}  decided before, with the same request digest;
+--   {'pending'}              another call holds the claim for the same request;
+--   {'reused'}               the action_id was used for a request with another digest;
+--   {'new', pause JSON or '', types newest first, fingerprints newest first}
+--                            claimed now; or claimed by this very call before, when
+--                            the client resent it after losing the reply (the history
+--                            then already holds this action and is not pushed again).
+-- A session's pause lives as long as the session is active: each action refreshes it.
 local existing = redis.call('GET', KEYS[1])
-if existing then
-  return {'seen', existing}
+local claim = ARGV[6]
+local ttl = ARGV[5]
+if existing ~= claim then
+  if existing then
+    if string.sub(existing, 3, 66) ~= string.sub(claim, 3, 66) then
+      return {'reused'}
+    end
+    if string.sub(existing, 1, 1) == 'p' then
+      return {'pending'}
+    end
+    return {'seen', string.sub(existing, 68)}
+  end
+  redis.call('SET', KEYS[1], claim, 'PX', ARGV[1])
+  local keep = tonumber(ARGV[4]) - 1
+  redis.call('LPUSH', KEYS[3], ARGV[2])
+  redis.call('LTRIM', KEYS[3], 0, keep)
+  redis.call('LPUSH', KEYS[4], ARGV[3])
+  redis.call('LTRIM', KEYS[4], 0, keep)
 end
-redis.call('SET', KEYS[1], 'pending', 'PX', ARGV[1])
-local keep = tonumber(ARGV[4]) - 1
-redis.call('LPUSH', KEYS[3], ARGV[2])
-redis.call('LTRIM', KEYS[3], 0, keep)
-redis.call('PEXPIRE', KEYS[3], ARGV[5])
-redis.call('LPUSH', KEYS[4], ARGV[3])
-redis.call('LTRIM', KEYS[4], 0, keep)
-redis.call('PEXPIRE', KEYS[4], ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('PEXPIRE', KEYS[4], ttl)
+local pause = redis.call('GET', KEYS[2])
+if pause then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
 return {
   'new',
-  redis.call('GET', KEYS[2]) or '',
+  pause or '',
   redis.call('LRANGE', KEYS[3], 0, -1),
   redis.call('LRANGE', KEYS[4], 0, -1),
 }
