@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider $(ARGS)
 
 proto: $(STAMP)
-	$(BIN)/python -m gateway.protogen .
+	$(BIN)/python protos/generate.py .
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway clients tests bench

@@ -4,7 +4,8 @@ Starts `bench/echo_server.py` and `agentgw serve` (default policy, embedded Redi
 fresh temp config and data dir) as separate processes, drives each with the same
 sequence of `Submit` calls from grpc.aio clients in this process, and prints
 decisions/s, p50 and p99 latency per target and concurrency, then the ratios that
-DESIGN.md sets targets for. It measures; it never asserts. See docs/benchmark.md.
+the design targets (docs/design.md) are about. It measures; it never asserts. See
+docs/benchmark.md.
 
     .venv/bin/python bench/bench.py [--requests N | --seconds S] [--json FILE]
 """
@@ -528,7 +529,7 @@ def format_report(report: Report) -> str:
             f"{c.concurrency:>4} {c.throughput_pct:>21.1f} % {c.added_p50_ms:>+12.3f} "
             f"{c.added_p99_ms:>+12.3f}"
         )
-    lines += ["", "DESIGN.md targets:"]
+    lines += ["", "design targets (docs/design.md):"]
     for c in report.comparisons:
         met = "met" if c.throughput_pct >= 60 else "NOT met"
         lines.append(f"  c={c.concurrency}: throughput >= 60 % of echo: {met}")

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agentgw.v1 import approvals_pb2, approvals_pb2_grpc
 from clients.agent import AgentClient
 from gateway.app import App
-from gateway.config import Config, Principal, Role, token_digest
+from gateway.config import Config
+from gateway.domain.principals import Principal, Role, token_digest
 
 PRINCIPALS = {"agent": ("bench-agent", Role.AGENT), "approver": ("bench-approver", Role.APPROVER)}
 FAMILY_PATTERNS = (

@@ -5,8 +5,8 @@ Generates an export of `--entries` signed entries with realistic decision detail
 `Ed25519PublicKey.verify` per core in a tight loop (one process per core at once for
 the multi-core figure), then runs `agentgw audit verify` (the CLI's `run_audit_verify`,
 in this process) with 1 and N workers. Prints verifies/s and entries/s, and the ratio
-that DESIGN.md sets a target for (>= 85 % of raw x cores). It measures; it never
-asserts. See docs/benchmark.md, "Verify".
+the design target (docs/design.md) is about: >= 85 % of raw x cores. It measures; it
+never asserts. See docs/benchmark.md, "Verify".
 
     .venv/bin/python bench/verify_bench.py [--entries 100000] [--workers N] [--repeat K]
                                            [--json FILE]
@@ -34,20 +34,21 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from clients.cli import main as cli_main  # noqa: E402
-from gateway.audit.entry import (  # noqa: E402
+from gateway.domain.audit.entry import (  # noqa: E402
     GENESIS_HASH,
     EntryDraft,
     build_entry,
     format_timestamp,
 )
-from gateway.audit.keys import KeySet, Signer  # noqa: E402
+from gateway.domain.audit.keys import KeySet, Signer  # noqa: E402
 
 ORIGIN = "bench.agentgw.example/audit"
 ACTION_TYPES = ("search", "read_file", "list_directory", "fetch_url", "send_email", "delete_file")
 
 
 def realistic_draft(index: int) -> EntryDraft:
-    """A decision entry shaped like the pipeline's (gateway/pipeline.py decision_entry)."""
+    """A decision entry shaped like the one `decision_entry` in
+    gateway/services/decisions.py builds."""
     action_type = ACTION_TYPES[index % len(ACTION_TYPES)]
     held = action_type in ("send_email", "delete_file")
     details = {

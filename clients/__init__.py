@@ -1,5 +1,5 @@
 """Clients for agentgw: a small library for agents and the `agentgw` CLI.
 
 Nothing here imports the server, Redis or its wiring; the offline verifier uses
-only the pure audit-format package `gateway.audit`.
+only the pure audit-format package `gateway.domain.audit`.
 """

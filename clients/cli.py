@@ -23,8 +23,8 @@ from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, audit_pb2, audit_pb2_g
 from clients.agent import AgentClient, bearer
 from gateway.api.convert import entry_from_proto, report_from_proto
 from gateway.api.structs import struct_to_python
-from gateway.audit.entry import AuditEntry
-from gateway.audit.query import (
+from gateway.domain.audit.entry import AuditEntry
+from gateway.domain.audit.query import (
     EntryFilter,
     Report,
     build_report,
@@ -483,7 +483,7 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
-    from gateway.audit.verify import verify_export
+    from gateway.domain.audit.verify import verify_export
 
     if args.keys is None and args.trust_key is None:
         raise CliError(
@@ -545,7 +545,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
 
 def _trust_key(args: argparse.Namespace) -> Any:
     """The TrustAnchor of --trust-key, or None."""
-    from gateway.audit.keys import KeyFileError, TrustAnchor
+    from gateway.domain.audit.keys import KeyFileError, TrustAnchor
 
     if args.trust_key is None:
         return None
@@ -559,7 +559,7 @@ def _report(document: dict[str, Any], as_json: bool, text: Callable[[], str]) ->
     print(json.dumps(document) if as_json else text())
 
 
-# --- proofs (fetched from the server, verified with gateway.audit only) --------------
+# --- proofs (fetched from the server, verified with gateway.domain.audit only) --------------
 
 
 class ProofFailed(Exception):
@@ -567,7 +567,7 @@ class ProofFailed(Exception):
 
 
 def _key_set_file(path: Path) -> Any:
-    from gateway.audit.keys import KeySet
+    from gateway.domain.audit.keys import KeySet
 
     try:
         return KeySet.load(path)
@@ -581,7 +581,7 @@ def _anchored_keys(args: argparse.Namespace) -> Any:
     There is no chain here to check the rest of the history against; `audit verify`
     with the same key set does that.
     """
-    from gateway.audit.keys import KeyHistoryError
+    from gateway.domain.audit.keys import KeyHistoryError
 
     keys = _key_set_file(args.keys)
     anchor = _trust_key(args)
@@ -600,7 +600,7 @@ def _anchored_keys(args: argparse.Namespace) -> Any:
 
 def _saved_checkpoint(flag: str, path: Path, keys: Any) -> Any:
     """The checkpoint in `path`, signed by the key `keys` names for the seq after it."""
-    from gateway.audit.checkpoint import CheckpointError, open_checkpoint
+    from gateway.domain.audit.checkpoint import CheckpointError, open_checkpoint
 
     try:
         # As in `audit verify`: no newline translation; bad UTF-8 fails to open.
@@ -654,8 +654,8 @@ def _entry_line(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def _leaf_hash_of_line(line: str, seq: int, where: str) -> bytes:
     """The RFC 6962 leaf hash of an export line, recomputed from its canonical bytes."""
-    from gateway.audit.entry import EntryFormatError, read_export_object
-    from gateway.audit.merkle import leaf_hash_of
+    from gateway.domain.audit.entry import EntryFormatError, read_export_object
+    from gateway.domain.audit.merkle import leaf_hash_of
 
     text = line[:-1] if line.endswith("\n") else line
     try:
@@ -684,7 +684,7 @@ def run_audit_prove_inclusion(args: argparse.Namespace) -> int:
 
 
 def _prove_inclusion(args: argparse.Namespace) -> str:
-    from gateway.audit.merkle import verify_inclusion
+    from gateway.domain.audit.merkle import verify_inclusion
 
     seq: int = args.seq
     if seq < 1:
@@ -736,7 +736,7 @@ def run_audit_prove_consistency(args: argparse.Namespace) -> int:
 
 
 def _prove_consistency(args: argparse.Namespace) -> str:
-    from gateway.audit.merkle import verify_consistency
+    from gateway.domain.audit.merkle import verify_consistency
 
     keys = _anchored_keys(args)
     old = _saved_checkpoint("--old", args.old, keys)

@@ -1,5 +1,5 @@
 """agentgw: a gRPC policy-enforcement gateway for AI agents.
 
 Kept import-free on purpose: the offline verifier in `clients/` imports
-`gateway.audit` and must not pull in the server, Redis or gRPC.
+`gateway.domain.audit` and must not pull in the server, Redis or gRPC.
 """

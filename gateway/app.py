@@ -33,14 +33,14 @@ from gateway.api.auth import Authenticator
 from gateway.api.decoding import add_servicer
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.api.status import RequireToken, Servicer, roles_of
-from gateway.approvals import RECHECK_SECONDS, ApprovalDesk
-from gateway.audit.keys import SigningKeys
 from gateway.config import Config
+from gateway.domain.audit.keys import SigningKeys
+from gateway.domain.policy.reload import PolicyReloader
+from gateway.domain.redaction import Redactor
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
-from gateway.pipeline import DecisionPipeline
-from gateway.policy.reload import PolicyReloader
-from gateway.redaction import Redactor
+from gateway.services.approvals import RECHECK_SECONDS, ApprovalDesk
+from gateway.services.decisions import DecisionPipeline
 from gateway.store.audit_log import AuditLog
 from gateway.store.connection import (
     HOLD_POOL_SIZE,

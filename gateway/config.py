@@ -8,8 +8,6 @@ returns the tokens so they can be shown once.
 
 from __future__ import annotations
 
-import enum
-import hashlib
 import math
 import os
 import re
@@ -21,31 +19,18 @@ from typing import Any, TypeVar
 
 import yaml
 
-from gateway.actions import Verdict
-from gateway.detect.loops import LoopSettings
+from gateway.domain.actions import Verdict
+from gateway.domain.detect.loops import LoopSettings
+from gateway.domain.principals import Principal, Role, token_digest
+from gateway.domain.redaction import RedactionRules, key_word, value_pattern
+from gateway.domain.validation import Limits
+from gateway.domain.verdicts import DEFAULT_EFFECTS, Effect
 from gateway.errors import ConfigError
-from gateway.redaction import RedactionRules, key_word, value_pattern
-from gateway.validation import Limits
-from gateway.verdicts import DEFAULT_EFFECTS, Effect
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path("agentgw-data")
 CONFIG_FILE_NAME = "agentgw.yaml"
 _T = TypeVar("_T")
-
-
-class Role(enum.Enum):
-    AGENT = "agent"
-    APPROVER = "approver"
-    AUDITOR = "auditor"
-    ADMIN = "admin"
-
-
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    role: Role
-    token_sha256: str
 
 
 @dataclass(frozen=True)
@@ -115,10 +100,6 @@ class Overrides:
     listen: str | None = None
     data_dir: Path | None = None
     redis_url: str | None = None
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 # --- YAML reading with line numbers ------------------------------------------------

@@ -4,7 +4,7 @@ Every record is one JSON object per line on stderr: time, level, logger, message
 category (actions, decisions, errors, security, performance, user_interactions)
 and any `extra` fields. Callers pass already-redacted values; the message, the
 extras and any exception text are redacted again as a last line of defence, with the
-same rules as requests (gateway.redaction).
+same rules as requests (gateway.domain.redaction).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from gateway.redaction import RedactionRules, Redactor
+from gateway.domain.redaction import RedactionRules, Redactor
 
 CATEGORIES = ("actions", "decisions", "errors", "security", "performance", "user_interactions")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}

@@ -23,8 +23,9 @@ from agentgw.v1 import (
 from clients.agent import AgentClient, bearer
 from gateway.api.convert import entry_from_proto
 from gateway.app import App
-from gateway.audit.keys import KeySet, TrustedKey
-from gateway.config import Config, Principal, Role, token_digest
+from gateway.config import Config
+from gateway.domain.audit.keys import KeySet, TrustedKey
+from gateway.domain.principals import Principal, Role, token_digest
 from gateway.logs import JsonFormatter
 
 T = TypeVar("T")

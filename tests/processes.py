@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config import token_digest
+from gateway.domain.principals import token_digest
 from tests.harness import TOKENS, token_for, wait_for
 
 BIN = Path(sys.executable).parent

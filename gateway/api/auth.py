@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Sequence
 
-from gateway.config import Principal, Role, token_digest
+from gateway.domain.principals import Principal, Role, token_digest
 from gateway.errors import Forbidden, Unauthenticated
 
 

@@ -8,11 +8,18 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
-from gateway.actions import ActionRequest, Decision, Finding, Resolution, ResolutionStatus, Verdict
 from gateway.api.structs import python_to_struct, struct_to_python
-from gateway.audit.entry import AuditEntry
-from gateway.audit.query import EntryFilter, Report, micros_from_unix
-from gateway.holds import Hold, HoldStatus
+from gateway.domain.actions import (
+    ActionRequest,
+    Decision,
+    Finding,
+    Resolution,
+    ResolutionStatus,
+    Verdict,
+)
+from gateway.domain.audit.entry import AuditEntry
+from gateway.domain.audit.query import EntryFilter, Report, micros_from_unix
+from gateway.domain.holds import Hold, HoldStatus
 
 VERDICT_TO_PROTO = {
     Verdict.ALLOW: gateway_pb2.VERDICT_ALLOW,

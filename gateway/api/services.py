@@ -18,15 +18,15 @@ from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2
 from gateway.api import convert
 from gateway.api.auth import Authenticator
 from gateway.api.status import Servicer, rpc, stream_rpc
-from gateway.approvals import ApprovalDesk
-from gateway.audit.checkpoint import note_verifier_key
-from gateway.audit.entry import AuditEntry
-from gateway.audit.keys import TrustedKey
-from gateway.audit_search import AuditSearch
-from gateway.config import Principal, Role
+from gateway.domain.audit.checkpoint import note_verifier_key
+from gateway.domain.audit.entry import AuditEntry
+from gateway.domain.audit.keys import TrustedKey
+from gateway.domain.principals import Principal, Role
 from gateway.errors import InvalidRequest, NotImplementedYet
-from gateway.key_rotation import rotate_key
-from gateway.pipeline import DecisionPipeline
+from gateway.services.approvals import ApprovalDesk
+from gateway.services.audit_queries import AuditSearch
+from gateway.services.decisions import DecisionPipeline
+from gateway.services.key_rotation import rotate_key
 from gateway.store.audit_log import AuditLog
 
 READ_CHUNK = 500
@@ -321,6 +321,6 @@ class AlertsService(Servicer):
 
 
 def parse_time(text: str) -> float:
-    from gateway.audit.entry import parse_timestamp
+    from gateway.domain.audit.entry import parse_timestamp
 
     return parse_timestamp(text)

@@ -23,7 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from gateway.api.auth import Authenticator, require_role
 from gateway.api.decoding import Received, open_request
-from gateway.config import Principal, Role
+from gateway.domain.principals import Principal, Role
 from gateway.errors import (
     AlreadyExists,
     Conflict,

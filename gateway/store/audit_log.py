@@ -27,8 +27,13 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from gateway.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, sign_checkpoint
-from gateway.audit.entry import (
+from gateway.domain.audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    parse_checkpoint,
+    sign_checkpoint,
+)
+from gateway.domain.audit.entry import (
     GENESIS_HASH,
     AuditEntry,
     EntryDraft,
@@ -36,8 +41,8 @@ from gateway.audit.entry import (
     format_timestamp,
     leaf_hash,
 )
-from gateway.audit.keys import KeyFileError, Signer, SigningKeys, TrustedKey
-from gateway.audit.merkle import (
+from gateway.domain.audit.keys import KeyFileError, Signer, SigningKeys, TrustedKey
+from gateway.domain.audit.merkle import (
     HASH_SIZE,
     CompactRange,
     NodeId,

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from gateway.actions import ActionRequest, Decision
-from gateway.detect.loops import LoopSettings
-from gateway.holds import (
+from gateway.domain.actions import ActionRequest, Decision
+from gateway.domain.detect.loops import LoopSettings
+from gateway.domain.holds import (
     Hold,
     HoldStatus,
     decision_from_json,
@@ -102,7 +102,7 @@ class Reused(enum.Enum):
 
 
 if TYPE_CHECKING:
-    from gateway.audit.entry import AuditEntry
+    from gateway.domain.audit.entry import AuditEntry
 
 # A value that depends on the audit entries of the same commit (e.g. their seq).
 Deferred = Callable[["Sequence[AuditEntry]"], str]

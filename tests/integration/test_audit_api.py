@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from agentgw.v1 import audit_pb2, gateway_pb2
-from gateway.audit.checkpoint import open_checkpoint
-from gateway.audit.verify import verify_export
+from gateway.domain.audit.checkpoint import open_checkpoint
+from gateway.domain.audit.verify import verify_export
 from tests.harness import RunningGateway
 
 

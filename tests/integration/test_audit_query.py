@@ -19,8 +19,8 @@ from google.protobuf import timestamp_pb2
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
 from clients.cli import main
 from gateway.api.convert import entry_from_proto, timestamp
-from gateway.audit.entry import EntryDraft, format_timestamp
-from gateway.audit.query import MAX_CLOCK_SKEW_SECONDS
+from gateway.domain.audit.entry import EntryDraft, format_timestamp
+from gateway.domain.audit.query import MAX_CLOCK_SKEW_SECONDS
 from gateway.store.state import Mutation
 from tests.harness import RunningGateway, token_for
 
@@ -480,7 +480,7 @@ def test_cli_offline_mode_needs_no_server_code() -> None:
     probe = (
         "import sys, clients.cli; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis' "
-        "or m.startswith(('gateway.store', 'gateway.app', 'gateway.audit_search'))))"
+        "or m.startswith(('gateway.store', 'gateway.app', 'gateway.services.audit_queries'))))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe],

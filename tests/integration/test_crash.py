@@ -45,7 +45,7 @@ from agentgw.v1 import (
 )
 from clients.agent import bearer
 from gateway.api.structs import python_to_struct
-from gateway.audit.keys import Signer
+from gateway.domain.audit.keys import Signer
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import KeySpace
 from tests.harness import RunningGateway, token_for, wait_for

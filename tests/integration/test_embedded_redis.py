@@ -17,10 +17,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
-from gateway.audit.checkpoint import open_checkpoint
-from gateway.audit.merkle import verify_inclusion
-from gateway.audit.verify import verify_export
 from gateway.config import RedisSettings
+from gateway.domain.audit.checkpoint import open_checkpoint
+from gateway.domain.audit.merkle import verify_inclusion
+from gateway.domain.audit.verify import verify_export
 from gateway.errors import StoreUnavailable
 from gateway.store.embedded import EmbeddedRedis, find_server_binary
 from tests.harness import RunningGateway

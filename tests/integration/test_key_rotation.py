@@ -16,11 +16,11 @@ import pytest
 
 from agentgw.v1 import audit_pb2
 from clients.cli import main as cli_main
-from gateway.audit.checkpoint import open_checkpoint
-from gateway.audit.entry import AuditEntry, EntryDraft, build_entry
-from gateway.audit.keys import Signer
-from gateway.audit.verify import verify_export
 from gateway.config import AuditSettings
+from gateway.domain.audit.checkpoint import open_checkpoint
+from gateway.domain.audit.entry import AuditEntry, EntryDraft, build_entry
+from gateway.domain.audit.keys import Signer
+from gateway.domain.audit.verify import verify_export
 from tests.harness import RunningGateway, token_for, wait_for
 
 MakeGateway = Callable[..., RunningGateway]

@@ -21,7 +21,7 @@ import redis
 from agentgw.v1 import gateway_pb2, gateway_pb2_grpc
 from clients.agent import bearer
 from gateway.api.structs import python_to_struct
-from gateway.audit.keys import Signer
+from gateway.domain.audit.keys import Signer
 from gateway.store.embedded import EmbeddedRedis, find_server_binary
 from tests.harness import token_for
 from tests.processes import GatewayProcess, export_and_verify, server_binary, write_config

@@ -16,10 +16,10 @@ import redis
 from agentgw.v1 import audit_pb2
 from clients.cli import main
 from gateway.api.convert import entry_from_proto
-from gateway.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from gateway.audit.entry import canonical_bytes
-from gateway.audit.keys import KeySet, Signer
-from gateway.audit.merkle import (
+from gateway.domain.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from gateway.domain.audit.entry import canonical_bytes
+from gateway.domain.audit.keys import KeySet, Signer
+from gateway.domain.audit.merkle import (
     EMPTY_ROOT,
     leaf_hash_of,
     verify_consistency,

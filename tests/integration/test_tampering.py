@@ -28,11 +28,17 @@ from hypothesis import strategies as st
 
 from agentgw.v1 import approvals_pb2, gateway_pb2
 from clients.cli import EXIT_FAILED, EXIT_OK, main
-from gateway.audit.checkpoint import parse_checkpoint
-from gateway.audit.entry import AuditEntry, EntryDraft, build_entry, canonical_forms, entry_hash_of
-from gateway.audit.keys import Signer
-from gateway.audit.note import note_verifier_key
 from gateway.config import Config, RedisSettings
+from gateway.domain.audit.checkpoint import parse_checkpoint
+from gateway.domain.audit.entry import (
+    AuditEntry,
+    EntryDraft,
+    build_entry,
+    canonical_forms,
+    entry_hash_of,
+)
+from gateway.domain.audit.keys import Signer
+from gateway.domain.audit.note import note_verifier_key
 from gateway.store.embedded import EmbeddedRedis
 from tests.harness import ManualClock, RunningGateway, test_principals, token_for
 

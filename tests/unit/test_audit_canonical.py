@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.canonical import (
+from gateway.domain.audit.canonical import (
     MAX_SAFE_INTEGER,
     CanonicalError,
     canonical_json,

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from gateway.audit.checkpoint import (
+from gateway.domain.audit.checkpoint import (
     Checkpoint,
     CheckpointError,
     note_key_hash,
@@ -16,10 +16,16 @@ from gateway.audit.checkpoint import (
     parse_checkpoint_body,
     sign_checkpoint,
 )
-from gateway.audit.entry import GENESIS_HASH
-from gateway.audit.keys import KeySet, Signer
-from gateway.audit.merkle import EMPTY_ROOT
-from gateway.audit.note import NoteError, NoteVerifier, open_note, parse_verifier_key, sign_note
+from gateway.domain.audit.entry import GENESIS_HASH
+from gateway.domain.audit.keys import KeySet, Signer
+from gateway.domain.audit.merkle import EMPTY_ROOT
+from gateway.domain.audit.note import (
+    NoteError,
+    NoteVerifier,
+    open_note,
+    parse_verifier_key,
+    sign_note,
+)
 
 # The example in the package documentation of golang.org/x/mod/sumdb/note (note.go):
 # a signer key, its verifier key, the text and the note note.Sign produces. Go's

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.audit.canonical import canonical_json
-from gateway.audit.entry import (
+from gateway.domain.audit.canonical import canonical_json
+from gateway.domain.audit.entry import (
     GENESIS_HASH,
     AuditEntry,
     EntryDraft,
@@ -30,7 +30,7 @@ from gateway.audit.entry import (
     read_signed_line,
     signature_is_valid,
 )
-from gateway.audit.keys import Signer
+from gateway.domain.audit.keys import Signer
 
 SIGNER = Signer.from_seed(bytes(range(32)))
 

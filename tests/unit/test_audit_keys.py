@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.audit.keys import (
+from gateway.domain.audit.keys import (
     KeyFileError,
     KeyHistoryError,
     KeySet,
@@ -26,7 +26,7 @@ from gateway.audit.keys import (
     next_signer_details,
     read_next_signer,
 )
-from gateway.audit.note import note_verifier_key
+from gateway.domain.audit.note import note_verifier_key
 
 SIGNER = Signer.from_seed(bytes(range(32)))
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.entry import AuditEntry
-from gateway.audit.query import (
+from gateway.domain.audit.entry import AuditEntry
+from gateway.domain.audit.query import (
     MAX_CLOCK_SKEW_SECONDS,
     SEARCH_FANOUT,
     EntryFilter,

@@ -12,11 +12,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.audit.checkpoint import open_checkpoint
-from gateway.audit.entry import AuditEntry
-from gateway.audit.keys import KeySet, TrustAnchor
-from gateway.audit.merkle import verify_consistency, verify_inclusion
-from gateway.audit.verify import verify_export
+from gateway.domain.audit.checkpoint import open_checkpoint
+from gateway.domain.audit.entry import AuditEntry
+from gateway.domain.audit.keys import KeySet, TrustAnchor
+from gateway.domain.audit.merkle import verify_consistency, verify_inclusion
+from gateway.domain.audit.verify import verify_export
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTOR_DIR = ROOT / "tests" / "vectors"

@@ -12,25 +12,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.audit import verify as verify_module
-from gateway.audit.canonical import canonical_json
-from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
-from gateway.audit.entry import (
+from gateway.domain.audit import verify as verify_module
+from gateway.domain.audit.canonical import canonical_json
+from gateway.domain.audit.checkpoint import Checkpoint, sign_checkpoint
+from gateway.domain.audit.entry import (
     GENESIS_HASH,
     AuditEntry,
     EntryDraft,
     build_entry,
     leaf_hash,
 )
-from gateway.audit.keys import (
+from gateway.domain.audit.keys import (
     KeySet,
     Signer,
     TrustAnchor,
     TrustedKey,
     next_signer_details,
 )
-from gateway.audit.merkle import root_of
-from gateway.audit.verify import FailureKind, VerifyFailure, VerifyReport, verify_export
+from gateway.domain.audit.merkle import root_of
+from gateway.domain.audit.verify import FailureKind, VerifyFailure, VerifyReport, verify_export
 
 SIGNER = Signer.from_seed(b"\x01" * 32)
 OTHER = Signer.from_seed(b"\x02" * 32)
@@ -55,7 +55,7 @@ def draft(seq: int) -> EntryDraft:
 
 
 def rotation(seq: int, new: Signer, **changes: Any) -> EntryDraft:
-    """The key_rotated entry the gateway writes (gateway/key_rotation.py), with changes."""
+    """The key_rotated entry the gateway writes (gateway/services/key_rotation.py), with changes."""
     fields: dict[str, Any] = {
         "timestamp": draft(seq).timestamp,
         "event_type": "key_rotated",

@@ -8,8 +8,8 @@ import tracemalloc
 from pathlib import Path
 
 from clients.cli import EXIT_OK, main
-from gateway.audit.entry import GENESIS_HASH, EntryDraft, build_entry
-from gateway.audit.keys import KeySet, Signer
+from gateway.domain.audit.entry import GENESIS_HASH, EntryDraft, build_entry
+from gateway.domain.audit.keys import KeySet, Signer
 
 SIGNER = Signer.from_seed(b"\x03" * 32)
 KEYS = KeySet.for_signer("agentgw.example/audit", SIGNER)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.api.auth import Authenticator, require_role
-from gateway.config import Principal, Role, token_digest
+from gateway.domain.principals import Principal, Role, token_digest
 from gateway.errors import Forbidden, Unauthenticated
 
 AGENT = Principal("agent-1", Role.AGENT, token_digest("tok-agent"))

@@ -9,24 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from gateway.actions import Verdict
 from gateway.config import (
     CONFIG_FILE_NAME,
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
     Config,
     Overrides,
-    Role,
     first_run_config,
     load_config,
     parse_config,
-    token_digest,
 )
-from gateway.detect.loops import LoopSettings
+from gateway.domain.actions import Verdict
+from gateway.domain.detect.loops import LoopSettings
+from gateway.domain.principals import Role, token_digest
+from gateway.domain.redaction import REDACTED, RedactionRules, Redactor
+from gateway.domain.validation import Limits
+from gateway.domain.verdicts import DEFAULT_EFFECTS, Effect
 from gateway.errors import ConfigError
-from gateway.redaction import REDACTED, RedactionRules, Redactor
-from gateway.validation import Limits
-from gateway.verdicts import DEFAULT_EFFECTS, Effect
 
 SOURCE = "/etc/agentgw/agentgw.yaml"
 BASE = Path("/etc/agentgw")

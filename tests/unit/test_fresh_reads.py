@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.approvals import FreshReads
+from gateway.services.approvals import FreshReads
 
 
 class Store:

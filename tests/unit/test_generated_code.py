@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
-
-from gateway.protogen import generate
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def load_generator() -> ModuleType:
+    """protos/generate.py, the build tool behind `make proto` (not a runtime module)."""
+    spec = importlib.util.spec_from_file_location("generate", REPO / "protos" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = load_generator().generate
 
 
 def sources(root: Path) -> dict[Path, bytes]:

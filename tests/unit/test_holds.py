@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.actions import (
+from gateway.domain.actions import (
     ActionRequest,
     Decision,
     Finding,
@@ -18,8 +18,7 @@ from gateway.actions import (
     ResolutionStatus,
     Verdict,
 )
-from gateway.errors import Conflict, InvalidRequest
-from gateway.holds import (
+from gateway.domain.holds import (
     MAX_REASON_CHARS,
     Hold,
     HoldStatus,
@@ -31,6 +30,7 @@ from gateway.holds import (
     resolve,
     with_resolution_seq,
 )
+from gateway.errors import Conflict, InvalidRequest
 
 CREATED = 1_700_000_000.0
 EXPIRES = CREATED + 900.0

@@ -6,8 +6,8 @@ import json
 import logging
 import sys
 
+from gateway.domain.redaction import REDACTED, RedactionRules, value_pattern
 from gateway.logs import JsonFormatter
-from gateway.redaction import REDACTED, RedactionRules, value_pattern
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:

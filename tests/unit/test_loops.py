@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.actions import ActionRequest, Finding
-from gateway.detect.loops import (
+from gateway.domain.actions import ActionRequest, Finding
+from gateway.domain.detect.loops import (
     INFINITE_LOOP,
     STUCK_PATTERN,
     LoopSettings,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.merkle import (
+from gateway.domain.audit.merkle import (
     EMPTY_ROOT,
     CompactRange,
     NodeId,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.actions import ActionRequest, Verdict
-from gateway.policy import Policy, default_policy, evaluate_rules, load_policy
-from gateway.policy.evaluator import json_equal
+from gateway.domain.actions import ActionRequest, Verdict
+from gateway.domain.policy import Policy, default_policy, evaluate_rules, load_policy
+from gateway.domain.policy.evaluator import json_equal
 
 
 def request(

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.actions import ActionRequest, Verdict
+from gateway.domain.actions import ActionRequest, Verdict
+from gateway.domain.policy import default_policy, evaluate_rules, load_policy, load_policy_file
+from gateway.domain.policy.model import Operator
 from gateway.errors import ConfigError
-from gateway.policy import default_policy, evaluate_rules, load_policy, load_policy_file
-from gateway.policy.model import Operator
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
 
@@ -179,7 +179,7 @@ def test_default_policy_is_the_shipped_file() -> None:
     assert [rule.name for rule in policy.rules] == ["hold-suspicious"]
     assert policy.rules[0].verdict is Verdict.HOLD
     assert "human approval" in policy.rules[0].reason
-    shipped = Path(__file__).resolve().parents[2] / "gateway" / "policy" / "default.yaml"
+    shipped = Path(__file__).resolve().parents[2] / "gateway" / "domain" / "policy" / "default.yaml"
     assert policy.digest == hashlib.sha256(shipped.read_bytes()).hexdigest()
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.actions import Verdict
+from gateway.domain.actions import Verdict
+from gateway.domain.policy import PolicyReloader, default_policy
 from gateway.errors import ConfigError
-from gateway.policy import PolicyReloader, default_policy
 
 VALID_ALLOW = "version: 1\ndefault_verdict: allow\nrules: []\n"
 VALID_DENY = (

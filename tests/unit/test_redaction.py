@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.actions import ActionRequest
 from gateway.config import parse_config
-from gateway.redaction import (
+from gateway.domain.actions import ActionRequest
+from gateway.domain.redaction import (
     REDACTED,
     SENSITIVE_KEY_PARTS,
     RedactionRules,

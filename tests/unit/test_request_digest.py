@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.actions import ActionRequest, request_digest
+from gateway.domain.actions import ActionRequest, request_digest
 
 KEY = b"k" * 64
 BASE = ActionRequest(

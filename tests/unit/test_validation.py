@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.actions import ActionRequest
+from gateway.domain.actions import ActionRequest
+from gateway.domain.validation import Limits, require_identifier, validate_request
 from gateway.errors import InvalidRequest
-from gateway.validation import Limits, require_identifier, validate_request
 
 LIMITS = Limits()
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.actions import Finding, Verdict
-from gateway.policy.evaluator import PolicyResult
-from gateway.verdicts import DEFAULT_EFFECTS, Effect, VerdictOutcome, combine_verdict
+from gateway.domain.actions import Finding, Verdict
+from gateway.domain.policy.evaluator import PolicyResult
+from gateway.domain.verdicts import DEFAULT_EFFECTS, Effect, VerdictOutcome, combine_verdict
 
 PAUSED_REASON = "the session is paused for review; an approver must resume it"
 

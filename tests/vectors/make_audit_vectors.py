@@ -16,19 +16,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.canonical import canonical_json
-from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
-from gateway.audit.entry import (
+from gateway.domain.audit.canonical import canonical_json
+from gateway.domain.audit.checkpoint import Checkpoint, sign_checkpoint
+from gateway.domain.audit.entry import (
     GENESIS_HASH,
     EntryDraft,
     build_entry,
     canonical_bytes,
     leaf_hash,
 )
-from gateway.audit.keys import KeySet, Signer, TrustAnchor, TrustedKey, next_signer_details
-from gateway.audit.merkle import consistency_proof, inclusion_proof, root_of
-from gateway.audit.note import note_verifier_key
-from gateway.audit.verify import verify_export
+from gateway.domain.audit.keys import KeySet, Signer, TrustAnchor, TrustedKey, next_signer_details
+from gateway.domain.audit.merkle import consistency_proof, inclusion_proof, root_of
+from gateway.domain.audit.note import note_verifier_key
+from gateway.domain.audit.verify import verify_export
 
 VECTOR_FILE = Path(__file__).with_name("audit-v1.json")
 TEST_SEED = hashlib.sha256(b"agentgw audit v1 TEST KEY - public, never use for a real log").digest()
@@ -115,7 +115,7 @@ def decision(timestamp: str, action_id: str, outcome: str) -> EntryDraft:
 
 
 def rotation_draft(new: Signer) -> EntryDraft:
-    """Entry 5: what gateway/key_rotation.py writes when an admin rotates to `new`."""
+    """Entry 5: what gateway/services/key_rotation.py writes when an admin rotates to `new`."""
     return EntryDraft(
         timestamp="2026-11-25T06:00:02.000000Z",
         event_type="key_rotated",

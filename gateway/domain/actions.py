@@ -86,7 +86,7 @@ def request_digest(request: ActionRequest, key: bytes) -> str:
 
     Keyed, because the digest is stored beside the redacted request: an unkeyed hash
     of a short secret (a PIN) could be found by trying every value. The key is shared
-    by every replica (see `gateway.pipeline.digest_key`).
+    by every replica (see `gateway.services.decisions.digest_key`).
     """
     content = json.dumps(
         [

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.actions import ActionRequest, Decision, Finding, Resolution, ResolutionStatus, Verdict
+from gateway.domain.actions import (
+    ActionRequest,
+    Decision,
+    Finding,
+    Resolution,
+    ResolutionStatus,
+    Verdict,
+)
 from gateway.errors import Conflict, InvalidRequest
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.actions import ActionRequest, Verdict
-from gateway.policy.model import Match, Operator, ParameterPredicate, PathSegment, Policy
+from gateway.domain.actions import ActionRequest, Verdict
+from gateway.domain.policy.model import Match, Operator, ParameterPredicate, PathSegment, Policy
 
 
 @dataclass(frozen=True)

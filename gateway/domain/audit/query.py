@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from gateway.audit.entry import ACTOR_TYPES, AuditEntry
+from gateway.domain.audit.entry import ACTOR_TYPES, AuditEntry
 from gateway.errors import InvalidRequest
 
 MAX_TEXT: Final = 256

@@ -1,6 +1,6 @@
 """Releasing held actions: approve, reject, expire, resume a session, and wait.
 
-Each transition is checked by the pure state machine in `gateway/holds.py`, then
+Each transition is checked by the pure state machine in `gateway/domain/holds.py`, then
 committed together with its audit entry; the store's compare-and-set on the hold's
 status makes racing approvers (and replicas) produce exactly one winner.
 
@@ -18,16 +18,16 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from gateway.actions import Decision, ResolutionStatus
-from gateway.audit.entry import EntryDraft, format_timestamp
-from gateway.config import Principal
+from gateway.domain.actions import Decision, ResolutionStatus
+from gateway.domain.audit.entry import EntryDraft, format_timestamp
+from gateway.domain.holds import Hold, HoldStatus, check_reason, resolve, with_resolution_seq
+from gateway.domain.principals import Principal
+from gateway.domain.redaction import Redactor
+from gateway.domain.validation import require_identifier
 from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable, preview
-from gateway.holds import Hold, HoldStatus, check_reason, resolve, with_resolution_seq
-from gateway.redaction import Redactor
 from gateway.store.audit_log import AuditLog
 from gateway.store.notifications import ResolutionListener
 from gateway.store.state import StateStore
-from gateway.validation import require_identifier
 
 log = logging.getLogger("agentgw.approvals")
 

@@ -5,10 +5,10 @@ Pure domain code (no grpc, no redis): `loader` turns YAML into the immutable val
 policy in force current with its file. The format is documented in docs/policy.md.
 """
 
-from gateway.policy.evaluator import PolicyResult, evaluate_rules
-from gateway.policy.loader import default_policy, load_policy, load_policy_file
-from gateway.policy.model import Policy, Rule
-from gateway.policy.reload import PolicyReloader
+from gateway.domain.policy.evaluator import PolicyResult, evaluate_rules
+from gateway.domain.policy.loader import default_policy, load_policy, load_policy_file
+from gateway.domain.policy.model import Policy, Rule
+from gateway.domain.policy.reload import PolicyReloader
 
 __all__ = [
     "Policy",

@@ -27,8 +27,8 @@ from itertools import chain, islice
 from multiprocessing.context import BaseContext
 from typing import Final, NamedTuple
 
-from gateway.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
-from gateway.audit.entry import (
+from gateway.domain.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
+from gateway.domain.audit.entry import (
     GENESIS_HASH,
     EntryFormatError,
     SignedLine,
@@ -37,7 +37,7 @@ from gateway.audit.entry import (
     read_signed_line,
     signature_verifies,
 )
-from gateway.audit.keys import (
+from gateway.domain.audit.keys import (
     ROTATION_EVENT,
     KeyHistoryError,
     KeySet,
@@ -48,8 +48,8 @@ from gateway.audit.keys import (
     key_id_for,
     read_next_signer,
 )
-from gateway.audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash_of
-from gateway.audit.note import NoteError, NoteVerifier, check_note_signatures
+from gateway.domain.audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash_of
+from gateway.domain.audit.note import NoteError, NoteVerifier, check_note_signatures
 
 CHUNK_SIZE: Final = 2000
 # Every canonical key_rotated line contains this; a line that merely contains it (a

@@ -13,9 +13,9 @@ import asyncio
 import logging
 from pathlib import Path
 
+from gateway.domain.policy.loader import default_policy, load_policy_file
+from gateway.domain.policy.model import Policy
 from gateway.errors import ConfigError
-from gateway.policy.loader import default_policy, load_policy_file
-from gateway.policy.model import Policy
 
 logger = logging.getLogger("agentgw.policy")
 

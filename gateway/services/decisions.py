@@ -20,16 +20,19 @@ import secrets
 from collections.abc import Callable
 from dataclasses import replace
 
-from gateway.actions import ActionRequest, Decision, Verdict, request_digest
-from gateway.audit.entry import AuditEntry, EntryDraft, format_timestamp
-from gateway.audit.keys import Signer
-from gateway.config import Config, Principal
-from gateway.detect.loops import detect_loops, fingerprint
+from gateway.config import Config
+from gateway.domain.actions import ActionRequest, Decision, Verdict, request_digest
+from gateway.domain.audit.entry import AuditEntry, EntryDraft, format_timestamp
+from gateway.domain.audit.keys import Signer
+from gateway.domain.detect.loops import detect_loops, fingerprint
+from gateway.domain.holds import Hold, finding_to_json
+from gateway.domain.policy.evaluator import evaluate_rules
+from gateway.domain.policy.reload import PolicyReloader
+from gateway.domain.principals import Principal
+from gateway.domain.redaction import Redactor
+from gateway.domain.validation import validate_request
+from gateway.domain.verdicts import VerdictOutcome, combine_verdict
 from gateway.errors import AlreadyExists, Forbidden, InFlight, OutcomeUnknown
-from gateway.holds import Hold, finding_to_json
-from gateway.policy.evaluator import evaluate_rules
-from gateway.policy.reload import PolicyReloader
-from gateway.redaction import Redactor
 from gateway.store.audit_log import AuditLog
 from gateway.store.state import (
     Claim,
@@ -41,8 +44,6 @@ from gateway.store.state import (
     Seen,
     StateStore,
 )
-from gateway.validation import validate_request
-from gateway.verdicts import VerdictOutcome, combine_verdict
 
 log = logging.getLogger("agentgw.decisions")
 

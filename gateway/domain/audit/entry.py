@@ -20,9 +20,14 @@ from typing import Any, Final, NamedTuple
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.audit.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, CanonicalError, canonical_json
-from gateway.audit.keys import Signer
-from gateway.audit.merkle import leaf_hash_of
+from gateway.domain.audit.canonical import (
+    MAX_DEPTH,
+    MAX_SAFE_INTEGER,
+    CanonicalError,
+    canonical_json,
+)
+from gateway.domain.audit.keys import Signer
+from gateway.domain.audit.merkle import leaf_hash_of
 
 ENTRY_HASH_PREFIX: Final = b"agentgw/audit/v1/entry\x00"
 SIGNATURE_PREFIX: Final = b"agentgw/audit/v1/signature\x00"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.actions import ActionRequest
+from gateway.domain.actions import ActionRequest
 from gateway.errors import InvalidRequest, preview
 
 # Identifiers end up inside Redis key names and audit entries: no braces (cluster

@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.actions import ActionRequest
+from gateway.domain.actions import ActionRequest
 
 REDACTED = "[REDACTED]"
 

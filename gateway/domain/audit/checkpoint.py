@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.audit.entry import EntryFormatError, parse_timestamp
-from gateway.audit.keys import KeySet
-from gateway.audit.note import (
+from gateway.domain.audit.entry import EntryFormatError, parse_timestamp
+from gateway.domain.audit.keys import KeySet
+from gateway.domain.audit.note import (
     NoteError,
     NoteSigner,
     NoteVerifier,

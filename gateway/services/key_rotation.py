@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.audit.entry import AuditEntry, EntryDraft, format_timestamp
-from gateway.audit.keys import (
+from gateway.domain.audit.entry import AuditEntry, EntryDraft, format_timestamp
+from gateway.domain.audit.keys import (
     ROTATION_EVENT,
     SIGNER_RESOURCE_PREFIX,
     KeyFileError,
@@ -24,9 +24,9 @@ from gateway.audit.keys import (
     TrustedKey,
     next_signer_details,
 )
-from gateway.config import Principal
+from gateway.domain.holds import check_reason
+from gateway.domain.principals import Principal
 from gateway.errors import Conflict, InvalidRequest, StoreUnavailable
-from gateway.holds import check_reason
 from gateway.store.audit_log import AuditLog
 from gateway.store.state import Mutation
 
@@ -42,7 +42,7 @@ class Rotation:
 
 def rotation_draft(actor: str, new: Signer, origin: str, reason: str, now: float) -> EntryDraft:
     """The entry that introduces `new`: the verifier trusts the new key because of it
-    (`gateway.audit.keys.read_next_signer` reads what `next_signer_details` writes)."""
+    (`gateway.domain.audit.keys.read_next_signer` reads what `next_signer_details` writes)."""
     return EntryDraft(
         timestamp=format_timestamp(now),
         event_type=ROTATION_EVENT,

@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit.note import (
+from gateway.domain.audit.note import (
     NoteError,
     NoteVerifier,
     check_key_name,

@@ -4,7 +4,7 @@ Owns the scan: where a time-bounded scan starts (a search over seq that probes a
 few entries per round trip), reading on in chunks up to the head the call started
 with, and stopping once past the end of the range. Which entries match, when a scan
 may start and stop, and what a report counts are the pure rules of
-`gateway/audit/query.py`; Redis is reached only through `AuditLog`.
+`gateway/domain/audit/query.py`; Redis is reached only through `AuditLog`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
-from gateway.audit.entry import AuditEntry
-from gateway.audit.query import (
+from gateway.domain.audit.entry import AuditEntry
+from gateway.domain.audit.query import (
     EntryFilter,
     Report,
     ReportBuilder,

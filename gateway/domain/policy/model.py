@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from gateway.actions import Verdict
+from gateway.domain.actions import Verdict
 
 # A JSON value as written in the policy: numbers are always floats (like request
 # parameters), lists are tuples and objects read-only mappings, so values stay immutable.

@@ -22,10 +22,9 @@ from typing import NoReturn
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from gateway.actions import Verdict
-from gateway.errors import ConfigError
-from gateway.policy.globs import GlobDialect, compile_globs, translate_glob
-from gateway.policy.model import (
+from gateway.domain.actions import Verdict
+from gateway.domain.policy.globs import GlobDialect, compile_globs, translate_glob
+from gateway.domain.policy.model import (
     GlobSet,
     JsonValue,
     LabelCondition,
@@ -36,6 +35,7 @@ from gateway.policy.model import (
     Policy,
     Rule,
 )
+from gateway.errors import ConfigError
 
 SUPPORTED_VERSIONS = (1,)
 
@@ -60,7 +60,7 @@ _TAG_NAMES = {
     _TAG + "binary": "binary data",
 }
 
-DEFAULT_POLICY_SOURCE = "gateway/policy/default.yaml"
+DEFAULT_POLICY_SOURCE = "gateway/domain/policy/default.yaml"
 
 
 def load_policy(text: str, source: str) -> Policy:
@@ -80,7 +80,11 @@ def load_policy_file(path: Path) -> Policy:
 @functools.cache
 def default_policy() -> Policy:
     """The policy shipped with the gateway, served when no policy file is configured."""
-    text = resources.files("gateway.policy").joinpath("default.yaml").read_text(encoding="utf-8")
+    text = (
+        resources.files("gateway.domain.policy")
+        .joinpath("default.yaml")
+        .read_text(encoding="utf-8")
+    )
     return load_policy(text, DEFAULT_POLICY_SOURCE)
 
 

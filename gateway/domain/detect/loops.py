@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.actions import ActionRequest, Finding
-from gateway.audit.canonical import canonical_json
+from gateway.domain.actions import ActionRequest, Finding
+from gateway.domain.audit.canonical import canonical_json
 
 INFINITE_LOOP = "infinite_loop"
 STUCK_PATTERN = "stuck_pattern"

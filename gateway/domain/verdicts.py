@@ -10,8 +10,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.actions import Finding, Verdict
-from gateway.policy.evaluator import PolicyResult
+from gateway.domain.actions import Finding, Verdict
+from gateway.domain.policy.evaluator import PolicyResult
 
 
 class Effect(enum.Enum):
