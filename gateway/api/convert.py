@@ -5,6 +5,8 @@ Protobuf and pure domain modules only: the CLI imports it too.
 
 from __future__ import annotations
 
+import base64
+
 from google.protobuf import timestamp_pb2
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
@@ -17,7 +19,10 @@ from gateway.domain.actions import (
     ResolutionStatus,
     Verdict,
 )
-from gateway.domain.audit.entry import AuditEntry
+from gateway.domain.audit.chain import ConsistencyProof, InclusionProof, SignedCheckpoint
+from gateway.domain.audit.entry import AuditEntry, parse_timestamp
+from gateway.domain.audit.keys import TrustedKey
+from gateway.domain.audit.note import note_verifier_key, split_note
 from gateway.domain.audit.query import EntryFilter, Report, micros_from_unix
 from gateway.domain.holds import Hold, HoldStatus
 
@@ -221,4 +226,53 @@ def report_from_proto(msg: audit_pb2.ReportResponse) -> Report:
         failures=tuple(entry_from_proto(e) for e in msg.failures),
         first_seq=msg.first_seq,
         last_seq=msg.last_seq,
+    )
+
+
+def checkpoint_to_proto(signed: SignedCheckpoint) -> audit_pb2.Checkpoint:
+    """A signed checkpoint; `signature` is the gateway's own (the origin's) signature
+    from the note, without the 4-byte key hash."""
+    cp = signed.checkpoint
+    _, signatures = split_note(signed.note)
+    own = next(sig for name, _, sig in signatures if name == cp.origin)
+    return audit_pb2.Checkpoint(
+        note=signed.note,
+        origin=cp.origin,
+        size=cp.size,
+        root_hash=cp.root_hash.hex(),
+        head_hash=cp.head_hash,
+        time=timestamp(parse_timestamp(cp.timestamp)),
+        key_id=signed.key_id,
+        signature=base64.b64encode(own).decode(),
+    )
+
+
+def public_key_to_proto(origin: str, key: TrustedKey) -> audit_pb2.PublicKey:
+    return audit_pb2.PublicKey(
+        key_id=key.key_id,
+        public_key=base64.b64encode(key.public_key_raw).decode(),
+        note_verifier_key=note_verifier_key(origin, key.public_key_raw),
+        first_seq=key.first_seq,
+        last_seq=key.last_seq or 0,
+    )
+
+
+def inclusion_proof_to_proto(proof: InclusionProof) -> audit_pb2.InclusionProof:
+    return audit_pb2.InclusionProof(
+        seq=proof.seq,
+        leaf_index=proof.leaf_index,
+        tree_size=proof.tree_size,
+        hashes=[h.hex() for h in proof.hashes],
+        root_hash=proof.root_hash.hex(),
+        leaf_hash=proof.leaf_hash.hex(),
+    )
+
+
+def consistency_proof_to_proto(proof: ConsistencyProof) -> audit_pb2.ConsistencyProof:
+    return audit_pb2.ConsistencyProof(
+        old_size=proof.old_size,
+        new_size=proof.new_size,
+        hashes=[h.hex() for h in proof.hashes],
+        old_root=proof.old_root.hex(),
+        new_root=proof.new_root.hex(),
     )

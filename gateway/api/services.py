@@ -9,7 +9,6 @@ UNIMPLEMENTED, and only to a caller of the right role.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -18,9 +17,7 @@ from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2
 from gateway.api import convert
 from gateway.api.auth import Authenticator
 from gateway.api.status import Servicer, rpc, stream_rpc
-from gateway.domain.audit.checkpoint import note_verifier_key
 from gateway.domain.audit.entry import AuditEntry
-from gateway.domain.audit.keys import TrustedKey
 from gateway.domain.principals import Principal, Role
 from gateway.errors import InvalidRequest, NotImplementedYet
 from gateway.services.approvals import ApprovalDesk
@@ -163,19 +160,7 @@ class AuditService(Servicer):
             signed = await self.audit.published_checkpoint()
         else:
             signed = await self.audit.checkpoint()
-        cp, note = signed.checkpoint, signed.note
-        signature_line = note.rstrip("\n").rsplit("\n", 1)[-1]
-        signature = base64.b64decode(signature_line.rsplit(" ", 1)[-1])[4:]
-        return audit_pb2.Checkpoint(
-            note=note,
-            origin=cp.origin,
-            size=cp.size,
-            root_hash=cp.root_hash.hex(),
-            head_hash=cp.head_hash,
-            time=convert.timestamp(parse_time(cp.timestamp)),
-            key_id=signed.key_id,
-            signature=base64.b64encode(signature).decode(),
-        )
+        return convert.checkpoint_to_proto(signed)
 
     @stream_rpc(Role.AUDITOR)
     async def ReadEntries(
@@ -202,7 +187,7 @@ class AuditService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> audit_pb2.PublicKeys:
-        keys = [self._public_key(key) for key in await self.audit.key_history()]
+        keys = [convert.public_key_to_proto(self.origin, k) for k in await self.audit.key_history()]
         return audit_pb2.PublicKeys(origin=self.origin, keys=keys)
 
     @rpc(Role.ADMIN)
@@ -217,17 +202,8 @@ class AuditService(Servicer):
         )
         return audit_pb2.RotateKeyResponse(
             entry=convert.entry_to_proto(rotation.entry),
-            old_key=self._public_key(rotation.old_key),
-            new_key=self._public_key(rotation.new_key),
-        )
-
-    def _public_key(self, key: TrustedKey) -> audit_pb2.PublicKey:
-        return audit_pb2.PublicKey(
-            key_id=key.key_id,
-            public_key=base64.b64encode(key.public_key_raw).decode(),
-            note_verifier_key=note_verifier_key(self.origin, key.public_key_raw),
-            first_seq=key.first_seq,
-            last_seq=key.last_seq or 0,
+            old_key=convert.public_key_to_proto(self.origin, rotation.old_key),
+            new_key=convert.public_key_to_proto(self.origin, rotation.new_key),
         )
 
     @rpc(Role.AUDITOR)
@@ -238,14 +214,7 @@ class AuditService(Servicer):
         principal: Principal,
     ) -> audit_pb2.InclusionProof:
         proof = await self.audit.inclusion_proof(request.seq, request.tree_size)
-        return audit_pb2.InclusionProof(
-            seq=proof.seq,
-            leaf_index=proof.leaf_index,
-            tree_size=proof.tree_size,
-            hashes=[h.hex() for h in proof.hashes],
-            root_hash=proof.root_hash.hex(),
-            leaf_hash=proof.leaf_hash.hex(),
-        )
+        return convert.inclusion_proof_to_proto(proof)
 
     @rpc(Role.AUDITOR)
     async def GetConsistencyProof(
@@ -255,13 +224,7 @@ class AuditService(Servicer):
         principal: Principal,
     ) -> audit_pb2.ConsistencyProof:
         proof = await self.audit.consistency_proof(request.old_size, request.new_size)
-        return audit_pb2.ConsistencyProof(
-            old_size=proof.old_size,
-            new_size=proof.new_size,
-            hashes=[h.hex() for h in proof.hashes],
-            old_root=proof.old_root.hex(),
-            new_root=proof.new_root.hex(),
-        )
+        return convert.consistency_proof_to_proto(proof)
 
     @stream_rpc(Role.AUDITOR)
     async def Query(
@@ -318,9 +281,3 @@ class AlertsService(Servicer):
         principal: Principal,
     ) -> alerts_pb2.Alert:
         raise NotImplementedYet("Alerts.Acknowledge")
-
-
-def parse_time(text: str) -> float:
-    from gateway.domain.audit.entry import parse_timestamp
-
-    return parse_timestamp(text)

@@ -1,8 +1,9 @@
 """The audit log in Redis: group-committed, compare-and-append, many writers.
 
-One writer task per gateway process takes every queued commit, chains and signs
-the entries on top of the head it last saw, and appends them with their state
-changes in one `commit.lua` call. If another replica appended first, the script
+One writer task per gateway process takes every queued commit, has the audit
+domain chain and sign the entries on top of the head it last saw
+(`gateway.domain.audit.chain.extend`), and appends them with their state changes
+in one `commit.lua` call. If another replica appended first, the script
 answers with the new head and the batch is rebuilt on it, so replicas never fork
 the chain or leave gaps. A commit resolves only after Redis has applied it.
 
@@ -27,20 +28,22 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from gateway.domain.audit.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    parse_checkpoint,
-    sign_checkpoint,
+from gateway.domain.audit.chain import (
+    ConsistencyProof,
+    Extension,
+    Head,
+    InclusionProof,
+    KeyIntroduced,
+    KeyRetired,
+    Segment,
+    SignedCheckpoint,
+    consistency_range,
+    extend,
+    inclusion_range,
+    sign_head,
 )
-from gateway.domain.audit.entry import (
-    GENESIS_HASH,
-    AuditEntry,
-    EntryDraft,
-    build_entry,
-    format_timestamp,
-    leaf_hash,
-)
+from gateway.domain.audit.checkpoint import CheckpointError, parse_checkpoint
+from gateway.domain.audit.entry import GENESIS_HASH, AuditEntry, EntryDraft, format_timestamp
 from gateway.domain.audit.keys import KeyFileError, Signer, SigningKeys, TrustedKey
 from gateway.domain.audit.merkle import (
     HASH_SIZE,
@@ -51,7 +54,7 @@ from gateway.domain.audit.merkle import (
     inclusion_plan,
     root_nodes,
 )
-from gateway.errors import Conflict, InvalidRequest, OutcomeUnknown, StoreUnavailable
+from gateway.errors import Conflict, OutcomeUnknown, StoreUnavailable
 from gateway.store.connection import load_script, unavailable_on_error
 from gateway.store.keys import KeySpace
 from gateway.store.state import Mutation
@@ -64,57 +67,10 @@ MAX_BATCH = 256
 # up after a fixed number of lost races, which busy replicas can exceed.
 APPEND_RETRY_SECONDS = 10.0
 
-TreeNode = tuple[int, int, bytes]  # (level, index, hash), as CompactRange.append returns
-
 
 def node_field(node: NodeId) -> str:
     """The field of a tree node in the `audit_tree` hash: "<level>:<index>"."""
     return f"{node[0]}:{node[1]}"
-
-
-@dataclass(frozen=True)
-class InclusionProof:
-    """RFC 6962 PATH for entry `seq` (leaf `seq - 1`) in the tree of `tree_size` entries."""
-
-    seq: int
-    tree_size: int
-    hashes: tuple[bytes, ...]
-    root_hash: bytes
-    leaf_hash: bytes
-
-    @property
-    def leaf_index(self) -> int:
-        return self.seq - 1
-
-
-@dataclass(frozen=True)
-class ConsistencyProof:
-    """RFC 6962 PROOF that the tree of `new_size` entries extends the one of `old_size`."""
-
-    old_size: int
-    new_size: int
-    hashes: tuple[bytes, ...]
-    old_root: bytes
-    new_root: bytes
-
-
-@dataclass(frozen=True)
-class SignedCheckpoint:
-    checkpoint: Checkpoint
-    note: str  # the C2SP signed note, byte for byte
-    key_id: str  # the audit key that signed it
-
-
-@dataclass
-class Head:
-    seq: int
-    hash: str
-    tree: CompactRange
-    key_id: str  # the key that signs the next entry; "" before the first append
-
-    def copy(self) -> Head:
-        tree = CompactRange.from_hex_list(self.tree.size, self.tree.to_hex_list())
-        return Head(self.seq, self.hash, tree, self.key_id)
 
 
 @dataclass
@@ -230,11 +186,13 @@ class AuditLog:
                     return
             start = self._head
             try:
-                head, built, nodes, key_fields = self._chain(start, batch)
+                signer = self.signer_for(start)
             except StoreUnavailable as e:
                 _fail(batch, e)
                 return
-            keys, payload = _script_arguments(self.keys, head, batch, built, nodes, key_fields)
+            grown = extend(start, [Segment(p.drafts, p.rotate_to) for p in batch], signer)
+            head, built = grown.head, grown.entries
+            keys, payload = _script_arguments(self.keys, batch, grown)
             try:
                 with unavailable_on_error("appending to the audit log"):
                     reply = await self._script(
@@ -255,7 +213,7 @@ class AuditLog:
                 self._head = head
                 self.batches += 1
                 for pending, entries in zip(batch, built, strict=True):
-                    pending.future.set_result(entries)
+                    pending.future.set_result(list(entries))
                 return
             if status == "moved":
                 self._head = _head_from(reply[1], reply[2], reply[3], reply[4])
@@ -274,35 +232,6 @@ class AuditLog:
                 self._queue.insert(0, culprit)
                 self._wakeup.set()
         _fail(batch, StoreUnavailable("audit log append kept conflicting with other writers"))
-
-    def _chain(
-        self, start: Head, batch: list[_Pending]
-    ) -> tuple[Head, list[list[AuditEntry]], list[TreeNode], list[str]]:
-        """Signs and links the batch's entries on top of `start`.
-
-        Returns the new head, the entries per pending commit, the Merkle tree nodes
-        (level, index, hash) the entries complete, and the key history fields that
-        change (`audit_keys`: field, value, ...), all stored with them.
-        """
-        head = start.copy()
-        signer = self.signer_for(start)
-        key_fields = [] if start.key_id else key_record_fields(signer, 1)
-        built: list[list[AuditEntry]] = []
-        nodes: list[TreeNode] = []
-        for pending in batch:
-            entries = []
-            for draft in pending.drafts:
-                entry = build_entry(draft, head.seq + 1, head.hash, signer)
-                nodes += head.tree.append(leaf_hash(entry))
-                head.seq, head.hash = entry.seq, entry.entry_hash
-                entries.append(entry)
-            built.append(entries)
-            if pending.rotate_to is not None:
-                key_fields += [f"{signer.key_id}:last_seq", str(head.seq)]
-                signer = pending.rotate_to
-                key_fields += key_record_fields(signer, head.seq + 1)
-        head.key_id = signer.key_id
-        return head, built, nodes, key_fields
 
     async def key_history(self) -> tuple[TrustedKey, ...]:
         """Every key that has signed or signs the log, by first seq; the current key
@@ -323,14 +252,8 @@ class AuditLog:
         it: it becomes the latest published checkpoint unless a larger one is."""
         head = await self._read_head()
         signer = self.signer_for(head)
-        cp = Checkpoint(
-            origin=self.origin,
-            size=head.seq,
-            root_hash=head.tree.root(),
-            head_hash=head.hash,
-            timestamp=format_timestamp(self.clock()),
-        )
-        signed = SignedCheckpoint(cp, sign_checkpoint(cp, signer), signer.key_id)
+        cp, note = sign_head(head, self.origin, format_timestamp(self.clock()), signer)
+        signed = SignedCheckpoint(cp, note, signer.key_id)
         with unavailable_on_error("publishing a checkpoint"):
             await self._publish(
                 keys=[self.keys.audit_checkpoint], args=[cp.size, signed.note, signed.key_id]
@@ -372,14 +295,9 @@ class AuditLog:
         Two reads: the head's size, then one HMGET of the O(log n) stored nodes that
         make up the proof, the leaf and the root. Nodes never change once written.
         """
-        if seq < 1:
-            raise InvalidRequest("seq", "must be >= 1")
-        head_size = await self._head_size()
-        if tree_size > head_size:
-            raise InvalidRequest("tree_size", f"{tree_size} is beyond the log's size {head_size}")
-        size = tree_size or head_size
-        if seq > size:
-            raise InvalidRequest("seq", f"{seq} is beyond tree size {size}")
+        if seq < 1:  # before any read
+            inclusion_range(seq, tree_size, 0)
+        size = inclusion_range(seq, tree_size, await self._head_size())
         plan, leaf, root = inclusion_plan(seq - 1, size), (0, seq - 1), root_nodes(size)
         nodes = await self._read_nodes([leaf, *plan.node_ids, *root])
         return InclusionProof(
@@ -392,12 +310,7 @@ class AuditLog:
 
     async def consistency_proof(self, old_size: int, new_size: int) -> ConsistencyProof:
         """Proof that the tree of `new_size` entries (0: the head) extends `old_size`'s."""
-        head_size = await self._head_size()
-        if new_size > head_size:
-            raise InvalidRequest("new_size", f"{new_size} is beyond the log's size {head_size}")
-        size = new_size or head_size
-        if old_size > size:
-            raise InvalidRequest("old_size", f"{old_size} is larger than new_size {size}")
+        size = consistency_range(old_size, new_size, await self._head_size())
         plan = consistency_plan(old_size, size)
         old_root, new_root = root_nodes(old_size), root_nodes(size)
         nodes = await self._read_nodes([*plan.node_ids, *old_root, *new_root])
@@ -434,12 +347,7 @@ class AuditLog:
 
 
 def _script_arguments(
-    keyspace: KeySpace,
-    head: Head,
-    batch: list[_Pending],
-    built: list[list[AuditEntry]],
-    nodes: list[TreeNode],
-    key_fields: list[str],
+    keyspace: KeySpace, batch: list[_Pending], grown: Extension
 ) -> tuple[list[str], str]:
     """KEYS and the JSON argument of commit.lua; ops name their keys by KEYS index."""
     key_index: dict[str, int] = {
@@ -453,7 +361,7 @@ def _script_arguments(
         return key_index.setdefault(key, len(key_index) + 1)
 
     items = []
-    for pending, entries in zip(batch, built, strict=True):
+    for pending, entries in zip(batch, grown.entries, strict=True):
         checks = [[index(c[0]), *c[1:]] for c in pending.mutation.checks]
         ops = [
             [op[0], op[1] if op[0] == "publish" else index(op[1])]
@@ -461,6 +369,7 @@ def _script_arguments(
             for op in pending.mutation.ops
         ]
         items.append({"entries": [e.to_json_line() for e in entries], "checks": checks, "ops": ops})
+    head = grown.head
     payload = {
         "head": {
             "seq": head.seq,
@@ -468,8 +377,8 @@ def _script_arguments(
             "frontier": head.tree.to_hex_list(),
             "key_id": head.key_id,
         },
-        "nodes": [v for level, i, h in nodes for v in (node_field((level, i)), h.hex())],
-        "keys": key_fields,
+        "nodes": [v for level, i, h in grown.nodes for v in (node_field((level, i)), h.hex())],
+        "keys": [v for change in grown.key_changes for v in key_history_fields(change)],
         "items": items,
     }
     return list(key_index), json.dumps(payload, ensure_ascii=False)
@@ -482,10 +391,13 @@ def _head_from(seq: object, hash_: object, frontier: object, key_id: object) -> 
     return Head(size, str(hash_ or GENESIS_HASH), tree, str(key_id or ""))
 
 
-def key_record_fields(signer: Signer, first_seq: int) -> list[str]:
-    """The `audit_keys` fields of a key that signs from `first_seq` on."""
-    record = {"public_key": signer.public_key_raw.hex(), "first_seq": first_seq}
-    return [signer.key_id, json.dumps(record)]
+def key_history_fields(change: KeyIntroduced | KeyRetired) -> list[str]:
+    """The `audit_keys` fields a key history change writes: "<key_id>" -> JSON
+    {"public_key", "first_seq"} for a new key, "<key_id>:last_seq" when retired."""
+    if isinstance(change, KeyRetired):
+        return [f"{change.key_id}:last_seq", str(change.last_seq)]
+    record = {"public_key": change.signer.public_key_raw.hex(), "first_seq": change.first_seq}
+    return [change.signer.key_id, json.dumps(record)]
 
 
 def parse_key_history(fields: dict[str, str]) -> tuple[TrustedKey, ...]:
