@@ -78,7 +78,7 @@ def realistic_draft(index: int) -> EntryDraft:
         "matched_rules": ["default-allow"] if not held else [],
         "hold_id": f"hold_{index:024x}" if held else "",
         "hold_expires_at": format_timestamp(1_790_000_900 + index) if held else "",
-        "session_paused": False,
+        "paused_session": False,
     }
     return EntryDraft(
         timestamp=format_timestamp(1_790_000_000 + index * 0.013),

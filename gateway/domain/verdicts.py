@@ -41,7 +41,7 @@ DEFAULT_EFFECTS: Mapping[str, Effect] = {
 @dataclass(frozen=True)
 class VerdictOutcome:
     verdict: Verdict
-    pause_session: bool
+    paused_session: bool
     reason: str
 
 
@@ -49,7 +49,7 @@ def combine_verdict(
     policy: PolicyResult,
     findings: Sequence[Finding],
     effects: Mapping[str, Effect],
-    session_paused: bool,
+    in_paused_session: bool,
     paused_session_verdict: Verdict,
 ) -> VerdictOutcome:
     verdict, reason = policy.verdict, policy.reason
@@ -62,7 +62,7 @@ def combine_verdict(
         if effect.verdict > verdict:
             verdict = effect.verdict
             reason = f"{finding.type}: {finding.description}"
-    if session_paused and paused_session_verdict >= verdict:
+    if in_paused_session and paused_session_verdict >= verdict:
         verdict = paused_session_verdict
         reason = "the session is paused for review; an approver must resume it"
-    return VerdictOutcome(verdict=verdict, pause_session=pause, reason=reason)
+    return VerdictOutcome(verdict=verdict, paused_session=pause, reason=reason)

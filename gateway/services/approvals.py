@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 
 from gateway.domain.actions import Decision, ResolutionStatus
 from gateway.domain.audit.entry import EntryDraft, format_timestamp
+from gateway.domain.audit.events import ActorType, EventType
 from gateway.domain.holds import Hold, HoldStatus, check_reason, resolve, with_resolution_seq
 from gateway.domain.principals import Principal
 from gateway.domain.redaction import Redactor
@@ -32,6 +33,11 @@ from gateway.store.state import StateStore
 log = logging.getLogger("agentgw.approvals")
 
 SYSTEM = "system"
+HOLD_EVENTS = {
+    ResolutionStatus.APPROVED: EventType.HOLD_APPROVED,
+    ResolutionStatus.REJECTED: EventType.HOLD_REJECTED,
+    ResolutionStatus.EXPIRED: EventType.HOLD_EXPIRED,
+}
 # app.py wakes every waiter this often, in case a notification was lost; the waiters
 # of one hold then share one read.
 RECHECK_SECONDS = 5.0
@@ -135,17 +141,21 @@ class ApprovalDesk:
 
     async def approve(self, principal: Principal, hold_id: str, reason: str) -> Hold:
         return await self._resolve(
-            hold_id, ResolutionStatus.APPROVED, principal.name, "user", reason
+            hold_id, ResolutionStatus.APPROVED, principal.name, ActorType.USER, reason
         )
 
     async def reject(self, principal: Principal, hold_id: str, reason: str) -> Hold:
         return await self._resolve(
-            hold_id, ResolutionStatus.REJECTED, principal.name, "user", reason
+            hold_id, ResolutionStatus.REJECTED, principal.name, ActorType.USER, reason
         )
 
     async def expire(self, hold_id: str) -> Hold:
         return await self._resolve(
-            hold_id, ResolutionStatus.EXPIRED, SYSTEM, "system", "hold expired without a decision"
+            hold_id,
+            ResolutionStatus.EXPIRED,
+            SYSTEM,
+            ActorType.SYSTEM,
+            "hold expired without a decision",
         )
 
     async def expire_due(self) -> int:
@@ -172,7 +182,12 @@ class ApprovalDesk:
         return done
 
     async def _resolve(
-        self, hold_id: str, status: ResolutionStatus, actor: str, actor_type: str, reason: str
+        self,
+        hold_id: str,
+        status: ResolutionStatus,
+        actor: str,
+        actor_type: ActorType,
+        reason: str,
     ) -> Hold:
         require_identifier("hold_id", hold_id, 128)
         reason = self.redactor.text(check_reason(reason))
@@ -183,7 +198,7 @@ class ApprovalDesk:
         resolved = resolve(hold, status, actor, reason, now)
         draft = EntryDraft(
             timestamp=format_timestamp(now),
-            event_type=f"hold_{status.value}",
+            event_type=HOLD_EVENTS[status],
             actor=actor,
             actor_type=actor_type,
             action_id=hold.request.action_id,
@@ -206,7 +221,7 @@ class ApprovalDesk:
         log.info(
             "hold resolved",
             extra={
-                "category": "user_interactions" if actor_type == "user" else "decisions",
+                "category": "user_interactions" if actor_type is ActorType.USER else "decisions",
                 "hold_id": hold_id,
                 "status": status.value,
                 "decided_by": actor,
@@ -226,9 +241,9 @@ class ApprovalDesk:
             return False, 0
         draft = EntryDraft(
             timestamp=format_timestamp(self.clock()),
-            event_type="session_resumed",
+            event_type=EventType.SESSION_RESUMED,
             actor=principal.name,
-            actor_type="user",
+            actor_type=ActorType.USER,
             action_id="",
             action_type="",
             resource="",
@@ -236,7 +251,7 @@ class ApprovalDesk:
                 "agent_id": agent_id,
                 "session_id": session_id,
                 "reason": reason,
-                "paused_by_hold": pause.get("hold_id", ""),
+                "paused_by_hold": pause.hold_id,
             },
             outcome="resumed",
         )

@@ -23,9 +23,10 @@ from dataclasses import replace
 from gateway.config import Config
 from gateway.domain.actions import ActionRequest, Decision, Verdict, request_digest
 from gateway.domain.audit.entry import AuditEntry, EntryDraft, format_timestamp
+from gateway.domain.audit.events import ActorType, EventType
 from gateway.domain.audit.keys import Signer
 from gateway.domain.detect.loops import detect_loops, fingerprint
-from gateway.domain.holds import Hold, finding_to_json
+from gateway.domain.holds import Hold
 from gateway.domain.policy.evaluator import evaluate_rules
 from gateway.domain.policy.reload import PolicyReloader
 from gateway.domain.principals import Principal
@@ -34,6 +35,7 @@ from gateway.domain.validation import validate_request
 from gateway.domain.verdicts import VerdictOutcome, combine_verdict
 from gateway.errors import AlreadyExists, Forbidden, InFlight, OutcomeUnknown
 from gateway.store.audit_log import AuditLog
+from gateway.store.records import finding_to_json
 from gateway.store.state import (
     Claim,
     Marks,
@@ -201,7 +203,7 @@ class DecisionPipeline:
             policy_result,
             findings,
             self.config.effects,
-            session_paused=observed.pause is not None,
+            in_paused_session=observed.pause is not None,
             paused_session_verdict=self.config.paused_session_verdict,
         )
         decision = Decision(
@@ -222,7 +224,7 @@ class DecisionPipeline:
                 reason=decision.reason,
                 created_at=now,
                 expires_at=now + self.config.hold_ttl_seconds,
-                paused_session=outcome.pause_session,
+                paused_session=outcome.paused_session,
             )
             decision = replace(decision, hold_id=hold.hold_id, expires_at=hold.expires_at)
         draft = decision_entry(stored, decision, outcome, now)  # `stored` is redacted
@@ -242,9 +244,9 @@ class DecisionPipeline:
         security event (the first decision is not returned for a different action)."""
         draft = EntryDraft(
             timestamp=format_timestamp(self.clock()),
-            event_type="security_action_id_reused",
+            event_type=EventType.ACTION_ID_REUSED,
             actor=stored.agent_id,
-            actor_type="agent",
+            actor_type=ActorType.AGENT,
             action_id=stored.action_id,
             action_type=stored.action_type,
             resource=stored.resource,
@@ -293,13 +295,13 @@ def decision_entry(
         "matched_rules": list(decision.matched_rules),
         "hold_id": decision.hold_id,
         "hold_expires_at": format_timestamp(decision.expires_at) if decision.hold_id else "",
-        "session_paused": outcome.pause_session,
+        "paused_session": outcome.paused_session,
     }
     return EntryDraft(
         timestamp=format_timestamp(now),
-        event_type="action_decided",
+        event_type=EventType.ACTION_DECIDED,
         actor=request.agent_id,
-        actor_type="agent",
+        actor_type=ActorType.AGENT,
         action_id=request.action_id,
         action_type=request.action_type,
         resource=request.resource,

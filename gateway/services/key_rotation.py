@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.domain.audit.entry import AuditEntry, EntryDraft, format_timestamp
+from gateway.domain.audit.events import ActorType
 from gateway.domain.audit.keys import (
     ROTATION_EVENT,
     SIGNER_RESOURCE_PREFIX,
@@ -47,7 +48,7 @@ def rotation_draft(actor: str, new: Signer, origin: str, reason: str, now: float
         timestamp=format_timestamp(now),
         event_type=ROTATION_EVENT,
         actor=actor,
-        actor_type="user",
+        actor_type=ActorType.USER,
         action_id="",
         action_type="",
         resource=f"{SIGNER_RESOURCE_PREFIX}{new.key_id}",

@@ -17,17 +17,17 @@ import redis.asyncio as aioredis
 
 from gateway.domain.actions import ActionRequest, Decision
 from gateway.domain.detect.loops import LoopSettings
-from gateway.domain.holds import (
-    Hold,
-    HoldStatus,
+from gateway.domain.holds import Hold, HoldStatus, SessionPause, with_resolution_seq
+from gateway.store.connection import load_script, unavailable_on_error
+from gateway.store.keys import KeySpace
+from gateway.store.records import (
     decision_from_json,
     decision_to_json,
     hold_from_json,
     hold_to_json,
-    with_resolution_seq,
+    pause_from_json,
+    pause_to_json,
 )
-from gateway.store.connection import load_script, unavailable_on_error
-from gateway.store.keys import KeySpace
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Marks:
 class Observation:
     """What the store knew when a new action arrived (and was claimed)."""
 
-    pause: dict[str, Any] | None
+    pause: SessionPause | None
     recent_types: tuple[str, ...]
     recent_fingerprints: tuple[str, ...]
 
@@ -209,7 +209,7 @@ class StateStore:
             return Pending.PENDING
         if status == "reused":
             return Reused.REUSED
-        pause = json.loads(reply[1]) if reply[1] else None
+        pause = pause_from_json(json.loads(reply[1])) if reply[1] else None
         return Observation(pause, tuple(reply[2]), tuple(reply[3]))
 
     async def release_claim(self, request: ActionRequest, claim: Claim, marks: Marks) -> None:
@@ -277,10 +277,10 @@ class StateStore:
             first = await self.client.zrange(self.keys.pending_holds, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
-    async def session_pause(self, agent_id: str, session_id: str) -> dict[str, Any] | None:
+    async def session_pause(self, agent_id: str, session_id: str) -> SessionPause | None:
         with unavailable_on_error("reading the session state"):
             raw = await self.client.get(self.keys.session_pause(agent_id, session_id))
-        return json.loads(raw) if raw else None
+        return pause_from_json(json.loads(raw)) if raw else None
 
     # --- mutations applied with the audit entry that records them ---------------
 
@@ -317,14 +317,9 @@ class StateStore:
             m.pexpire(k.hold(hold.hold_id), pending_ms + life.resolved_hold_ms)
             m.zadd(k.pending_holds, hold.expires_at, hold.hold_id)
             if hold.paused_session:
-                pause = {
-                    "hold_id": hold.hold_id,
-                    "reason": hold.reason,
-                    "paused_at": hold.created_at,
-                }
                 m.set(
                     k.session_pause(request.agent_id, request.session_id),
-                    _dumps(pause),
+                    _dumps(pause_to_json(SessionPause.by(hold))),
                     life.session_idle_ms,
                 )
         return m

@@ -177,7 +177,7 @@ def test_report_counts_findings_and_paused_sessions(gw: RunningGateway) -> None:
     r = report(gw)
     assert dict(r.by_finding_type) == {"infinite_loop": 1}
     [event] = r.security_events
-    assert event.seq == 5 and event.details["session_paused"] is True
+    assert event.seq == 5 and event.details["paused_session"] is True
 
 
 def bad_time(seconds: int = 0, nanos: int = 0) -> timestamp_pb2.Timestamp:

@@ -311,9 +311,9 @@ def test_select_stops_a_skew_past_the_end_and_honours_the_limit() -> None:
                 1,
                 outcome="hold",
                 findings=[{"type": "infinite_loop"}, {"type": "infinite_loop"}, "junk"],
-                session_paused=True,
+                paused_session=True,
             ),
-            ("held", "finding:infinite_loop", "session_paused"),
+            ("held", "finding:infinite_loop", "paused_session"),
         ),
         (entry(1, findings=[{"type": "stuck_pattern"}]), ("finding:stuck_pattern",)),
         (entry(1, event_type="hold_approved", outcome="approved", actor_type="user"), ()),
@@ -323,7 +323,7 @@ def test_select_stops_a_skew_past_the_end_and_honours_the_limit() -> None:
         (entry(1, event_type="key_rotated", outcome="rotated"), ("key_rotated",)),
         (entry(1, event_type="alert_fired", outcome="sent"), ("alert_fired",)),
         # Details of a non-decision event do not make it a security event.
-        (entry(1, event_type="note", outcome="deny", session_paused=True), ()),
+        (entry(1, event_type="note", outcome="deny", paused_session=True), ()),
     ],
 )
 def test_security_reasons(e: AuditEntry, reasons: tuple[str, ...]) -> None:
@@ -386,3 +386,19 @@ def test_empty_report() -> None:
     report = ReportBuilder().report()
     assert report.total == report.first_seq == report.last_seq == 0
     assert report.security_events == () and report.by_outcome == {}
+
+
+def test_the_documented_event_types_are_the_ones_written() -> None:
+    """docs/audit-queries.md lists exactly the EventType values, so a query can only
+    ask for events the gateway writes."""
+    import re
+    from pathlib import Path
+
+    from gateway.domain.audit.events import EventType
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "audit-queries.md").read_text()
+    table = page.split("The event types and outcomes the gateway writes today:", 1)[1]
+    table = table.split("\n\n", 2)[1]
+    rows = table.splitlines()[2:]  # below the header and its rule
+    documented = {m.group(1) for row in rows if (m := re.match(r"\| `([a-z_]+)` \|", row))}
+    assert documented == {e.value for e in EventType}

@@ -75,7 +75,7 @@ def test_verdicts_are_ordered_deny_over_hold_over_allow() -> None:
 @pytest.mark.parametrize("verdict", list(Verdict))
 def test_without_findings_the_policy_verdict_and_reason_stand(verdict: Verdict) -> None:
     outcome = combine(policy(verdict, "because rule-1 says so"))
-    assert outcome == VerdictOutcome(verdict, pause_session=False, reason="because rule-1 says so")
+    assert outcome == VerdictOutcome(verdict, paused_session=False, reason="because rule-1 says so")
 
 
 # -- findings -----------------------------------------------------------------------------------
@@ -84,14 +84,14 @@ def test_without_findings_the_policy_verdict_and_reason_stand(verdict: Verdict) 
 def test_require_approval_holds_an_allowed_action() -> None:
     outcome = combine(policy(), finding("require_approval", "suspicious_action"))
     assert outcome.verdict is Verdict.HOLD
-    assert outcome.pause_session is False
+    assert outcome.paused_session is False
     assert outcome.reason == "suspicious_action: suspicious_action saw something"
 
 
 def test_pause_and_review_holds_and_pauses_the_session() -> None:
     outcome = combine(policy(), finding("pause_and_review", "infinite_loop"))
     assert outcome.verdict is Verdict.HOLD
-    assert outcome.pause_session is True
+    assert outcome.paused_session is True
     assert outcome.reason == "infinite_loop: infinite_loop saw something"
 
 
@@ -99,7 +99,7 @@ def test_pause_and_review_holds_and_pauses_the_session() -> None:
 def test_advisory_recommendations_allow(recommendation: str) -> None:
     outcome = combine(policy(), finding(recommendation, "stuck_pattern"))
     assert outcome == VerdictOutcome(
-        Verdict.ALLOW, pause_session=False, reason="no rule matched; default allow"
+        Verdict.ALLOW, paused_session=False, reason="no rule matched; default allow"
     )
 
 
@@ -107,7 +107,7 @@ def test_advisory_recommendations_allow(recommendation: str) -> None:
 def test_unknown_recommendation_holds_never_a_silent_allow(recommendation: str) -> None:
     outcome = combine(policy(), finding(recommendation, "mystery"))
     assert outcome.verdict is Verdict.HOLD
-    assert outcome.pause_session is False
+    assert outcome.paused_session is False
     assert outcome.reason == "mystery: mystery saw something"
 
 
@@ -135,7 +135,7 @@ def test_policy_deny_beats_a_hold_finding_and_keeps_its_reason() -> None:
 def test_policy_deny_with_pause_and_review_still_pauses_the_session() -> None:
     outcome = combine(policy(Verdict.DENY, "denied"), finding("pause_and_review", "loop"))
     assert outcome.verdict is Verdict.DENY
-    assert outcome.pause_session is True
+    assert outcome.paused_session is True
     assert outcome.reason == "denied"
 
 
@@ -177,7 +177,7 @@ def test_first_finding_of_the_winning_strictness_gives_the_reason() -> None:
     )
     assert outcome.verdict is Verdict.HOLD
     assert outcome.reason == "first: first saw something"
-    assert outcome.pause_session is True
+    assert outcome.paused_session is True
 
 
 def test_advisory_finding_does_not_replace_the_policy_reason() -> None:
@@ -190,7 +190,7 @@ def test_advisory_finding_does_not_replace_the_policy_reason() -> None:
 
 def test_paused_session_holds_an_allowed_action() -> None:
     outcome = combine(policy(), paused=True, paused_verdict=Verdict.HOLD)
-    assert outcome == VerdictOutcome(Verdict.HOLD, pause_session=False, reason=PAUSED_REASON)
+    assert outcome == VerdictOutcome(Verdict.HOLD, paused_session=False, reason=PAUSED_REASON)
 
 
 def test_paused_session_denies_when_configured_to_deny() -> None:
@@ -257,4 +257,4 @@ def test_verdict_is_the_strictest_of_all_sources(
         sources.append(paused_verdict)
     assert outcome.verdict is max(sources)
     assert outcome.verdict >= policy_verdict  # a finding never loosens policy
-    assert outcome.pause_session is ("pause_and_review" in recs)
+    assert outcome.paused_session is ("pause_and_review" in recs)

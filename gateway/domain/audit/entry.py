@@ -26,13 +26,14 @@ from gateway.domain.audit.canonical import (
     CanonicalError,
     canonical_json,
 )
+from gateway.domain.audit.events import ActorType
 from gateway.domain.audit.keys import Signer
 from gateway.domain.audit.merkle import leaf_hash_of
 
 ENTRY_HASH_PREFIX: Final = b"agentgw/audit/v1/entry\x00"
 SIGNATURE_PREFIX: Final = b"agentgw/audit/v1/signature\x00"
 GENESIS_HASH: Final = hashlib.sha256(b"agentgw/audit/v1/genesis").hexdigest()
-ACTOR_TYPES: Final = frozenset({"agent", "user", "system"})
+ACTOR_TYPES: Final = frozenset(actor.value for actor in ActorType)
 
 STRING_FIELDS: Final = (
     "timestamp",
@@ -416,9 +417,9 @@ def build_entry(draft: EntryDraft, seq: int, prev_hash: str, signer: Signer) -> 
     unsigned = AuditEntry(
         seq=seq,
         timestamp=draft.timestamp,
-        event_type=draft.event_type,
+        event_type=str(draft.event_type),  # an EventType is stored as its plain name
         actor=draft.actor,
-        actor_type=draft.actor_type,
+        actor_type=str(draft.actor_type),
         action_id=draft.action_id,
         action_type=draft.action_type,
         resource=draft.resource,

@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.domain.audit.events import EventType
 from gateway.domain.audit.note import (
     NoteError,
     NoteVerifier,
@@ -33,7 +34,7 @@ from gateway.domain.audit.note import (
 )
 
 KEY_ID_PREFIX: Final = b"agentgw/audit/v1/key-id\x00"
-ROTATION_EVENT: Final = "key_rotated"
+ROTATION_EVENT: Final = EventType.KEY_ROTATED.value
 SIGNER_RESOURCE_PREFIX: Final = "audit-signer:"
 NEXT_SIGNER_MEMBERS: Final = frozenset({"id", "public", "verifier"})
 _HEX16: Final = re.compile(r"[0-9a-f]{16}")

@@ -20,6 +20,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from gateway.domain.audit.entry import ACTOR_TYPES, AuditEntry
+from gateway.domain.audit.events import (
+    SECURITY_EVENT_PREFIXES,
+    SECURITY_EVENT_TYPES,
+    ActorType,
+    EventType,
+)
 from gateway.errors import InvalidRequest
 
 MAX_TEXT: Final = 256
@@ -41,19 +47,6 @@ _FRACTION: Final = re.compile(r"[.,]([0-9]+)")
 # Outcomes of an event that did not go through: a denied action, a hold rejected or
 # left to expire; error/failed are for events to come (e.g. reported outcomes).
 FAILURE_OUTCOMES: Final = frozenset({"deny", "rejected", "expired", "error", "failed"})
-# Events that are security-relevant whatever their details say.
-SECURITY_EVENT_TYPES: Final = frozenset(
-    {
-        "hold_rejected",
-        "hold_expired",
-        "session_paused",
-        "session_resumed",
-        "agent_quarantined",
-        "agent_released",
-    }
-)
-# Families of events that are all security-relevant, including ones added later.
-SECURITY_EVENT_PREFIXES: Final = ("alert_", "key_", "security_")
 
 
 def timestamp_from_micros(field: str, micros: int) -> str:
@@ -240,7 +233,7 @@ def narrow_start(
 def agent_of(entry: AuditEntry) -> str:
     """The agent an entry is about: the actor of an agent's own event, otherwise the
     `agent_id` its details name (hold resolutions, session resumes); "" if none."""
-    if entry.actor_type == "agent":
+    if entry.actor_type == ActorType.AGENT:
         return entry.actor
     agent = entry.details.get("agent_id", "")
     return agent if isinstance(agent, str) else ""
@@ -260,20 +253,20 @@ def security_reasons(entry: AuditEntry) -> tuple[str, ...]:
 
     - a decided action that was denied ("denied") or held for a human ("held"), each
       detector finding on it ("finding:<type>", e.g. finding:infinite_loop), and a
-      session it paused ("session_paused");
+      session it paused ("paused_session");
     - events that are security-relevant in themselves: holds rejected or expired,
       sessions paused or resumed, agents quarantined or released, and every
       alert_*, key_* and security_* event (the event type is the reason).
     """
     reasons: list[str] = []
-    if entry.event_type == "action_decided":
+    if entry.event_type == EventType.ACTION_DECIDED:
         if entry.outcome == "deny":
             reasons.append("denied")
         elif entry.outcome == "hold":
             reasons.append("held")
         reasons += [f"finding:{t}" for t in finding_types(entry)]
-        if entry.details.get("session_paused") is True:
-            reasons.append("session_paused")
+        if entry.details.get("paused_session") is True:
+            reasons.append("paused_session")
     elif entry.event_type in SECURITY_EVENT_TYPES or entry.event_type.startswith(
         SECURITY_EVENT_PREFIXES
     ):
@@ -355,7 +348,7 @@ class ReportBuilder:
         self.by_actor_type[entry.actor_type] += 1
         self.by_event_type[entry.event_type] += 1
         self.by_outcome[entry.outcome] += 1
-        if entry.event_type == "action_decided":
+        if entry.event_type == EventType.ACTION_DECIDED:
             self.by_finding_type.update(finding_types(entry))
         if security_reasons(entry):
             self.security_event_count += 1

@@ -1,0 +1,154 @@
+"""The stored form of holds, decisions and requests: JSON objects, kept as strings.
+
+How the store writes and reads these values in Redis; the domain never sees JSON.
+Field names are the domain's (and the proto's): a hold's JSON says `status`,
+`request.action_type`, `resolution.decided_by`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.domain.actions import (
+    ActionRequest,
+    Decision,
+    Finding,
+    Resolution,
+    ResolutionStatus,
+    Verdict,
+)
+from gateway.domain.holds import Hold, HoldStatus, SessionPause
+
+
+def finding_to_json(f: Finding) -> dict[str, Any]:
+    return {
+        "type": f.type,
+        "severity": f.severity,
+        "description": f.description,
+        "recommended_action": f.recommended_action,
+    }
+
+
+def finding_from_json(obj: Mapping[str, Any]) -> Finding:
+    return Finding(
+        type=obj["type"],
+        severity=float(obj["severity"]),
+        description=obj["description"],
+        recommended_action=obj["recommended_action"],
+    )
+
+
+def request_to_json(r: ActionRequest) -> dict[str, Any]:
+    return {
+        "action_id": r.action_id,
+        "agent_id": r.agent_id,
+        "session_id": r.session_id,
+        "action_type": r.action_type,
+        "resource": r.resource,
+        "parameters": dict(r.parameters),
+        "reasoning": r.reasoning,
+        "labels": dict(r.labels),
+    }
+
+
+def request_from_json(obj: Mapping[str, Any]) -> ActionRequest:
+    return ActionRequest(**obj)
+
+
+def resolution_to_json(r: Resolution | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {
+        "status": r.status.value,
+        "decided_by": r.decided_by,
+        "reason": r.reason,
+        "decided_at": r.decided_at,
+        "audit_seq": r.audit_seq,
+    }
+
+
+def resolution_from_json(obj: Mapping[str, Any] | None) -> Resolution | None:
+    if obj is None:
+        return None
+    return Resolution(
+        status=ResolutionStatus(obj["status"]),
+        decided_by=obj["decided_by"],
+        reason=obj["reason"],
+        decided_at=float(obj["decided_at"]),
+        audit_seq=int(obj["audit_seq"]),
+    )
+
+
+def hold_to_json(h: Hold) -> dict[str, Any]:
+    return {
+        "hold_id": h.hold_id,
+        "request": request_to_json(h.request),
+        "findings": [finding_to_json(f) for f in h.findings],
+        "matched_rules": list(h.matched_rules),
+        "reason": h.reason,
+        "created_at": h.created_at,
+        "expires_at": h.expires_at,
+        "paused_session": h.paused_session,
+        "audit_seq": h.audit_seq,
+        "status": h.status.value,
+        "resolution": resolution_to_json(h.resolution),
+    }
+
+
+def hold_from_json(obj: Mapping[str, Any]) -> Hold:
+    return Hold(
+        hold_id=obj["hold_id"],
+        request=request_from_json(obj["request"]),
+        findings=tuple(finding_from_json(f) for f in obj["findings"]),
+        matched_rules=tuple(obj["matched_rules"]),
+        reason=obj["reason"],
+        created_at=float(obj["created_at"]),
+        expires_at=float(obj["expires_at"]),
+        paused_session=bool(obj["paused_session"]),
+        audit_seq=int(obj["audit_seq"]),
+        status=HoldStatus(obj["status"]),
+        resolution=resolution_from_json(obj["resolution"]),
+    )
+
+
+def decision_to_json(d: Decision) -> dict[str, Any]:
+    return {
+        "action_id": d.action_id,
+        "session_id": d.session_id,
+        "verdict": d.verdict.name,
+        "reason": d.reason,
+        "findings": [finding_to_json(f) for f in d.findings],
+        "matched_rules": list(d.matched_rules),
+        "hold_id": d.hold_id,
+        "expires_at": d.expires_at,
+        "resolution": resolution_to_json(d.resolution),
+        "audit_seq": d.audit_seq,
+    }
+
+
+def decision_from_json(obj: Mapping[str, Any]) -> Decision:
+    return Decision(
+        action_id=obj["action_id"],
+        session_id=obj["session_id"],
+        verdict=Verdict[obj["verdict"]],
+        reason=obj["reason"],
+        findings=tuple(finding_from_json(f) for f in obj["findings"]),
+        matched_rules=tuple(obj["matched_rules"]),
+        hold_id=obj["hold_id"],
+        expires_at=float(obj["expires_at"]),
+        resolution=resolution_from_json(obj["resolution"]),
+        audit_seq=int(obj["audit_seq"]),
+    )
+
+
+def pause_to_json(p: SessionPause) -> dict[str, Any]:
+    return {"hold_id": p.hold_id, "reason": p.reason, "paused_at": p.paused_at}
+
+
+def pause_from_json(obj: Mapping[str, Any]) -> SessionPause:
+    return SessionPause(
+        hold_id=str(obj.get("hold_id", "")),
+        reason=str(obj.get("reason", "")),
+        paused_at=float(obj.get("paused_at", 0.0)),
+    )
