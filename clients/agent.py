@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from agentgw.v1 import gateway_pb2, gateway_pb2_grpc
-from gateway.api.structs import python_to_struct
+from clients.wire import python_to_struct
 
 Metadata = tuple[tuple[str, str], ...]
 

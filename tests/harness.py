@@ -21,7 +21,7 @@ from agentgw.v1 import (
     gateway_pb2_grpc,
 )
 from clients.agent import AgentClient, bearer
-from gateway.api.convert import entry_from_proto
+from clients.wire import entry_from_proto
 from gateway.app import App
 from gateway.config import Config
 from gateway.domain.audit.keys import KeySet, TrustedKey

@@ -1,6 +1,7 @@
-"""Conversions between protobuf messages and domain values. No rules here.
+"""The server's conversions between protobuf messages and domain values. No rules here.
 
-Protobuf and pure domain modules only: the CLI imports it too.
+The Struct conversions and reading audit entries and reports back from protobuf are
+in `clients/wire.py`, shared with the clients (protobuf and the audit format only).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import base64
 from google.protobuf import timestamp_pb2
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
-from gateway.api.structs import python_to_struct, struct_to_python
+from clients.wire import python_to_struct, struct_to_python
 from gateway.domain.actions import (
     ActionRequest,
     Decision,
@@ -132,25 +133,6 @@ def hold_to_proto(h: Hold) -> approvals_pb2.Hold:
     return msg
 
 
-def entry_from_proto(msg: audit_pb2.AuditEntry) -> AuditEntry:
-    return AuditEntry(
-        seq=msg.seq,
-        timestamp=msg.timestamp,
-        event_type=msg.event_type,
-        actor=msg.actor,
-        actor_type=msg.actor_type,
-        action_id=msg.action_id,
-        action_type=msg.action_type,
-        resource=msg.resource,
-        details=struct_to_python(msg.details),
-        outcome=msg.outcome,
-        prev_hash=msg.prev_hash,
-        key_id=msg.key_id,
-        entry_hash=msg.entry_hash,
-        signature=msg.signature,
-    )
-
-
 def entry_to_proto(e: AuditEntry) -> audit_pb2.AuditEntry:
     return audit_pb2.AuditEntry(
         seq=e.seq,
@@ -210,22 +192,6 @@ def report_to_proto(r: Report) -> audit_pb2.ReportResponse:
         failure_count=r.failure_count,
         first_seq=r.first_seq,
         last_seq=r.last_seq,
-    )
-
-
-def report_from_proto(msg: audit_pb2.ReportResponse) -> Report:
-    return Report(
-        total=msg.total,
-        by_actor_type=dict(msg.by_actor_type),
-        by_event_type=dict(msg.by_event_type),
-        by_outcome=dict(msg.by_outcome),
-        by_finding_type=dict(msg.by_finding_type),
-        security_event_count=msg.security_event_count,
-        failure_count=msg.failure_count,
-        security_events=tuple(entry_from_proto(e) for e in msg.security_events),
-        failures=tuple(entry_from_proto(e) for e in msg.failures),
-        first_seq=msg.first_seq,
-        last_seq=msg.last_seq,
     )
 
 

@@ -18,7 +18,8 @@ from google.protobuf import timestamp_pb2
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
 from clients.cli import main
-from gateway.api.convert import entry_from_proto, timestamp
+from clients.wire import entry_from_proto
+from gateway.api.convert import timestamp
 from gateway.domain.audit.entry import EntryDraft, format_timestamp
 from gateway.domain.audit.query import MAX_CLOCK_SKEW_SECONDS
 from gateway.store.state import Mutation

@@ -44,7 +44,7 @@ from agentgw.v1 import (
     gateway_pb2_grpc,
 )
 from clients.agent import bearer
-from gateway.api.structs import python_to_struct
+from clients.wire import python_to_struct
 from gateway.domain.audit.keys import Signer
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import KeySpace

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2, gateway_pb2_grpc
-from gateway.api.structs import python_to_struct
+from clients.wire import python_to_struct
 from gateway.store.embedded import EmbeddedRedis
 from tests.harness import RunningGateway, token_for
 from tests.redis_proxy import lossy_gateway

@@ -15,7 +15,7 @@ import redis
 
 from agentgw.v1 import audit_pb2
 from clients.cli import main
-from gateway.api.convert import entry_from_proto
+from clients.wire import entry_from_proto
 from gateway.domain.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from gateway.domain.audit.entry import canonical_bytes
 from gateway.domain.audit.keys import KeySet, Signer

@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
-from gateway.api.structs import struct_to_python
+from clients.wire import struct_to_python
 from gateway.logs import JsonFormatter
 from tests.harness import RunningGateway
 

@@ -62,7 +62,7 @@ def test_the_top_of_the_package_is_wiring_and_errors_only() -> None:
 def test_no_module_grows_past_the_limit() -> None:
     long = {
         str(p.relative_to(ROOT)): n
-        for p in modules(GATEWAY)
+        for p in [*modules(GATEWAY), *modules(ROOT / "clients")]
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert not long, long
@@ -74,3 +74,43 @@ def test_every_path_the_architecture_page_names_exists() -> None:
     assert named, "the page names no paths"
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, missing
+
+
+# What clients/ may import from the gateway package: the pure audit format, and the
+# error types it raises (gateway/errors.py imports nothing).
+CLIENTS_MAY_IMPORT = ("gateway.domain.audit", "gateway.errors")
+# `agentgw serve` runs the server in-process: the one function that imports it, lazily.
+SERVE_FUNCTION = ("clients/cli/admin.py", "run_serve")
+SERVE_IMPORTS = {"asyncio", "gateway.app", "gateway.config", "gateway.errors"}
+
+
+def test_clients_import_only_the_pure_audit_format_and_the_stubs() -> None:
+    bad = set()
+    serve_imports: set[str] = set()
+    for path in modules(ROOT / "clients"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.FunctionDef)
+                and (str(path.relative_to(ROOT)), node.name) == SERVE_FUNCTION
+            ):
+                serve_imports = {
+                    name for inner in ast.walk(node) for name in _names_imported(inner)
+                }
+                node.body = []  # its imports are checked below, not with the rest
+        for node in ast.walk(tree):
+            for name in _names_imported(node):
+                top = name.split(".")[0]
+                allowed = any(name == m or name.startswith(m + ".") for m in CLIENTS_MAY_IMPORT)
+                if top == "gateway" and not allowed:
+                    bad.add(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, sorted(bad)
+    assert serve_imports == SERVE_IMPORTS
+
+
+def _names_imported(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        return [node.module]
+    return []

@@ -1,0 +1,83 @@
+"""`agentgw serve` and `agentgw keys rotate`: the operator's and admin's commands.
+
+`serve` runs the gateway in this process, so it alone imports the server, and only
+when it runs (tests/unit/test_architecture.py checks that no other client code does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from agentgw.v1 import audit_pb2
+from clients.cli.common import EXIT_FAILED, EXIT_OK, Commands, add_client_options, audit_stub
+
+
+def add_serve_command(sub: Commands) -> None:
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, help="YAML config file (env AGENTGW_CONFIG)")
+    serve.add_argument("--listen", help="HOST:PORT to listen on (env AGENTGW_LISTEN)")
+    serve.add_argument("--data-dir", type=Path, help="state directory (env AGENTGW_DATA_DIR)")
+    serve.add_argument(
+        "--redis-url", help="use this Redis instead of the embedded one (env AGENTGW_REDIS_URL)"
+    )
+    serve.set_defaults(run=run_serve)
+
+
+def add_key_commands(sub: Commands) -> None:
+    signing = sub.add_parser("keys", help="the audit signing key (admins)").add_subparsers(
+        metavar="ACTION"
+    )
+    rotate = add_client_options(
+        signing.add_parser("rotate", help="sign the log with a new key from the next entry on")
+    )
+    rotate.add_argument("--reason", required=True, help="recorded in the rotation entry")
+    rotate.add_argument(
+        "--key-id",
+        default="",
+        help="rotate to a key provisioned as <audit.key_dir>/<KEY_ID>.pem (default: a new one)",
+    )
+    rotate.set_defaults(run=run_keys_rotate)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.app import serve
+    from gateway.config import Overrides, load_config
+    from gateway.errors import GatewayError
+
+    overrides = Overrides(
+        config_file=args.config,
+        listen=args.listen,
+        data_dir=args.data_dir,
+        redis_url=args.redis_url,
+    )
+    try:
+        config, tokens = load_config(overrides, os.environ)
+        asyncio.run(serve(config, tokens))
+    except GatewayError as e:
+        print(f"agentgw: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def run_keys_rotate(args: argparse.Namespace) -> int:
+    stub, md = audit_stub(args)
+    rotation = stub.RotateKey(
+        audit_pb2.RotateKeyRequest(reason=args.reason, key_id=args.key_id),
+        metadata=md,
+        timeout=args.timeout,
+    )
+    old, new = rotation.old_key, rotation.new_key
+    print(f"rotated at seq {rotation.entry.seq}: key {old.key_id} signed", end=" ")
+    print(f"{old.first_seq}..{old.last_seq}")
+    print(f"key {new.key_id} signs from seq {new.first_seq} on")
+    print(f"note verifier key: {new.note_verifier_key}")
+    print(
+        "auditors: `agentgw audit verify` learns the new key from the chain; save the key "
+        "set again for prove-inclusion/prove-consistency (agentgw audit keys --out keys.json)"
+    )
+    return EXIT_OK

@@ -1,0 +1,401 @@
+"""`agentgw audit export|keys|checkpoint|verify|prove-inclusion|prove-consistency`.
+
+The auditor's commands over the signed log: save what the gateway serves, verify an
+export offline, and check the gateway's proofs against saved checkpoints. Every check
+is the pure audit library's (`gateway.domain.audit.verify` and `.proofs`); this module
+parses flags, fetches, and prints. `audit query|report` are in `queries.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from agentgw.v1 import audit_pb2
+from clients.cli import queries
+from clients.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CliError,
+    Commands,
+    add_client_options,
+    audit_stub,
+    output,
+    print_result,
+)
+from clients.wire import entry_from_proto
+from gateway.domain.audit.checkpoint import Checkpoint
+from gateway.domain.audit.keys import KeyFileError, KeySet, TrustAnchor
+from gateway.domain.audit.proofs import (
+    ConsistencyProof,
+    EntryLineError,
+    InclusionProof,
+    ProofFailed,
+    UnreadableFile,
+    anchored_keys,
+    check_consistency,
+    check_inclusion,
+    export_lines,
+    find_seq_line,
+    leaf_hash_of_line,
+    line_at,
+    load_checkpoint,
+    read_note,
+)
+
+
+def add_commands(sub: Commands) -> None:
+    audit = sub.add_parser("audit", help="the signed audit log (auditors)").add_subparsers(
+        metavar="ACTION"
+    )
+    export = add_client_options(audit.add_parser("export", help="write the log as JSON Lines"))
+    export.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    export.add_argument("--from-seq", type=int, default=1)
+    export.add_argument("--to-seq", type=int, default=0, help="last seq (default: the head)")
+    export.set_defaults(run=run_audit_export)
+    keys = add_client_options(
+        audit.add_parser("keys", help="save the log's public keys (for verify)")
+    )
+    keys.add_argument("--out", type=Path)
+    keys.set_defaults(run=run_audit_keys)
+    checkpoint = add_client_options(
+        audit.add_parser("checkpoint", help="save a signed checkpoint note")
+    )
+    checkpoint.add_argument("--out", type=Path)
+    checkpoint.add_argument(
+        "--published",
+        action="store_true",
+        help="the latest published checkpoint instead of a newly signed one",
+    )
+    checkpoint.set_defaults(run=run_audit_checkpoint)
+    verify = audit.add_parser("verify", help="verify an export offline")
+    verify.add_argument("export", type=Path)
+    verify.add_argument(
+        "--keys",
+        type=Path,
+        help="key set from `agentgw audit keys`: its key for seq 1 is the trust anchor "
+        "unless one is pinned; checked against the key history the chain carries",
+    )
+    add_anchor_arguments(verify)
+    verify.add_argument(
+        "--checkpoint", type=Path, help="checkpoint from `agentgw audit checkpoint`"
+    )
+    verify.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(run=run_audit_verify)
+    inclusion = add_client_options(
+        audit.add_parser("prove-inclusion", help="prove an entry is in a saved checkpoint's tree")
+    )
+    inclusion.add_argument("--seq", type=int, required=True, help="the entry's seq")
+    inclusion.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint from `agentgw audit checkpoint`"
+    )
+    inclusion.add_argument(
+        "--keys", type=Path, required=True, help="key set from `agentgw audit keys`"
+    )
+    add_anchor_arguments(inclusion)
+    source = inclusion.add_mutually_exclusive_group()
+    source.add_argument(
+        "--entry-line", metavar="FILE:LINE", help="the entry is line LINE (from 1) of FILE"
+    )
+    source.add_argument(
+        "--export", type=Path, metavar="FILE", help="the entry is the line of FILE with --seq"
+    )
+    inclusion.set_defaults(run=run_audit_prove_inclusion)
+    consistency = add_client_options(
+        audit.add_parser(
+            "prove-consistency", help="prove a newer saved checkpoint extends an older one"
+        )
+    )
+    consistency.add_argument("--old", type=Path, required=True, help="the older checkpoint")
+    consistency.add_argument("--new", type=Path, required=True, help="the newer checkpoint")
+    consistency.add_argument(
+        "--keys", type=Path, required=True, help="key set from `agentgw audit keys`"
+    )
+    add_anchor_arguments(consistency)
+    consistency.set_defaults(run=run_audit_prove_consistency)
+    queries.add_commands(audit)
+
+
+def add_anchor_arguments(parser: argparse.ArgumentParser) -> None:
+    """--trust-key and --key-id: the key trusted to sign seq 1 (docs/audit-format.md §8)."""
+    anchor = parser.add_mutually_exclusive_group()
+    anchor.add_argument(
+        "--trust-key",
+        metavar="KEY",
+        help="the log's first public key, trusted out of band: base64 of the raw key, or "
+        "its note verifier key (origin+hash+key)",
+    )
+    anchor.add_argument(
+        "--key-id",
+        help="pin the trust anchor by key id: it must be the --keys file's key for seq 1",
+    )
+
+
+# --- saving what the gateway serves -------------------------------------------------
+
+
+def run_audit_export(args: argparse.Namespace) -> int:
+    stub, md = audit_stub(args)
+    stream = stub.ReadEntries(
+        audit_pb2.ReadEntriesRequest(start_seq=args.from_seq, end_seq=args.to_seq), metadata=md
+    )
+    out = output(args.out)
+    count = 0
+    try:
+        for msg in stream:
+            out.write(entry_from_proto(msg).to_json_line() + "\n")
+            count += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} entries", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_audit_keys(args: argparse.Namespace) -> int:
+    stub, md = audit_stub(args)
+    keys = stub.GetPublicKeys(audit_pb2.GetPublicKeysRequest(), metadata=md, timeout=args.timeout)
+    document = {
+        "origin": keys.origin,
+        "keys": [
+            {
+                "key_id": k.key_id,
+                "public_key": k.public_key,
+                "note_verifier_key": k.note_verifier_key,
+                "first_seq": k.first_seq,
+                "last_seq": k.last_seq,
+            }
+            for k in keys.keys
+        ],
+    }
+    out = output(args.out)
+    out.write(json.dumps(document, indent=2) + "\n")
+    if out is not sys.stdout:
+        out.close()
+    return EXIT_OK
+
+
+def run_audit_checkpoint(args: argparse.Namespace) -> int:
+    stub, md = audit_stub(args)
+    cp = stub.GetCheckpoint(
+        audit_pb2.GetCheckpointRequest(published=args.published), metadata=md, timeout=args.timeout
+    )
+    out = output(args.out)
+    out.write(cp.note)
+    if out is not sys.stdout:
+        out.close()
+    print(f"checkpoint: size {cp.size}, root {cp.root_hash}", file=sys.stderr)
+    return EXIT_OK
+
+
+# --- verifying an export offline ----------------------------------------------------
+
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    from gateway.domain.audit.verify import verify_export
+
+    if args.keys is None and args.trust_key is None:
+        raise CliError(
+            "give the trust anchor: --keys FILE (and optionally --key-id) or --trust-key"
+        )
+    if args.key_id is not None and args.keys is None:
+        raise CliError("--key-id picks the anchor out of --keys: give --keys too")
+    keys = None if args.keys is None else _key_set_file(args.keys)
+    anchor = _trust_key(args) or args.key_id
+    if not args.export.is_file():
+        raise CliError(f"{args.export}: no such file")
+    note = None
+    if args.checkpoint is not None:
+        try:
+            note = read_note(args.checkpoint)
+        except UnreadableFile as e:
+            raise CliError(f"--checkpoint {args.checkpoint}: {e}") from e
+    # This process has no other thread (no channel, no server) when it verifies, so the
+    # pool may fork; elsewhere, and where fork is unsafe (macOS), it spawns.
+    forkable = sys.platform == "linux" and threading.active_count() == 1
+    report = verify_export(
+        export_lines(args.export),
+        keys,
+        note,
+        workers=max(1, args.workers),
+        start_method="fork" if forkable else "spawn",
+        anchor=anchor,
+    )
+    if report.ok:
+        print_result(
+            {
+                "ok": True,
+                "count": report.count,
+                "root_hash": report.root_hash,
+                "head_hash": report.head_hash,
+            },
+            args.json,
+            lambda: f"OK: {report.count} entries verified; root {report.root_hash}",
+        )
+        return EXIT_OK
+    failure = report.failure
+    assert failure is not None
+    where = "" if failure.line_number is None else f" at line {failure.line_number}"
+    print_result(
+        {
+            "ok": False,
+            "kind": str(failure.kind.value),
+            "seq": failure.seq,
+            "line": failure.line_number,
+            "message": failure.message,
+        },
+        args.json,
+        lambda: f"FAILED {failure.kind.value}{where}: {failure.message}",
+    )
+    return EXIT_FAILED
+
+
+def _trust_key(args: argparse.Namespace) -> TrustAnchor | None:
+    """The TrustAnchor of --trust-key, or None."""
+    if args.trust_key is None:
+        return None
+    try:
+        return TrustAnchor.parse(args.trust_key)
+    except KeyFileError as e:
+        raise CliError(f"--trust-key: {e}") from e
+
+
+def _key_set_file(path: Path) -> KeySet:
+    try:
+        return KeySet.load(path)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--keys {path}: {e}") from e
+
+
+# --- proofs (fetched from the server, checked by gateway.domain.audit.proofs) -------
+
+
+def _proved(check: Callable[[], str]) -> int:
+    try:
+        message = check()
+    except ProofFailed as e:
+        print(f"FAILED {e}")
+        return EXIT_FAILED
+    print(f"OK: {message}")
+    return EXIT_OK
+
+
+def _anchored_keys(args: argparse.Namespace) -> KeySet:
+    """--keys for proofs: one key history, starting at the pinned anchor if one is given."""
+    keys = _key_set_file(args.keys)
+    trusted = _trust_key(args)
+    return anchored_keys(keys, args.key_id if trusted is None else trusted, f"--keys {args.keys}")
+
+
+def _saved_checkpoint(flag: str, path: Path, keys: KeySet) -> Checkpoint:
+    """The checkpoint in `path`, signed by the key `keys` names for the seq after it."""
+    try:
+        return load_checkpoint(path, keys, f"{flag} {path}")
+    except UnreadableFile as e:
+        raise CliError(f"{flag} {path}: {e}") from e
+
+
+def _entry_line(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(line, where) of the entry from --entry-line or --export; None: ask the server."""
+    if args.entry_line:
+        name, sep, number = args.entry_line.rpartition(":")
+        if not sep or not name or not number.isdigit() or int(number) < 1:
+            raise CliError(f"--entry-line {args.entry_line!r}: expected FILE:LINE, LINE >= 1")
+        try:
+            line = line_at(Path(name), int(number))
+        except UnreadableFile as e:
+            raise CliError(f"--entry-line {name}: {e}") from e
+        if line is None:
+            raise CliError(f"--entry-line {args.entry_line}: {name} has fewer lines")
+        return line, f"{name}:{number}"
+    if args.export:
+        try:
+            found = find_seq_line(args.export, args.seq)
+        except UnreadableFile as e:
+            raise CliError(f"--export {args.export}: {e}") from e
+        if found is None:
+            raise CliError(f"--export {args.export}: no line has seq {args.seq}")
+        line, line_number = found
+        return line, f"{args.export}:{line_number}"
+    return None
+
+
+def run_audit_prove_inclusion(args: argparse.Namespace) -> int:
+    return _proved(lambda: _prove_inclusion(args))
+
+
+def _prove_inclusion(args: argparse.Namespace) -> str:
+    seq: int = args.seq
+    if seq < 1:
+        raise CliError("--seq: must be >= 1")
+    keys = _anchored_keys(args)
+    found = _entry_line(args)
+    checkpoint = _saved_checkpoint("--checkpoint", args.checkpoint, keys)
+    if seq > checkpoint.size:
+        raise CliError(f"--seq {seq} is beyond the checkpoint's size {checkpoint.size}")
+    stub, md = audit_stub(args)
+    if found is None:
+        entries = list(
+            stub.ReadEntries(
+                audit_pb2.ReadEntriesRequest(start_seq=seq, end_seq=seq),
+                metadata=md,
+                timeout=args.timeout,
+            )
+        )
+        if len(entries) != 1:
+            raise ProofFailed(f"inclusion: the server has no entry with seq {seq}")
+        found = entry_from_proto(entries[0]).to_json_line(), f"the server's entry {seq}"
+    line, where = found
+    try:
+        leaf = leaf_hash_of_line(line, seq, where)
+    except EntryLineError as e:
+        raise CliError(str(e)) from e
+    response = stub.GetInclusionProof(
+        audit_pb2.GetInclusionProofRequest(seq=seq, tree_size=checkpoint.size),
+        metadata=md,
+        timeout=args.timeout,
+    )
+    proof = InclusionProof(
+        response.seq, response.tree_size, tuple(response.hashes), response.leaf_hash
+    )
+    included = check_inclusion(leaf, seq, where, checkpoint, proof)
+    return (
+        f"seq {seq} ({where}) is included in the checkpoint of size {checkpoint.size}, "
+        f"root {checkpoint.root_hash.hex()} ({included.proof_length} proof hashes)"
+    )
+
+
+def run_audit_prove_consistency(args: argparse.Namespace) -> int:
+    return _proved(lambda: _prove_consistency(args))
+
+
+def _prove_consistency(args: argparse.Namespace) -> str:
+    keys = _anchored_keys(args)
+    old = _saved_checkpoint("--old", args.old, keys)
+    new = _saved_checkpoint("--new", args.new, keys)
+    if old.size > new.size:
+        raise CliError(f"--old has size {old.size}, larger than --new's {new.size}: swap them")
+    proof = None
+    if old.size < new.size:
+        # Equal sizes need nothing fetched (and new_size 0 would mean the head).
+        stub, md = audit_stub(args)
+        response = stub.GetConsistencyProof(
+            audit_pb2.GetConsistencyProofRequest(old_size=old.size, new_size=new.size),
+            metadata=md,
+            timeout=args.timeout,
+        )
+        proof = ConsistencyProof(response.old_size, response.new_size, tuple(response.hashes))
+    consistent = check_consistency(old, new, proof)
+    if consistent.proof_length is None:
+        return f"both checkpoints have size {old.size} and root {old.root_hash.hex()}"
+    return (
+        f"the checkpoint of size {new.size} (root {new.root_hash.hex()}) extends the one "
+        f"of size {old.size} (root {old.root_hash.hex()}) ({consistent.proof_length} proof "
+        "hashes)"
+    )

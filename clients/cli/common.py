@@ -1,0 +1,73 @@
+"""What every `agentgw` command shares: exit codes, usage errors, the connection
+options (--server, --token, --timeout and their environment variables), stubs, and
+output helpers. No command lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO, TypeAlias
+
+import grpc
+
+from agentgw.v1 import approvals_pb2_grpc, audit_pb2_grpc
+from clients.agent import Metadata, bearer
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_NOT_ALLOWED = 3  # `submit`: the action was held, denied or rejected
+
+# The subparsers object argparse gives each audience's module to add commands to.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class CliError(Exception):
+    """A usage or input problem: printed, exit code 2."""
+
+
+def add_client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--server, --token and --timeout: the options of every command that calls the gateway."""
+    p.add_argument(
+        "--server",
+        default=os.environ.get("AGENTGW_SERVER", DEFAULT_SERVER),
+        help=f"gateway address (env AGENTGW_SERVER, default {DEFAULT_SERVER})",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("AGENTGW_TOKEN"),
+        help="bearer token (env AGENTGW_TOKEN)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    return p
+
+
+def token(args: argparse.Namespace) -> str:
+    if not args.token:
+        raise CliError("no token: pass --token or set AGENTGW_TOKEN")
+    value: str = args.token
+    return value
+
+
+def approvals_stub(args: argparse.Namespace) -> tuple[approvals_pb2_grpc.ApprovalsStub, Metadata]:
+    channel = grpc.insecure_channel(args.server)
+    return approvals_pb2_grpc.ApprovalsStub(channel), bearer(token(args))
+
+
+def audit_stub(args: argparse.Namespace) -> tuple[audit_pb2_grpc.AuditStub, Metadata]:
+    channel = grpc.insecure_channel(args.server)
+    return audit_pb2_grpc.AuditStub(channel), bearer(token(args))
+
+
+def output(path: Path | None) -> TextIO:
+    """`path` opened for writing, or stdout when there is none."""
+    return path.open("w", encoding="utf-8") if path else sys.stdout
+
+
+def print_result(document: dict[str, Any], as_json: bool, text: Callable[[], str]) -> None:
+    """`document` as one line of JSON with --json, else the text."""
+    print(json.dumps(document) if as_json else text())
