@@ -3,9 +3,10 @@
 `rpc(roles)` / `stream_rpc(roles)` wrap a servicer method: they authenticate the
 caller, check the role, decode the request (`gateway/api/decoding.py`), call the
 method with the principal, and turn `GatewayError`s into statuses. Every status
-message is bounded (`MESSAGE_LIMIT`). An unexpected exception answers INTERNAL with
-only "internal error (ref <id>)"; the traceback goes to the log under the same id,
-never into the reply. Every failed call is logged with such a ref, which the client
+message is bounded (`MESSAGE_LIMIT`). An audit-format error (`AuditError`: stored
+audit data that does not read) answers DATA_LOSS, any other unexpected exception
+INTERNAL with only "internal error (ref <id>)"; the details go to the log under the
+same id, never into the reply. Every failed call is logged with such a ref, which the client
 also gets in the `agentgw-ref` trailing metadata.
 """
 
@@ -23,6 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from gateway.api.auth import Authenticator, require_role
 from gateway.api.decoding import Received, open_request
+from gateway.domain.audit.errors import AuditError
 from gateway.domain.principals import Principal, Role
 from gateway.errors import (
     AlreadyExists,
@@ -200,6 +202,20 @@ async def refuse(
             log.warning("call failed", extra={"category": "errors", **extra})
         else:
             log.info("call refused", extra={"category": "errors", **extra})
+    elif isinstance(error, AuditError):
+        # The audit library refused bytes the gateway itself stored: the log in Redis
+        # is damaged. Never an answer built from it; the details are for operators.
+        code = grpc.StatusCode.DATA_LOSS
+        message = f"the stored audit log is malformed (ref {ref})"
+        log.error(
+            "stored audit data is malformed",
+            extra={
+                "category": "errors",
+                **extra,
+                "code": code.name,
+                "error": preview(f"{type(error).__name__}: {error}", MESSAGE_LIMIT),
+            },
+        )
     else:
         code = grpc.StatusCode.INTERNAL
         message = f"internal error (ref {ref})"

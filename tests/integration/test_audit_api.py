@@ -11,7 +11,7 @@ import redis
 from agentgw.v1 import audit_pb2, gateway_pb2
 from gateway.domain.audit.checkpoint import open_checkpoint
 from gateway.domain.audit.verify import verify_export
-from tests.harness import RunningGateway
+from tests.harness import GatewayLogs, RunningGateway
 
 
 def test_checkpoint_is_signed_and_matches_the_export(gw: RunningGateway) -> None:
@@ -106,3 +106,20 @@ def test_two_gateways_append_to_one_chain_without_forks_or_gaps(make_gateway) ->
     report = verify_export(lines, two.key_set())
     assert report.ok, report.failure
     assert report.count == 120
+
+
+def test_a_damaged_stored_entry_is_data_loss_not_an_answer(
+    gw: RunningGateway, redis_url: str, key_prefix: str, gateway_logs: GatewayLogs
+) -> None:
+    gw.agent().submit("search", session_id="s")
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        raw.lset(f"{key_prefix}:{{audit}}:entries", 0, '{"seq": 1, "not": "an entry"}')
+    finally:
+        raw.close()
+    with pytest.raises(grpc.RpcError) as e:
+        list(gw.audit.ReadEntries(audit_pb2.ReadEntriesRequest(), metadata=gw.md("auditor-1")))
+    assert e.value.code() == grpc.StatusCode.DATA_LOSS
+    ref = e.value.details().rsplit("ref ", 1)[1].rstrip(")")
+    assert e.value.details() == f"the stored audit log is malformed (ref {ref})"
+    assert gateway_logs.with_ref(ref)

@@ -114,3 +114,27 @@ def _names_imported(node: ast.AST) -> list[str]:
     if isinstance(node, ast.ImportFrom) and node.module and not node.level:
         return [node.module]
     return []
+
+
+def test_every_error_of_the_audit_library_is_an_audit_error() -> None:
+    """One hierarchy (gateway/domain/audit/errors.py), mapped in one place. Private
+    exceptions that never leave their module (fast-path signals) are not errors."""
+    import inspect
+
+    import gateway.domain.audit as audit_package
+    from gateway.domain.audit.errors import AuditError
+
+    stray = []
+    for path in modules(GATEWAY / "domain" / "audit"):
+        module_name = f"{audit_package.__name__}.{path.stem}"
+        module = __import__(module_name, fromlist=["_"])
+        for name, value in vars(module).items():
+            if (
+                not name.startswith("_")
+                and inspect.isclass(value)
+                and issubclass(value, Exception)
+                and value.__module__ == module_name
+                and not issubclass(value, AuditError)
+            ):
+                stray.append(f"{module_name}.{name}")
+    assert not stray, stray

@@ -14,6 +14,8 @@ import math
 from collections.abc import Mapping
 from typing import Final
 
+from gateway.domain.audit.errors import FormatError
+
 # ECMAScript numbers are IEEE doubles. Every integer up to 2**53 is one; a larger
 # integer is accepted only if it is exactly a double, since any other verifier would
 # silently round it. Refusing is safer than rounding.
@@ -37,7 +39,7 @@ _NEEDS_ESCAPE: Final = frozenset(_ESCAPES)
 MAX_DEPTH: Final = 256
 
 
-class CanonicalError(ValueError):
+class CanonicalError(FormatError):
     """The value is outside the JSON data model that RFC 8785 can encode."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway.domain.audit.entry import EntryFormatError, parse_timestamp
+from gateway.domain.audit.errors import FormatError
 from gateway.domain.audit.keys import KeySet
 from gateway.domain.audit.note import (
     NoteError,
@@ -44,7 +45,7 @@ _SIZE: Final = re.compile(r"0|[1-9][0-9]*")
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FormatError):
     """A checkpoint note is malformed, signed by no trusted key, or badly signed."""
 
 

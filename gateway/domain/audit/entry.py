@@ -26,6 +26,7 @@ from gateway.domain.audit.canonical import (
     CanonicalError,
     canonical_json,
 )
+from gateway.domain.audit.errors import FormatError
 from gateway.domain.audit.events import ActorType
 from gateway.domain.audit.keys import Signer
 from gateway.domain.audit.merkle import leaf_hash_of
@@ -59,7 +60,7 @@ _TIMESTAMP: Final = re.compile(
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class EntryFormatError(ValueError):
+class EntryFormatError(FormatError):
     """An entry breaks the v1 format; `key` names the offending JSON key."""
 
     def __init__(self, key: str, why: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.domain.audit.errors import TrustError
 from gateway.domain.audit.events import EventType
 from gateway.domain.audit.note import (
     NoteError,
@@ -42,15 +43,15 @@ _HEX16: Final = re.compile(r"[0-9a-f]{16}")
 _T = TypeVar("_T")
 
 
-class KeyFileError(ValueError):
+class KeyFileError(TrustError):
     """A private key file or key set file is unreadable or breaks the format."""
 
 
-class KeyHistoryError(ValueError):
+class KeyHistoryError(TrustError):
     """A key set contradicts itself or the trust anchor (verify: key_history_mismatch)."""
 
 
-class RotationError(ValueError):
+class RotationError(TrustError):
     """A key_rotated entry does not name its next key as the format says (bad_rotation)."""
 
 

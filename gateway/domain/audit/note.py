@@ -18,13 +18,15 @@ from typing import Final, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.domain.audit.errors import FormatError
+
 ALGORITHM_ED25519: Final = 0x01
 SIGNATURE_PREFIX: Final = "\u2014 "  # em dash, space
 # Go's note.Open stops at this many signature lines; so do we, for the same reason.
 MAX_SIGNATURES: Final = 100
 
 
-class NoteError(ValueError):
+class NoteError(FormatError):
     """A note or verifier key is malformed, unknown, or its signature is invalid."""
 
 

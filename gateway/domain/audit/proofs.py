@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gateway.domain.audit.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from gateway.domain.audit.entry import read_export_object
+from gateway.domain.audit.errors import AuditError, FormatError
 from gateway.domain.audit.keys import KeyHistoryError, KeySet, TrustAnchor
 from gateway.domain.audit.merkle import leaf_hash_of, verify_consistency, verify_inclusion
 
@@ -42,16 +43,16 @@ __all__ = [
 ]
 
 
-class ProofFailed(ValueError):
+class ProofFailed(AuditError):
     """A key set, checkpoint or proof does not verify; the message starts with its kind
     (key_history_mismatch, checkpoint_signature, inclusion, consistency)."""
 
 
-class UnreadableFile(ValueError):
+class UnreadableFile(AuditError):
     """A saved file cannot be read; the message is the operating system's."""
 
 
-class EntryLineError(ValueError):
+class EntryLineError(FormatError):
     """A line is not the export line of the entry it should be."""
 
 
