@@ -9,7 +9,10 @@ in-flight calls, then the tasks stop, then the Redis clients and Redis.
 Three Redis clients with their own pools (`gateway/store/connection.py`): the
 decision path's, a small waiting one for holds (notifications, waiters, approvals,
 the expiry sweeper) so that no number of `Await`s can take the decision path's
-connections, and one connection for the health probe.
+connections, and one connection for the health probe. With
+`redis.min_replicas_acked`, a fourth (one connection, no resends) runs each audit
+append and its WAIT. Behind sentinels every pool, and so the pub/sub listener and
+the health probe, connects to whichever server the sentinels name the master.
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
 from gateway.services.approvals import RECHECK_SECONDS, ApprovalDesk
 from gateway.services.decisions import DecisionPipeline
-from gateway.store.audit_log import AuditLog
+from gateway.store.audit_log import AuditLog, ReplicaAcks
 from gateway.store.connection import (
     HOLD_POOL_SIZE,
     POOL_WAIT_SECONDS,
+    close,
     connect,
     unavailable_on_error,
 )
@@ -112,13 +116,29 @@ class App:
             timeout=HEALTH_TIMEOUT,
             retries=0,
         )
+        replica_acks = None
+        if config.redis.min_replicas_acked > 0:
+            ack_timeout = config.redis.replica_ack_timeout_seconds
+            self.audit_client = connect(
+                url,
+                name=f"agentgw:{prefix}:audit",
+                max_connections=1,
+                wait_for_connection=POOL_WAIT_SECONDS,
+                timeout=5.0 + ack_timeout,
+                retries=0,
+            )
+            replica_acks = ReplicaAcks(
+                self.audit_client, config.redis.min_replicas_acked, ack_timeout
+            )
         with unavailable_on_error(f"connecting to Redis at {_safe_url(url)}"):
             await self.client.ping()
         signing_keys = SigningKeys(config.signing_key_path, config.key_dir_path)
         keys = KeySpace(prefix)
         self.state = StateStore(self.client, keys, lifetimes(config))
         self.hold_state = StateStore(self.hold_client, keys, lifetimes(config))
-        self.audit = AuditLog(self.client, keys, signing_keys, config.audit.origin, self.clock)
+        self.audit = AuditLog(
+            self.client, keys, signing_keys, config.audit.origin, self.clock, replica_acks
+        )
         self.listener = ResolutionListener(self.hold_client, keys.hold_resolved_channel)
         self.desk = ApprovalDesk(
             self.hold_state, self.audit, self.listener, self.clock, Redactor(config.redaction)
@@ -290,9 +310,9 @@ class App:
         self._tasks.clear()
         if hasattr(self, "pipeline"):
             await self.pipeline.drain()
-        for name in ("health_client", "hold_client", "client"):
+        for name in ("audit_client", "health_client", "hold_client", "client"):
             if hasattr(self, name):
-                await getattr(self, name).aclose()
+                await close(getattr(self, name))
         if self.embedded is not None:
             await self.embedded.stop()
         log.info("gateway stopped")

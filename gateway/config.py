@@ -8,7 +8,6 @@ returns the tokens so they can be shown once.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import secrets
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+from yaml.nodes import Node
 
 from gateway.domain.actions import Verdict
 from gateway.domain.detect.loops import LoopSettings
@@ -25,7 +24,9 @@ from gateway.domain.principals import Principal, Role, token_digest
 from gateway.domain.redaction import RedactionRules, key_word, value_pattern
 from gateway.domain.validation import Limits
 from gateway.domain.verdicts import DEFAULT_EFFECTS, Effect
+from gateway.domain.yaml_reader import YamlReader, join
 from gateway.errors import ConfigError
+from gateway.store.connection import parse_redis_url
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path("agentgw-data")
@@ -39,6 +40,9 @@ class RedisSettings:
     key_prefix: str = "agw"
     appendfsync: str = "everysec"
     server_binary: Path | None = None
+    # Answer only once the audit entry is on this many replicas (WAIT); 0: standalone.
+    min_replicas_acked: int = 0
+    replica_ack_timeout_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -102,295 +106,105 @@ class Overrides:
     redis_url: str | None = None
 
 
-# --- YAML reading with line numbers ------------------------------------------------
+# --- the file: one function per top-level section ----------------------------------
 
 
-class _Reader:
-    """Walks a composed YAML node tree so every error can name its line."""
+def parse_config(text: str, source: str, base_dir: Path) -> Config:
+    """Parses a config file's text. Relative paths resolve against base_dir.
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    Each top-level key has one function that reads its value into the Config fields
+    it sets; once the keys are checked, they run in this order.
+    """
+    sections: dict[str, _Section] = {
+        "listen": _listen,
+        "data_dir": _data_dir,
+        "policy_file": _policy_file,
+        "log_level": _log_level,
+        "principals": _principals,
+        "redis": _redis,
+        "audit": _audit,
+        "detection": _detection,
+        "limits": _limits,
+        "holds": _holds,
+        "sessions": _sessions,
+        "idempotency_ttl_seconds": _idempotency_ttl_seconds,
+        "paused_session_verdict": _paused_session_verdict,
+        "recommendations": _recommendations,
+        "redaction": _redaction,
+        "server": _server,
+    }
+    r = _ConfigReader(source, base_dir)
+    root = r.compose(text)
+    if root is None:
+        return Config(source=source)
+    top = r.mapping(root, "", sorted(sections))
+    changes: dict[str, Any] = {}
+    for key, section in sections.items():
+        if key in top:
+            changes.update(section(r, top[key]))
+    return Config(source=source, **changes)
 
-    def fail(self, node: yaml.Node | None, key: str, why: str) -> ConfigError:
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        where = f"{key}: " if key else ""
-        return ConfigError(f"{self.source}{line}: {where}{why}")
 
-    def mapping(self, node: yaml.Node, key: str, allowed: set[str]) -> dict[str, yaml.Node]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, key, "expected a mapping")
-        out: dict[str, yaml.Node] = {}
-        for k, v in node.value:
-            name = k.value if isinstance(k, yaml.ScalarNode) else None
-            path = f"{key}.{name}" if key else str(name)
-            if name not in allowed:
-                raise self.fail(
-                    k, path, f"unknown key (expected one of {', '.join(sorted(allowed))})"
-                )
-            if name in out:
-                raise self.fail(k, path, "duplicate key")
-            out[name] = v
-        return out
+class _ConfigReader(YamlReader):
+    """The reader of one config file, which also knows where its relative paths start."""
 
-    def scalar(self, node: yaml.Node, key: str) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            raise self.fail(node, key, "expected a single value")
-        try:
-            return yaml.constructor.SafeConstructor().construct_object(node)
-        except (yaml.YAMLError, ValueError, TypeError) as e:
-            # e.g. `!!python/name:...` or `!!int abc`: still an error naming line and key.
-            raise self.fail(node, key, f"invalid value ({e.__class__.__name__})") from None
+    def __init__(self, source: str, base_dir: Path) -> None:
+        super().__init__(source)
+        self.base_dir = base_dir
 
-    def string(self, node: yaml.Node, key: str) -> str:
-        value = self.scalar(node, key)
-        if not isinstance(value, str) or not value:
-            raise self.fail(node, key, "expected a non-empty string")
-        return value
+    def path(self, node: Node, key: str) -> Path:
+        p = Path(self.string(node, key)).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
 
-    def number(self, node: yaml.Node, key: str, minimum: float) -> float:
-        value = self.scalar(node, key)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < minimum
-        ):
-            raise self.fail(node, key, f"expected a number >= {minimum}")
-        return float(value)
 
-    def integer(self, node: yaml.Node, key: str, minimum: int) -> int:
-        value = self.scalar(node, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(node, key, f"expected an integer >= {minimum}")
-        return value
-
+# A section's function: its node -> {Config field: value} for the fields it sets.
+_Section = Callable[[_ConfigReader, Node], Mapping[str, object]]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 
 
-def parse_config(text: str, source: str, base_dir: Path) -> Config:
-    """Parses a config file's text. Relative paths resolve against base_dir."""
-    r = _Reader(source)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}{line}: invalid YAML: {e.problem}") from e
-    except yaml.reader.ReaderError as e:
-        # Not a MarkedYAMLError: it carries a character position instead of a mark.
-        line_number = text.count("\n", 0, e.position) + 1
-        raise ConfigError(f"{source}:{line_number}: invalid YAML: {e.reason}") from e
-    if root is None:
-        return Config(source=source)
-    top = r.mapping(
-        root,
-        "",
-        {
-            "listen",
-            "data_dir",
-            "policy_file",
-            "principals",
-            "redis",
-            "audit",
-            "detection",
-            "limits",
-            "holds",
-            "idempotency_ttl_seconds",
-            "paused_session_verdict",
-            "recommendations",
-            "log_level",
-            "redaction",
-            "server",
-            "sessions",
-        },
-    )
-    cfg = Config(source=source)
-    changes: dict[str, Any] = {}
-
-    def path_value(node: yaml.Node, key: str) -> Path:
-        p = Path(r.string(node, key)).expanduser()
-        return p if p.is_absolute() else base_dir / p
-
-    if "listen" in top:
-        changes["listen"] = _check_listen(r, top["listen"], r.string(top["listen"], "listen"))
-    if "data_dir" in top:
-        changes["data_dir"] = path_value(top["data_dir"], "data_dir")
-    if "policy_file" in top:
-        changes["policy_file"] = path_value(top["policy_file"], "policy_file")
-    if "log_level" in top:
-        level = r.string(top["log_level"], "log_level").upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise r.fail(top["log_level"], "log_level", "expected DEBUG, INFO, WARNING or ERROR")
-        changes["log_level"] = level
-    if "principals" in top:
-        changes["principals"] = _principals(r, top["principals"])
-    if "redis" in top:
-        m = r.mapping(top["redis"], "redis", {"url", "key_prefix", "appendfsync", "server_binary"})
-        redis = RedisSettings()
-        if "url" in m:
-            redis = replace(redis, url=r.string(m["url"], "redis.url"))
-        if "key_prefix" in m:
-            prefix = r.string(m["key_prefix"], "redis.key_prefix")
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", prefix):
-                raise r.fail(
-                    m["key_prefix"], "redis.key_prefix", "expected 1-32 of A-Z a-z 0-9 _ . -"
-                )
-            redis = replace(redis, key_prefix=prefix)
-        if "appendfsync" in m:
-            mode = r.string(m["appendfsync"], "redis.appendfsync")
-            if mode not in {"always", "everysec", "no"}:
-                raise r.fail(
-                    m["appendfsync"], "redis.appendfsync", "expected always, everysec or no"
-                )
-            redis = replace(redis, appendfsync=mode)
-        if "server_binary" in m:
-            redis = replace(
-                redis, server_binary=path_value(m["server_binary"], "redis.server_binary")
-            )
-        changes["redis"] = redis
-    if "audit" in top:
-        m = r.mapping(
-            top["audit"],
-            "audit",
-            {"origin", "signing_key_file", "key_dir", "checkpoint_interval_seconds"},
-        )
-        audit = AuditSettings()
-        if "origin" in m:
-            origin = r.string(m["origin"], "audit.origin")
-            if any(c.isspace() for c in origin) or "+" in origin:
-                raise r.fail(m["origin"], "audit.origin", "must not contain spaces or '+'")
-            audit = replace(audit, origin=origin)
-        if "signing_key_file" in m:
-            audit = replace(
-                audit, signing_key_file=path_value(m["signing_key_file"], "audit.signing_key_file")
-            )
-        if "key_dir" in m:
-            audit = replace(audit, key_dir=path_value(m["key_dir"], "audit.key_dir"))
-        if "checkpoint_interval_seconds" in m:
-            interval = r.number(
-                m["checkpoint_interval_seconds"], "audit.checkpoint_interval_seconds", 1
-            )
-            audit = replace(audit, checkpoint_interval_seconds=interval)
-        changes["audit"] = audit
-    if "detection" in top:
-        names = {f.name for f in fields(LoopSettings)}
-        m = r.mapping(top["detection"], "detection", names)
-        changes["detection"] = LoopSettings(
-            **{k: r.integer(v, f"detection.{k}", 1) for k, v in m.items()}
-        )
-    if "limits" in top:
-        names = {f.name for f in fields(Limits)}
-        m = r.mapping(top["limits"], "limits", names)
-        changes["limits"] = Limits(**{k: r.integer(v, f"limits.{k}", 1) for k, v in m.items()})
-    if "holds" in top:
-        m = r.mapping(top["holds"], "holds", {"ttl_seconds", "retention_seconds"})
-        if "ttl_seconds" in m:
-            changes["hold_ttl_seconds"] = r.number(m["ttl_seconds"], "holds.ttl_seconds", 1)
-        if "retention_seconds" in m:
-            changes["hold_retention_seconds"] = r.number(
-                m["retention_seconds"], "holds.retention_seconds", 60
-            )
-    if "sessions" in top:
-        m = r.mapping(top["sessions"], "sessions", {"idle_timeout_seconds"})
-        if "idle_timeout_seconds" in m:
-            changes["session_idle_timeout_seconds"] = r.number(
-                m["idle_timeout_seconds"], "sessions.idle_timeout_seconds", 60
-            )
-    if "idempotency_ttl_seconds" in top:
-        changes["idempotency_ttl_seconds"] = r.number(
-            top["idempotency_ttl_seconds"], "idempotency_ttl_seconds", 60
-        )
-    if "paused_session_verdict" in top:
-        value = r.string(top["paused_session_verdict"], "paused_session_verdict")
-        if value not in {"hold", "deny"}:
-            raise r.fail(
-                top["paused_session_verdict"], "paused_session_verdict", "expected hold or deny"
-            )
-        changes["paused_session_verdict"] = Verdict[value.upper()]
-    if "recommendations" in top:
-        node = top["recommendations"]
-        if not isinstance(node, yaml.MappingNode):
-            raise r.fail(node, "recommendations", "expected a mapping")
-        effects = dict(DEFAULT_EFFECTS)
-        allowed = ", ".join(e.value for e in Effect)
-        for k, v in node.value:
-            key = f"recommendations.{k.value}"
-            value = r.string(v, key)
-            try:
-                effects[str(k.value)] = Effect(value)
-            except ValueError:
-                raise r.fail(
-                    v, key, f"unknown effect '{value}' (expected one of {allowed})"
-                ) from None
-        changes["effects"] = effects
-    if "redaction" in top:
-        changes["redaction"] = _redaction(r, top["redaction"])
-    if "server" in top:
-        changes["server"] = _server(r, top["server"])
-    return replace(cfg, **changes)
+def _listen(r: _ConfigReader, node: Node) -> dict[str, str]:
+    return {"listen": _check_listen(r, node, r.string(node, "listen"))}
 
 
-def _server(r: _Reader, node: yaml.Node) -> ServerSettings:
-    m = r.mapping(node, "server", {f.name for f in fields(ServerSettings)})
-    values: dict[str, Any] = {}
-    for name, minimum in (
-        ("max_connection_idle_seconds", 0.1),
-        ("keepalive_time_seconds", 1),
-        ("keepalive_timeout_seconds", 1),
-    ):
-        if name in m:
-            values[name] = r.number(m[name], f"server.{name}", minimum)
-    for name in ("max_concurrent_streams", "max_pending_calls"):
-        if name in m:
-            values[name] = r.integer(m[name], f"server.{name}", 1)
-    return ServerSettings(**values)
-
-
-def _redaction(r: _Reader, node: yaml.Node) -> RedactionRules:
-    """`redaction:` adds key words and value patterns; the built-in rules always apply."""
-    m = r.mapping(node, "redaction", {"key_words", "patterns"})
-
-    def each(name: str, check: Callable[[str], _T]) -> tuple[_T, ...]:
-        if name not in m:
-            return ()
-        seq = m[name]
-        if not isinstance(seq, yaml.SequenceNode):
-            raise r.fail(seq, f"redaction.{name}", "expected a list")
-        out = []
-        for i, item in enumerate(seq.value):
-            key = f"redaction.{name}[{i}]"
-            try:
-                out.append(check(r.string(item, key)))
-            except ValueError as e:  # the reason, e.g. "invalid regular expression: ..."
-                raise r.fail(item, key, str(e)) from None
-        return tuple(out)
-
-    return RedactionRules(
-        key_words=each("key_words", key_word), patterns=each("patterns", value_pattern)
-    )
-
-
-def _check_listen(r: _Reader, node: yaml.Node | None, value: str) -> str:
+def _check_listen(r: YamlReader, node: Node | None, value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise r.fail(node, "listen", f"expected HOST:PORT, got '{value}'")
     return value
 
 
-def _principals(r: _Reader, node: yaml.Node) -> tuple[Principal, ...]:
-    if not isinstance(node, yaml.SequenceNode):
-        raise r.fail(node, "principals", "expected a list")
+def _check_redis_url(r: YamlReader, node: Node | None, value: str) -> str:
+    try:
+        parse_redis_url(value)
+    except ValueError as e:  # the message never quotes the URL: it may hold a password
+        raise r.fail(node, "redis.url", str(e)) from None
+    return value
+
+
+def _data_dir(r: _ConfigReader, node: Node) -> dict[str, Path]:
+    return {"data_dir": r.path(node, "data_dir")}
+
+
+def _policy_file(r: _ConfigReader, node: Node) -> dict[str, Path]:
+    return {"policy_file": r.path(node, "policy_file")}
+
+
+def _log_level(r: _ConfigReader, node: Node) -> dict[str, str]:
+    level = r.string(node, "log_level").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise r.fail(node, "log_level", "expected DEBUG, INFO, WARNING or ERROR")
+    return {"log_level": level}
+
+
+def _principals(r: _ConfigReader, node: Node) -> dict[str, tuple[Principal, ...]]:
     out: list[Principal] = []
     seen_names: set[str] = set()
     seen_tokens: set[str] = set()
-    for i, item in enumerate(node.value):
-        key = f"principals[{i}]"
-        m = r.mapping(item, key, {"name", "role", "token_sha256"})
-        for required in ("name", "role", "token_sha256"):
-            if required not in m:
-                raise r.fail(item, f"{key}.{required}", "is required")
+    for key, item in r.sequence(node, "principals"):
+        keys = ("name", "role", "token_sha256")
+        m = r.mapping(item, key, keys, required=keys)
         name = r.string(m["name"], f"{key}.name")
         if not _NAME.fullmatch(name):
             raise r.fail(m["name"], f"{key}.name", "expected 1-128 of A-Z a-z 0-9 . _ : @ / -")
@@ -419,7 +233,156 @@ def _principals(r: _Reader, node: yaml.Node) -> tuple[Principal, ...]:
         seen_names.add(name)
         seen_tokens.add(digest)
         out.append(Principal(name=name, role=role, token_sha256=digest))
-    return tuple(out)
+    return {"principals": tuple(out)}
+
+
+def _redis(r: _ConfigReader, node: Node) -> dict[str, RedisSettings]:
+    m = r.mapping(node, "redis", tuple(sorted(f.name for f in fields(RedisSettings))))
+    redis = RedisSettings()
+    if "url" in m:
+        redis = replace(redis, url=_check_redis_url(r, m["url"], r.string(m["url"], "redis.url")))
+    if "min_replicas_acked" in m:
+        count = r.integer(m["min_replicas_acked"], "redis.min_replicas_acked", 0)
+        redis = replace(redis, min_replicas_acked=count)
+    if "replica_ack_timeout_seconds" in m:
+        key = "redis.replica_ack_timeout_seconds"
+        redis = replace(
+            redis, replica_ack_timeout_seconds=r.number(m["replica_ack_timeout_seconds"], key, 0.01)
+        )
+    if "key_prefix" in m:
+        prefix = r.string(m["key_prefix"], "redis.key_prefix")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", prefix):
+            raise r.fail(m["key_prefix"], "redis.key_prefix", "expected 1-32 of A-Z a-z 0-9 _ . -")
+        redis = replace(redis, key_prefix=prefix)
+    if "appendfsync" in m:
+        mode = r.string(m["appendfsync"], "redis.appendfsync")
+        if mode not in {"always", "everysec", "no"}:
+            raise r.fail(m["appendfsync"], "redis.appendfsync", "expected always, everysec or no")
+        redis = replace(redis, appendfsync=mode)
+    if "server_binary" in m:
+        redis = replace(redis, server_binary=r.path(m["server_binary"], "redis.server_binary"))
+    return {"redis": redis}
+
+
+def _audit(r: _ConfigReader, node: Node) -> dict[str, AuditSettings]:
+    m = r.mapping(
+        node, "audit", ("checkpoint_interval_seconds", "key_dir", "origin", "signing_key_file")
+    )
+    audit = AuditSettings()
+    if "origin" in m:
+        origin = r.string(m["origin"], "audit.origin")
+        if any(c.isspace() for c in origin) or "+" in origin:
+            raise r.fail(m["origin"], "audit.origin", "must not contain spaces or '+'")
+        audit = replace(audit, origin=origin)
+    if "signing_key_file" in m:
+        signing_key_file = r.path(m["signing_key_file"], "audit.signing_key_file")
+        audit = replace(audit, signing_key_file=signing_key_file)
+    if "key_dir" in m:
+        audit = replace(audit, key_dir=r.path(m["key_dir"], "audit.key_dir"))
+    if "checkpoint_interval_seconds" in m:
+        interval = r.number(
+            m["checkpoint_interval_seconds"], "audit.checkpoint_interval_seconds", 1
+        )
+        audit = replace(audit, checkpoint_interval_seconds=interval)
+    return {"audit": audit}
+
+
+def _detection(r: _ConfigReader, node: Node) -> dict[str, LoopSettings]:
+    return {"detection": LoopSettings(**_integers(r, node, "detection", LoopSettings))}
+
+
+def _limits(r: _ConfigReader, node: Node) -> dict[str, Limits]:
+    return {"limits": Limits(**_integers(r, node, "limits", Limits))}
+
+
+def _integers(r: _ConfigReader, node: Node, section: str, settings: type) -> dict[str, int]:
+    """A section whose keys are the fields of the dataclass `settings`, each an integer >= 1."""
+    m = r.mapping(node, section, sorted(f.name for f in fields(settings)))
+    return {k: r.integer(v, join(section, k), 1) for k, v in m.items()}
+
+
+def _holds(r: _ConfigReader, node: Node) -> dict[str, float]:
+    m = r.mapping(node, "holds", ("retention_seconds", "ttl_seconds"))
+    changes = {}
+    if "ttl_seconds" in m:
+        changes["hold_ttl_seconds"] = r.number(m["ttl_seconds"], "holds.ttl_seconds", 1)
+    if "retention_seconds" in m:
+        changes["hold_retention_seconds"] = r.number(
+            m["retention_seconds"], "holds.retention_seconds", 60
+        )
+    return changes
+
+
+def _sessions(r: _ConfigReader, node: Node) -> dict[str, float]:
+    m = r.mapping(node, "sessions", ("idle_timeout_seconds",))
+    if "idle_timeout_seconds" not in m:
+        return {}
+    timeout = r.number(m["idle_timeout_seconds"], "sessions.idle_timeout_seconds", 60)
+    return {"session_idle_timeout_seconds": timeout}
+
+
+def _idempotency_ttl_seconds(r: _ConfigReader, node: Node) -> dict[str, float]:
+    return {"idempotency_ttl_seconds": r.number(node, "idempotency_ttl_seconds", 60)}
+
+
+def _paused_session_verdict(r: _ConfigReader, node: Node) -> dict[str, Verdict]:
+    value = r.string(node, "paused_session_verdict")
+    if value not in {"hold", "deny"}:
+        raise r.fail(node, "paused_session_verdict", "expected hold or deny")
+    return {"paused_session_verdict": Verdict[value.upper()]}
+
+
+def _recommendations(r: _ConfigReader, node: Node) -> dict[str, dict[str, Effect]]:
+    """`recommendations:` sets the effect of a detector's recommendation; others keep theirs."""
+    effects = dict(DEFAULT_EFFECTS)
+    allowed = ", ".join(e.value for e in Effect)
+    for name, value_node in r.mapping(node, "recommendations").items():
+        key = join("recommendations", name)
+        value = r.string(value_node, key)
+        try:
+            effects[name] = Effect(value)
+        except ValueError:
+            raise r.fail(
+                value_node, key, f"unknown effect '{value}' (expected one of {allowed})"
+            ) from None
+    return {"effects": effects}
+
+
+def _redaction(r: _ConfigReader, node: Node) -> dict[str, RedactionRules]:
+    """`redaction:` adds key words and value patterns; the built-in rules always apply."""
+    m = r.mapping(node, "redaction", ("key_words", "patterns"))
+
+    def each(name: str, check: Callable[[str], _T]) -> tuple[_T, ...]:
+        if name not in m:
+            return ()
+        out = []
+        for key, item in r.sequence(m[name], f"redaction.{name}"):
+            try:
+                out.append(check(r.string(item, key)))
+            except ValueError as e:  # the reason, e.g. "invalid regular expression: ..."
+                raise r.fail(item, key, str(e)) from None
+        return tuple(out)
+
+    rules = RedactionRules(
+        key_words=each("key_words", key_word), patterns=each("patterns", value_pattern)
+    )
+    return {"redaction": rules}
+
+
+def _server(r: _ConfigReader, node: Node) -> dict[str, ServerSettings]:
+    m = r.mapping(node, "server", sorted(f.name for f in fields(ServerSettings)))
+    values: dict[str, Any] = {}
+    for name, minimum in (
+        ("max_connection_idle_seconds", 0.1),
+        ("keepalive_time_seconds", 1),
+        ("keepalive_timeout_seconds", 1),
+    ):
+        if name in m:
+            values[name] = r.number(m[name], f"server.{name}", minimum)
+    for name in ("max_concurrent_streams", "max_pending_calls"):
+        if name in m:
+            values[name] = r.integer(m[name], f"server.{name}", 1)
+    return {"server": ServerSettings(**values)}
 
 
 def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, dict[str, str]]:
@@ -446,12 +409,13 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, d
     changes: dict[str, Any] = {}
     listen = overrides.listen or env.get("AGENTGW_LISTEN")
     if listen:
-        changes["listen"] = _check_listen(_Reader("--listen"), None, listen)
+        changes["listen"] = _check_listen(YamlReader("--listen"), None, listen)
     if data_dir is not None:
         changes["data_dir"] = data_dir
     redis_url = overrides.redis_url or env.get("AGENTGW_REDIS_URL")
     if redis_url:
-        changes["redis"] = replace(config.redis, url=redis_url)
+        where = YamlReader("--redis-url" if overrides.redis_url else "AGENTGW_REDIS_URL")
+        changes["redis"] = replace(config.redis, url=_check_redis_url(where, None, redis_url))
     config = replace(config, **changes)
     if not config.principals:
         raise ConfigError(f"{config.source}: principals: at least one principal is required")

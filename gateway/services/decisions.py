@@ -232,7 +232,10 @@ class DecisionPipeline:
         return decision, draft, mutation
 
     async def replay(self, seen: Seen) -> Decision:
-        """The first decision for a resubmitted request; nothing is counted or written."""
+        """The first decision for a resubmitted request; nothing is counted or written.
+        With replica acks, answered only once it is on enough replicas (the call that
+        appended it may have failed for want of them)."""
+        await self.audit.replicated()
         if seen.decision.hold_id:
             hold = await self.state.get_hold(seen.decision.hold_id)
             if hold is not None:

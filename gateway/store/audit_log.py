@@ -15,6 +15,11 @@ The head names the key that signs the next entry. A key rotation is an entry sig
 by the old key that moves the head to the new key, and the key history (each key
 with its first and last seq) is written in the same call, so every replica signs
 with the key the head names or not at all.
+
+With `ReplicaAcks` (`redis.min_replicas_acked` > 0), an append resolves only once
+WAIT says that many replicas have it; fewer within the timeout fail the batch with
+`OutcomeUnknown`, since the entry is on the master and may or may not survive a
+failover.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.domain.audit.chain import (
     ConsistencyProof,
@@ -82,6 +87,20 @@ class _Pending:
     rotate_to: Signer | None = None  # sign every entry after these with this key
 
 
+@dataclass(frozen=True)
+class ReplicaAcks:
+    """WAIT for `min_replicas` replicas after each append, at most `timeout_seconds`.
+
+    `client` must not resend commands (retries 0): WAIT counts the writes of the
+    connection it runs on, so it has to run on the connection that ran the script,
+    and a resent script that found its batch already appended writes nothing.
+    """
+
+    client: aioredis.Redis
+    min_replicas: int
+    timeout_seconds: float
+
+
 class AuditLog:
     def __init__(
         self,
@@ -90,8 +109,10 @@ class AuditLog:
         signing_keys: SigningKeys,
         origin: str,
         clock: Callable[[], float],
+        replica_acks: ReplicaAcks | None = None,
     ) -> None:
         self.client = client
+        self.replica_acks = replica_acks
         self.keys = keys
         self.signing_keys = signing_keys
         self.origin = origin
@@ -195,8 +216,8 @@ class AuditLog:
             keys, payload = _script_arguments(self.keys, batch, grown)
             try:
                 with unavailable_on_error("appending to the audit log"):
-                    reply = await self._script(
-                        keys=keys, args=[start.seq, payload, start.key_id, head.seq, head.hash]
+                    reply, acked = await self._append(
+                        keys, [start.seq, payload, start.key_id, head.seq, head.hash]
                     )
             except StoreUnavailable as e:
                 self._head = None  # re-read the head next time
@@ -209,6 +230,10 @@ class AuditLog:
                     _fail(batch, OutcomeUnknown(str(e), detail=e.detail))
                 return
             status = reply[0]
+            if status == "ok" and self.replica_acks and acked < self.replica_acks.min_replicas:
+                self._head = None  # the entries may be lost in a failover: re-read
+                _fail(batch, self._too_few_replicas(acked))
+                return
             if status == "ok":
                 self._head = head
                 self.batches += 1
@@ -232,6 +257,59 @@ class AuditLog:
                 self._queue.insert(0, culprit)
                 self._wakeup.set()
         _fail(batch, StoreUnavailable("audit log append kept conflicting with other writers"))
+
+    async def _append(self, keys: list[str], args: list[str | int]) -> tuple[list[str], int]:
+        """Runs commit.lua; with replica acks, then WAIT on the same connection after an
+        'ok'. Returns the script's reply and the replicas that acknowledged."""
+        acks = self.replica_acks
+        if acks is None:
+            return await self._script(keys=keys, args=args), 0
+        async with acks.client.client() as connection:
+            reply = await self._script(keys=keys, args=args, client=connection)
+            if reply[0] != "ok":
+                return reply, 0
+            timeout_ms = max(1, round(acks.timeout_seconds * 1000))
+            try:
+                acked = await connection.wait(acks.min_replicas, timeout_ms)
+            except (RedisError, OSError, TimeoutError) as e:
+                # Not "nothing was appended" (a ResponseError from the script): it was.
+                raise OutcomeUnknown(
+                    "appending to the audit log: waiting for replicas failed",
+                    detail=f"{type(e).__name__}: {e}",
+                ) from None
+        return reply, int(acked)
+
+    async def replicated(self) -> None:
+        """Returns once everything written so far is on `min_replicas_acked` replicas
+        (at once without replica acks), else StoreUnavailable. For answers read back
+        rather than appended (a retried action's stored decision): a small write and
+        WAIT on one connection, as replicas apply the stream in order, cover every
+        write before it."""
+        acks = self.replica_acks
+        if acks is None:
+            return
+        timeout_ms = max(1, round(acks.timeout_seconds * 1000))
+        with unavailable_on_error("waiting for replicas"):
+            async with acks.client.client() as connection:
+                await connection.set(
+                    self.keys.audit_barrier, format_timestamp(self.clock()), px=60_000
+                )
+                acked = int(await connection.wait(acks.min_replicas, timeout_ms))
+        if acked < acks.min_replicas:
+            raise StoreUnavailable(
+                "the stored decision is on fewer replicas than redis.min_replicas_acked",
+                detail=f"WAIT: {acked} of {acks.min_replicas} replicas "
+                f"within {acks.timeout_seconds} s",
+            )
+
+    def _too_few_replicas(self, acked: int) -> OutcomeUnknown:
+        acks = self.replica_acks
+        assert acks is not None
+        return OutcomeUnknown(
+            "appending to the audit log: the entry is on fewer replicas than "
+            "redis.min_replicas_acked",
+            detail=f"WAIT: {acked} of {acks.min_replicas} replicas within {acks.timeout_seconds} s",
+        )
 
     async def key_history(self) -> tuple[TrustedKey, ...]:
         """Every key that has signed or signs the log, by first seq; the current key

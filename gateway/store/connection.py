@@ -9,28 +9,117 @@ and the audit writer, `holds` (small, and waiting for a free connection instead 
 failing) for hold notifications, waiters and approvals, so that no number of waiting
 agents can take the decision path's connections, and `health` (one connection) for
 the health probe.
+
+`redis.url` picks the server: `redis://`, `rediss://` and `unix://` as redis-py reads
+them, or `redis+sentinel://[[user]:password@]host:port[,host:port...]/master_name`
+(`?db=N&sentinel_password=...`), whose pools ask the sentinels for the master before
+each new connection and so follow a failover. `redis+cluster://` is refused until the
+scripts touch one hash slot each. `parse_redis_url` checks a URL once, at config time.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import ConfigError, StoreUnavailable
 
 DECISION_POOL_SIZE = 256
 HOLD_POOL_SIZE = 8
 # How long a call may wait for a free connection of a waiting pool before it fails.
 POOL_WAIT_SECONDS = 5.0
+
+
+SENTINEL_PORT = 26379
+SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """A parsed `redis+sentinel://` URL: where the sentinels are, which master to ask
+    them for, and the credentials of the master (and of the sentinels)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+
+
+def parse_redis_url(url: str) -> SentinelAddress | None:
+    """Checks `redis.url`; the sentinel address for `redis+sentinel://`, None for the
+    URLs redis-py reads itself. Raises ValueError saying what is wrong, never quoting
+    the URL (it may hold a password)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or f"{scheme}://" not in SCHEMES:
+        raise ValueError(f"expected a URL starting with {', '.join(SCHEMES)}")
+    if scheme == "redis+cluster":
+        raise ValueError(
+            "redis+cluster:// is not supported yet: the audit commit writes keys of "
+            "several hash slots in one script; use redis://, rediss:// or redis+sentinel://"
+        )
+    if scheme != "redis+sentinel":
+        parse_url(url)  # raises ValueError for a bad port or query value
+        return None
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        userinfo, hosts = "", netloc
+    master_name, _, db_path = unquote(path).partition("/")
+    if not master_name:
+        raise ValueError("redis+sentinel:// needs a master name: host:port[,host:port...]/name")
+    options = {name: values[0] for name, values in parse_qs(query).items()}
+    unknown = sorted(options.keys() - {"db", "sentinel_password"})
+    if unknown:
+        raise ValueError(
+            f"redis+sentinel://: unknown option {unknown[0]} (expected db, sentinel_password)"
+        )
+    db_text = options.get("db", db_path or "0")
+    if not db_text.isdigit():
+        raise ValueError("redis+sentinel://: db must be a number")
+    username, _, password = userinfo.partition(":")
+    return SentinelAddress(
+        sentinels=tuple(_host_port(h) for h in hosts.split(",")),
+        master_name=master_name,
+        db=int(db_text),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        sentinel_password=options.get("sentinel_password") or None,
+    )
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):  # [IPv6]:port
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host:
+        raise ValueError(
+            "redis+sentinel://: expected host:port[,host:port...] before the master name"
+        )
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(f"redis+sentinel://: sentinel {host}: port must be 1-65535")
+    return host, int(port) if port else SENTINEL_PORT
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """A sentinel pool that waits for a free connection (redis-py has none)."""
 
 
 def connect(
@@ -44,7 +133,16 @@ def connect(
 ) -> aioredis.Redis:
     """A client with its own pool of at most `max_connections`, named `name` in
     `CLIENT LIST`. With `wait_for_connection` (seconds), a call finding every
-    connection busy waits that long for one instead of failing at once."""
+    connection busy waits that long for one instead of failing at once.
+
+    Behind sentinels, each new connection asks them for the master; a connection
+    to a master that was demoted fails (redis-py turns READONLY into a connection
+    error and drops it), so a retry or the next call reaches the new master, and a
+    call during the failover fails (MasterNotFoundError) rather than waits."""
+    try:
+        sentinel = parse_redis_url(url)
+    except ValueError as e:
+        raise ConfigError(f"redis.url: {e}") from None
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": timeout,
@@ -56,10 +154,46 @@ def connect(
     }
     if name is not None:
         options["client_name"] = name
+    if sentinel is not None:
+        return _master_client(sentinel, options, wait_for_connection)
     if wait_for_connection is None:
         return aioredis.Redis.from_url(url, **options)
     pool = aioredis.BlockingConnectionPool.from_url(url, timeout=wait_for_connection, **options)
     return aioredis.Redis.from_pool(pool)
+
+
+def _master_client(
+    address: SentinelAddress, options: dict[str, Any], wait_for_connection: float | None
+) -> aioredis.Redis:
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        address.sentinels,
+        sentinel_kwargs={
+            "socket_timeout": options["socket_timeout"],
+            "socket_connect_timeout": options["socket_connect_timeout"],
+            "password": address.sentinel_password,
+            "decode_responses": True,
+        },
+    )
+    pool_options: dict[str, Any] = {
+        "db": address.db,
+        "username": address.username,
+        "password": address.password,
+    }
+    if wait_for_connection is not None:
+        pool_options |= {
+            "connection_pool_class": _BlockingSentinelPool,
+            "timeout": wait_for_connection,
+        }
+    client: aioredis.Redis = sentinels.master_for(address.master_name, **options, **pool_options)
+    return client
+
+
+async def close(client: aioredis.Redis) -> None:
+    """Closes a client from `connect` with its pool (and its sentinel clients)."""
+    await client.aclose()
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.sentinel_manager.aclose()
 
 
 def load_script(client: aioredis.Redis, name: str) -> AsyncScript:

@@ -56,6 +56,11 @@ class KeySpace:
         return f"{self.prefix}:{{audit}}:keys"
 
     @property
+    def audit_barrier(self) -> str:
+        """A small write that WAIT for replicas can count (60 s TTL)."""
+        return f"{self.prefix}:{{audit}}:barrier"
+
+    @property
     def audit_checkpoint(self) -> str:
         """Hash of the latest published checkpoint: size, note, key_id."""
         return f"{self.prefix}:{{audit}}:checkpoint"

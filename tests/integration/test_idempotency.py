@@ -211,3 +211,26 @@ def test_cancelled_calls_retried_at_once_are_decided_at_most_once(
     per_action = Counter(h.action.action_id for h in holds.holds)
     assert max(per_action.values()) == 1
     assert set(per_action) == {f"c-{i}" for i in range(0, rounds, 3)}
+
+
+def test_without_the_required_replicas_neither_a_call_nor_its_retry_is_answered(
+    make_gateway: Callable[..., RunningGateway], gateway_config: Any
+) -> None:
+    """redis.min_replicas_acked: 1 on a Redis with no replica. The first call's entry
+    is appended but not acknowledged (UNAVAILABLE); its retry finds the stored
+    decision and must not answer from it either, as a failover could lose it."""
+    from dataclasses import replace as changed
+
+    redis_settings = changed(
+        gateway_config.redis, min_replicas_acked=1, replica_ack_timeout_seconds=0.05
+    )
+    gw = make_gateway(redis=redis_settings)
+    md = gw.md("agent-1")
+    for attempt in ("first call", "retry"):
+        with pytest.raises(grpc.RpcError) as refused:
+            gw.gateway.Submit(request(action_id="unreplicated"), metadata=md, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, attempt
+        assert "replicas" in refused.value.details(), attempt
+    # The entry itself was appended once, by the first call.
+    decided = [e for e in log_entries(gw) if e["action_id"] == "unreplicated"]
+    assert len(decided) == 1

@@ -292,7 +292,7 @@ def test_missing_principal_field_names_the_entry() -> None:
             role: agent
         """
     )
-    assert error == f"{SOURCE}:2: principals[0].token_sha256: is required"
+    assert error == f"{SOURCE}:2: principals[0]: missing required key 'token_sha256'"
 
 
 @pytest.mark.parametrize("name", ["-a", "a b", "a{b}", "x" * 129])
@@ -316,7 +316,7 @@ def test_principals_must_be_a_list() -> None:
           name: a
         """
     )
-    assert error == f"{SOURCE}:3: principals: expected a list"
+    assert error == f"{SOURCE}:3: principals: expected a list, got a mapping"
 
 
 @pytest.mark.parametrize(
@@ -379,7 +379,18 @@ def test_recommendations_must_be_a_mapping() -> None:
           - hold
         """
     )
-    assert error == f"{SOURCE}:2: recommendations: expected a mapping"
+    assert error == f"{SOURCE}:2: recommendations: expected a mapping, got a list"
+
+
+def test_a_recommendation_named_twice_is_refused() -> None:
+    error = parse_error(
+        """
+        recommendations:
+          investigate: deny
+          investigate: hold
+        """
+    )
+    assert error == f"{SOURCE}:3: recommendations.investigate: duplicate key"
 
 
 def test_invalid_yaml_names_the_line() -> None:
@@ -439,7 +450,7 @@ def test_unconstructible_value_is_a_config_error_naming_the_line_and_key(value: 
 
 
 def test_top_level_must_be_a_mapping() -> None:
-    assert parse_error("- a\n- b\n") == f"{SOURCE}:1: expected a mapping"
+    assert parse_error("- a\n- b\n") == f"{SOURCE}:1: expected a mapping, got a list"
 
 
 @pytest.mark.parametrize(
@@ -447,9 +458,9 @@ def test_top_level_must_be_a_mapping() -> None:
     [
         ("log_level: LOUD\n", "1: log_level: expected DEBUG, INFO, WARNING or ERROR"),
         ("paused_session_verdict: allow\n", "1: paused_session_verdict: expected hold or deny"),
-        ("listen: [a, b]\n", "1: listen: expected a single value"),
+        ("listen: [a, b]\n", "1: listen: expected a string, got a list"),
         ("listen: ''\n", "1: listen: expected a non-empty string"),
-        ("data_dir: 12\n", "1: data_dir: expected a non-empty string"),
+        ("data_dir: 12\n", "1: data_dir: expected a string, got an integer"),
         ("holds:\n  ttl_seconds: 0.5\n", "2: holds.ttl_seconds: expected a number >= 1"),
         ("holds:\n  ttl_seconds: yes\n", "2: holds.ttl_seconds: expected a number >= 1"),
         ("holds:\n  ttl_seconds: .nan\n", "2: holds.ttl_seconds: expected a number >= 1"),
@@ -460,7 +471,7 @@ def test_top_level_must_be_a_mapping() -> None:
         ("limits:\n  max_labels: true\n", "2: limits.max_labels: expected an integer >= 1"),
         ("audit:\n  origin: a b\n", "2: audit.origin: must not contain spaces or '+'"),
         ("audit:\n  origin: a+b\n", "2: audit.origin: must not contain spaces or '+'"),
-        ("holds: 5\n", "1: holds: expected a mapping"),
+        ("holds: 5\n", "1: holds: expected a mapping, got an integer"),
     ],
 )
 def test_bad_value_names_line_and_key(body: str, message: str) -> None:

@@ -490,6 +490,12 @@ HEADER = "version: 1\ndefault_verdict: allow\nrules:\n"
             id="binary-value",
         ),
         pytest.param(
+            HEADER + "  - name: a\n    verdict: allow\n    match:\n      parameters:\n"
+            "        - path: c\n          op: eq\n          value: !!int abc\n",
+            "policy.yaml:10: rules[0].match.parameters[0].value: invalid value (ValueError)",
+            id="unconstructible-integer",
+        ),
+        pytest.param(
             HEADER + "  - name: a\n    verdict: allow\n    match:\n      ? [x]\n      : y\n",
             "policy.yaml:7: rules[0].match: keys must be strings, got a list",
             id="non-string-key",
@@ -520,3 +526,24 @@ def test_error_line_counts_blank_and_comment_lines() -> None:
               resource: "/x/[oops"
     """)
     assert message.startswith("policy.yaml:14: rules[1].match.resource: invalid glob")
+
+
+def test_a_value_that_refers_to_itself_is_refused_with_its_line() -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        default_verdict: allow
+        rules:
+          - name: loop
+            verdict: deny
+            match:
+              parameters:
+                - path: a
+                  op: in
+                  value: &v [*v]
+        """
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_policy(text, "policy.yaml")
+    assert "refers to itself" in str(refused.value)
+    assert str(refused.value).startswith("policy.yaml:10:")

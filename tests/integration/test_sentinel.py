@@ -1,0 +1,329 @@
+"""Sentinel failover: kill -9 the master under load, and no answered decision is lost.
+
+Real processes from the suite's server binary: a master, a replica (`replicaof`) and
+one sentinel (quorum 1, down after 1 s). The gateway connects through the sentinel
+(`redis+sentinel://`) with `redis.min_replicas_acked: 1`, so an answer means the entry
+is on the replica too. Clients submit concurrently and, as agents do, retry an
+unanswered call with the same action_id. The master is killed; the sentinel promotes
+the replica; the killed master comes back as a replica of the new one (as an operator
+would restart it), so that appends can be acknowledged again. Afterwards every answer
+(before or after the kill) is in the chain at its audit_seq, and the chain verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from agentgw.v1 import gateway_pb2, gateway_pb2_grpc
+from clients.agent import bearer
+from clients.wire import python_to_struct
+from gateway.config import RedisSettings
+from gateway.domain.audit.verify import verify_export
+from gateway.store.embedded import find_server_binary
+from tests.harness import RunningGateway, token_for, wait_for
+from tests.processes import server_binary
+
+MASTER_NAME = "agw-master"
+CLIENTS = 4
+ANSWERS_BEFORE_KILL = 60
+ANSWERS_AFTER_FAILOVER = 40
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """One redis-server/valkey-server (or sentinel) process on a loopback port."""
+
+    def __init__(
+        self,
+        binary: Path,
+        directory: Path,
+        lines: list[str],
+        *,
+        sentinel: bool = False,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / ("sentinel.conf" if sentinel else "redis.conf")
+        common = [f"port {self.port}", "bind 127.0.0.1", f'dir "{directory}"', 'save ""']
+        config.write_text("\n".join([*common, *lines]) + "\n", encoding="utf-8")
+        command = [str(binary), str(config), *(["--sentinel"] if sentinel else [])]
+        with (directory / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=directory
+            )
+        self.client = redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
+        wait_for(self._answers, timeout=10, what=f"server on port {self.port}")
+
+    def _answers(self) -> bool:
+        assert self.process.poll() is None, (self.directory / "server.log").read_text()
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def replication_lines(master_port: int | None) -> list[str]:
+    lines = ["repl-diskless-sync yes", "repl-diskless-sync-delay 0", "appendonly no"]
+    return lines + ([f"replicaof 127.0.0.1 {master_port}"] if master_port else [])
+
+
+def replica_in_sync(master: ServerProcess) -> bool:
+    """The master sees a connected, online replica."""
+    try:
+        info = master.client.info("replication")
+    except redis.RedisError:
+        return False
+    replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return any(r.get("state") == "online" for r in replicas)
+
+
+@dataclass
+class Topology:
+    binary: Path
+    root: Path
+    master: ServerProcess
+    replica: ServerProcess
+    sentinel: ServerProcess
+    restarted: list[ServerProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{MASTER_NAME}"
+
+    def master_port(self) -> int | None:
+        try:
+            address = self.sentinel.client.execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME
+            )
+        except redis.RedisError:
+            return None
+        return int(address[1]) if address else None
+
+    def failed_over_to_replica(self) -> bool:
+        """The sentinel names the replica the master and has finished the failover."""
+        try:
+            state = _fields(self.sentinel.client.execute_command("SENTINEL", "MASTER", MASTER_NAME))
+        except redis.RedisError:
+            return False
+        return state.get("port") == str(self.replica.port) and state.get("flags") == "master"
+
+    def sentinel_sees_replica(self) -> bool:
+        try:
+            replicas = self.sentinel.client.execute_command("SENTINEL", "REPLICAS", MASTER_NAME)
+        except redis.RedisError:
+            return False
+        return any(_fields(r).get("port") == str(self.replica.port) for r in replicas)
+
+    def rejoin_old_master(self, new_master: ServerProcess) -> ServerProcess:
+        """Restart the killed master on its port as a replica of the new master."""
+        rejoined = ServerProcess(
+            self.binary,
+            self.root / "rejoined",
+            replication_lines(new_master.port),
+            port=self.master.port,
+        )
+        self.restarted.append(rejoined)
+        return rejoined
+
+
+def _fields(reply: object) -> dict[str, str]:
+    if isinstance(reply, dict):
+        return {str(k): str(v) for k, v in reply.items()}
+    assert isinstance(reply, list)
+    return {str(k): str(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[Topology]:
+    binary = find_server_binary(server_binary())
+    master = ServerProcess(binary, tmp_path / "master", replication_lines(None))
+    processes = [master]
+    try:
+        replica = ServerProcess(binary, tmp_path / "replica", replication_lines(master.port))
+        processes.append(replica)
+        wait_for(lambda: replica_in_sync(master), timeout=15, what="the replica to sync")
+        sentinel = ServerProcess(
+            binary,
+            tmp_path / "sentinel",
+            [
+                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master.port} 1",
+                # Less makes the sentinel flap: it can take that long to reach a new master.
+                f"sentinel down-after-milliseconds {MASTER_NAME} 1000",
+                f"sentinel failover-timeout {MASTER_NAME} 3000",
+                f"sentinel parallel-syncs {MASTER_NAME} 1",
+            ],
+            sentinel=True,
+        )
+        processes.append(sentinel)
+        found = Topology(binary, tmp_path, master, replica, sentinel)
+        # The sentinel learns the replica from the master's INFO; a failover needs it.
+        wait_for(found.sentinel_sees_replica, timeout=15, what="the sentinel to see the replica")
+        yield found
+        processes.extend(found.restarted)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+@dataclass(frozen=True)
+class Answer:
+    audit_seq: int
+    verdict: int
+    first_sent_at: float
+    answered_at: float
+
+
+@dataclass
+class Ledger:
+    answers: dict[str, Answer] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # retried: code, while failing over
+    killed_at: float | None = None
+
+
+def action(n: int) -> tuple[gateway_pb2.ActionRequest, tuple[tuple[str, str], ...]]:
+    agent_id = f"agent-{1 + n % 2}"
+    request = gateway_pb2.ActionRequest(
+        action_id=f"act-{n}",
+        agent_id=agent_id,
+        session_id=f"s-{n}",
+        action_type="send_email" if n % 4 == 0 else "search",
+        parameters=python_to_struct({"n": n}),
+    )
+    return request, bearer(token_for(agent_id))
+
+
+async def drive(target: str, ledger: Ledger, done: Callable[[], bool]) -> None:
+    """CLIENTS clients submit one action at a time, each retried with its action_id
+    until answered, until `done()`."""
+    numbers = itertools.count()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+
+        async def client() -> None:
+            while not done():
+                request, metadata = action(next(numbers))
+                first_sent_at = time.monotonic()
+                deadline = first_sent_at + 30
+                while True:
+                    try:
+                        decision = await stub.Submit(request, metadata=metadata, timeout=10)
+                    except grpc.aio.AioRpcError as e:
+                        assert e.code() in RETRYABLE, f"{request.action_id}: {e.code()}"
+                        assert ledger.killed_at is not None, f"before the kill: {e.details()}"
+                        assert time.monotonic() < deadline, f"{request.action_id}: never answered"
+                        ledger.failures.append(e.code().name)
+                        await asyncio.sleep(0.05)  # the agent's backoff before its retry
+                        continue
+                    ledger.answers[request.action_id] = Answer(
+                        decision.audit_seq, decision.verdict, first_sent_at, time.monotonic()
+                    )
+                    break
+
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+
+
+def test_gateway_follows_a_failover_and_keeps_every_answered_decision(
+    topology: Topology, make_gateway: Callable[..., RunningGateway], key_prefix: str
+) -> None:
+    settings = RedisSettings(
+        url=topology.url,
+        key_prefix=key_prefix,
+        min_replicas_acked=1,
+        replica_ack_timeout_seconds=0.5,
+    )
+    gw = make_gateway(redis=settings)
+    ledger = Ledger()
+
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        load = asyncio.create_task(
+            drive(gw.target, ledger, lambda: answered_after_failover() >= ANSWERS_AFTER_FAILOVER)
+        )
+
+        def answered_after_failover() -> int:
+            killed = ledger.killed_at
+            return (
+                0
+                if killed is None
+                else sum(a.answered_at > killed for a in ledger.answers.values())
+            )
+
+        await wait_async(lambda: len(ledger.answers) >= ANSWERS_BEFORE_KILL, 20, "answers")
+        topology.master.kill()
+        ledger.killed_at = time.monotonic()
+        await wait_async(topology.failed_over_to_replica, 20, "the sentinel to fail over")
+        promoted = time.monotonic() - ledger.killed_at
+        new_master = topology.replica
+        rejoined = await loop.run_in_executor(None, topology.rejoin_old_master, new_master)
+        await wait_async(lambda: replica_in_sync(new_master), 20, "the old master to rejoin")
+        assert rejoined.client.info("replication")["role"] == "slave"
+        await asyncio.wait_for(load, 30)
+        first_after = min(
+            a.answered_at for a in ledger.answers.values() if a.first_sent_at > ledger.killed_at
+        )
+        return promoted, first_after - ledger.killed_at
+
+    promoted, first_answer = asyncio.run(scenario())
+    print(f"failover: promoted after {promoted:.2f}s, first new answer after {first_answer:.2f}s")
+
+    lines = gw.export_lines()
+    report = verify_export(lines, gw.key_set())
+    assert report.ok, report.failure
+    entries = [json.loads(line) for line in lines]
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    for action_id, answer in ledger.answers.items():
+        entry = entries[answer.audit_seq - 1]
+        assert (entry["action_id"], entry["seq"]) == (action_id, answer.audit_seq)
+    decided = [e["action_id"] for e in entries if e["event_type"] == "action_decided"]
+    assert len(decided) == len(set(decided)), "an action was recorded twice"
+
+    # New calls are decided on the new master, and the health probe followed it.
+    after = gw.agent().submit("search", session_id="after-failover", action_id="after-failover")
+    assert after.audit_seq == len(entries) + 1
+    assert topology.master_port() == topology.replica.port
+    assert topology.replica.client.info("replication")["role"] == "master"
+
+
+async def wait_async(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Polls `condition` (in a thread: it may block on Redis) until it holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await loop.run_in_executor(None, condition):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
