@@ -38,12 +38,12 @@ from gateway.api.services import AlertsService, ApprovalsService, AuditService, 
 from gateway.api.status import RequireToken, Servicer, roles_of
 from gateway.config import Config
 from gateway.domain.audit.keys import SigningKeys
-from gateway.domain.policy.reload import PolicyReloader
 from gateway.domain.redaction import Redactor
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
 from gateway.services.approvals import RECHECK_SECONDS, ApprovalDesk
 from gateway.services.decisions import DecisionPipeline
+from gateway.services.policy_reload import PolicyReloader
 from gateway.store.audit_log import AuditLog, ReplicaAcks
 from gateway.store.connection import (
     HOLD_POOL_SIZE,

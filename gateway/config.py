@@ -23,7 +23,7 @@ from gateway.domain.detect.loops import LoopSettings
 from gateway.domain.principals import Principal, Role, token_digest
 from gateway.domain.redaction import RedactionRules, key_word, value_pattern
 from gateway.domain.validation import Limits
-from gateway.domain.verdicts import DEFAULT_EFFECTS, Effect
+from gateway.domain.verdicts import DEFAULT_RECOMMENDATIONS, Effect
 from gateway.domain.yaml_reader import YamlReader, join
 from gateway.errors import ConfigError
 from gateway.store.connection import parse_redis_url
@@ -82,7 +82,10 @@ class Config:
     idempotency_ttl_seconds: float = 86400.0
     session_idle_timeout_seconds: float = 86400.0  # history and pause of an idle session
     paused_session_verdict: Verdict = Verdict.HOLD
-    effects: Mapping[str, Effect] = field(default_factory=lambda: dict(DEFAULT_EFFECTS))
+    # what each finding's recommendation does (YAML `recommendations`)
+    recommendations: Mapping[str, Effect] = field(
+        default_factory=lambda: dict(DEFAULT_RECOMMENDATIONS)
+    )
     log_level: str = "INFO"
     redaction: RedactionRules = field(default_factory=RedactionRules)  # added to the built-ins
     source: str = "<defaults>"
@@ -334,7 +337,7 @@ def _paused_session_verdict(r: _ConfigReader, node: Node) -> dict[str, Verdict]:
 
 def _recommendations(r: _ConfigReader, node: Node) -> dict[str, dict[str, Effect]]:
     """`recommendations:` sets the effect of a detector's recommendation; others keep theirs."""
-    effects = dict(DEFAULT_EFFECTS)
+    effects = dict(DEFAULT_RECOMMENDATIONS)
     allowed = ", ".join(e.value for e in Effect)
     for name, value_node in r.mapping(node, "recommendations").items():
         key = join("recommendations", name)
@@ -345,7 +348,7 @@ def _recommendations(r: _ConfigReader, node: Node) -> dict[str, dict[str, Effect
             raise r.fail(
                 value_node, key, f"unknown effect '{value}' (expected one of {allowed})"
             ) from None
-    return {"effects": effects}
+    return {"recommendations": effects}
 
 
 def _redaction(r: _ConfigReader, node: Node) -> dict[str, RedactionRules]:

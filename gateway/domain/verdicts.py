@@ -30,7 +30,7 @@ class Effect(enum.Enum):
         }[self]
 
 
-DEFAULT_EFFECTS: Mapping[str, Effect] = {
+DEFAULT_RECOMMENDATIONS: Mapping[str, Effect] = {
     "require_approval": Effect.HOLD,
     "pause_and_review": Effect.HOLD_AND_PAUSE,
     "inject_guidance": Effect.ALLOW,
@@ -48,7 +48,7 @@ class VerdictOutcome:
 def combine_verdict(
     policy: PolicyResult,
     findings: Sequence[Finding],
-    effects: Mapping[str, Effect],
+    recommendations: Mapping[str, Effect],
     in_paused_session: bool,
     paused_session_verdict: Verdict,
 ) -> VerdictOutcome:
@@ -56,7 +56,7 @@ def combine_verdict(
     pause = False
     for finding in findings:
         # An unknown recommendation is treated as a hold: never a silent allow.
-        effect = effects.get(finding.recommended_action, Effect.HOLD)
+        effect = recommendations.get(finding.recommended_action, Effect.HOLD)
         if effect is Effect.HOLD_AND_PAUSE:
             pause = True
         if effect.verdict > verdict:

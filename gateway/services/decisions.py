@@ -28,12 +28,12 @@ from gateway.domain.audit.keys import Signer
 from gateway.domain.detect.loops import detect_loops, fingerprint
 from gateway.domain.holds import Hold
 from gateway.domain.policy.evaluator import evaluate_rules
-from gateway.domain.policy.reload import PolicyReloader
 from gateway.domain.principals import Principal
 from gateway.domain.redaction import Redactor
 from gateway.domain.validation import validate_request
 from gateway.domain.verdicts import VerdictOutcome, combine_verdict
 from gateway.errors import AlreadyExists, Forbidden, InFlight, OutcomeUnknown
+from gateway.services.policy_reload import PolicyReloader
 from gateway.store.audit_log import AuditLog
 from gateway.store.records import finding_to_json
 from gateway.store.state import (
@@ -202,7 +202,7 @@ class DecisionPipeline:
         outcome = combine_verdict(
             policy_result,
             findings,
-            self.config.effects,
+            self.config.recommendations,
             in_paused_session=observed.pause is not None,
             paused_session_verdict=self.config.paused_session_verdict,
         )

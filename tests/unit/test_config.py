@@ -24,7 +24,7 @@ from gateway.domain.detect.loops import LoopSettings
 from gateway.domain.principals import Role, token_digest
 from gateway.domain.redaction import REDACTED, RedactionRules, Redactor
 from gateway.domain.validation import Limits
-from gateway.domain.verdicts import DEFAULT_EFFECTS, Effect
+from gateway.domain.verdicts import DEFAULT_RECOMMENDATIONS, Effect
 from gateway.errors import ConfigError
 
 SOURCE = "/etc/agentgw/agentgw.yaml"
@@ -75,7 +75,7 @@ def test_empty_file_gives_the_defaults() -> None:
     assert config.principals == ()
     assert config.hold_ttl_seconds == 900.0
     assert config.paused_session_verdict is Verdict.HOLD
-    assert config.effects == DEFAULT_EFFECTS
+    assert config.recommendations == DEFAULT_RECOMMENDATIONS
 
 
 def test_every_key_is_read() -> None:
@@ -131,9 +131,9 @@ def test_every_key_is_read() -> None:
     assert config.hold_ttl_seconds == 60.0
     assert config.idempotency_ttl_seconds == 3600.0
     assert config.paused_session_verdict is Verdict.DENY
-    assert config.effects["investigate"] is Effect.DENY
-    assert config.effects["custom_check"] is Effect.HOLD_AND_PAUSE
-    assert config.effects["require_approval"] is Effect.HOLD  # defaults kept
+    assert config.recommendations["investigate"] is Effect.DENY
+    assert config.recommendations["custom_check"] is Effect.HOLD_AND_PAUSE
+    assert config.recommendations["require_approval"] is Effect.HOLD  # defaults kept
     assert config.source == SOURCE
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from gateway.domain.actions import Verdict
-from gateway.domain.policy import PolicyReloader, default_policy
+from gateway.domain.policy import default_policy
 from gateway.errors import ConfigError
+from gateway.services.policy_reload import PolicyReloader
 
 VALID_ALLOW = "version: 1\ndefault_verdict: allow\nrules: []\n"
 VALID_DENY = (

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gateway.domain.actions import Finding, Verdict
 from gateway.domain.policy.evaluator import PolicyResult
-from gateway.domain.verdicts import DEFAULT_EFFECTS, Effect, VerdictOutcome, combine_verdict
+from gateway.domain.verdicts import DEFAULT_RECOMMENDATIONS, Effect, VerdictOutcome, combine_verdict
 
 PAUSED_REASON = "the session is paused for review; an approver must resume it"
 
@@ -35,14 +35,14 @@ def combine(
     paused: bool = False,
     paused_verdict: Verdict = Verdict.HOLD,
 ) -> VerdictOutcome:
-    return combine_verdict(policy_result, findings, DEFAULT_EFFECTS, paused, paused_verdict)
+    return combine_verdict(policy_result, findings, DEFAULT_RECOMMENDATIONS, paused, paused_verdict)
 
 
 # -- effects ----------------------------------------------------------------------------------
 
 
 def test_default_effects_match_the_design() -> None:
-    assert DEFAULT_EFFECTS == {
+    assert DEFAULT_RECOMMENDATIONS == {
         "require_approval": Effect.HOLD,
         "pause_and_review": Effect.HOLD_AND_PAUSE,
         "inject_guidance": Effect.ALLOW,
@@ -117,7 +117,11 @@ def test_unknown_recommendation_holds_even_with_empty_effects() -> None:
 
 
 def test_configured_effects_override_the_defaults() -> None:
-    effects = {**DEFAULT_EFFECTS, "investigate": Effect.DENY, "require_approval": Effect.ALLOW}
+    effects = {
+        **DEFAULT_RECOMMENDATIONS,
+        "investigate": Effect.DENY,
+        "require_approval": Effect.ALLOW,
+    }
     denied = combine_verdict(policy(), [finding("investigate")], effects, False, Verdict.HOLD)
     assert denied.verdict is Verdict.DENY
     allowed = combine_verdict(policy(), [finding("require_approval")], effects, False, Verdict.HOLD)
@@ -159,7 +163,7 @@ def test_deny_finding_beats_a_policy_hold() -> None:
 
 
 def test_strictest_finding_wins_regardless_of_order() -> None:
-    effects = {**DEFAULT_EFFECTS, "block": Effect.DENY}
+    effects = {**DEFAULT_RECOMMENDATIONS, "block": Effect.DENY}
     findings = [
         finding("investigate", "a"),
         finding("block", "b"),
@@ -231,8 +235,8 @@ def test_unpaused_session_ignores_the_paused_verdict() -> None:
 
 # -- properties ---------------------------------------------------------------------------------
 
-recommendations = st.sampled_from([*DEFAULT_EFFECTS, "unknown", "block"])
-EFFECTS = {**DEFAULT_EFFECTS, "block": Effect.DENY}
+recommendations = st.sampled_from([*DEFAULT_RECOMMENDATIONS, "unknown", "block"])
+EFFECTS = {**DEFAULT_RECOMMENDATIONS, "block": Effect.DENY}
 
 
 @given(
