@@ -15,15 +15,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.domain.audit.entry import AuditEntry, EntryDraft, format_timestamp
-from gateway.domain.audit.events import ActorType
+from gateway.domain.audit.chain import rotation_draft
+from gateway.domain.audit.entry import AuditEntry
 from gateway.domain.audit.keys import (
-    ROTATION_EVENT,
-    SIGNER_RESOURCE_PREFIX,
     KeyFileError,
-    Signer,
     TrustedKey,
-    next_signer_details,
 )
 from gateway.domain.holds import check_reason
 from gateway.domain.principals import Principal
@@ -39,25 +35,6 @@ class Rotation:
     entry: AuditEntry  # the key_rotated entry, signed by the old key
     old_key: TrustedKey
     new_key: TrustedKey
-
-
-def rotation_draft(actor: str, new: Signer, origin: str, reason: str, now: float) -> EntryDraft:
-    """The entry that introduces `new`: the verifier trusts the new key because of it
-    (`gateway.domain.audit.keys.read_next_signer` reads what `next_signer_details` writes)."""
-    return EntryDraft(
-        timestamp=format_timestamp(now),
-        event_type=ROTATION_EVENT,
-        actor=actor,
-        actor_type=ActorType.USER,
-        action_id="",
-        action_type="",
-        resource=f"{SIGNER_RESOURCE_PREFIX}{new.key_id}",
-        details={
-            "reason": reason,
-            "next_signer": next_signer_details(origin, new.public_key_raw),
-        },
-        outcome="rotated",
-    )
 
 
 async def rotate_key(

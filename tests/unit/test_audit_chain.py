@@ -14,6 +14,7 @@ from gateway.domain.audit.chain import (
     consistency_range,
     extend,
     inclusion_range,
+    rotation_draft,
     sign_head,
 )
 from gateway.domain.audit.checkpoint import open_checkpoint
@@ -22,7 +23,6 @@ from gateway.domain.audit.keys import KeySet, Signer
 from gateway.domain.audit.merkle import CompactRange
 from gateway.domain.audit.verify import verify_export
 from gateway.errors import InvalidRequest
-from gateway.services.key_rotation import rotation_draft
 
 ORIGIN = "agentgw.test/chain"
 FIRST = Signer.from_seed(bytes(range(32)))

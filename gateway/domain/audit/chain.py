@@ -3,7 +3,8 @@
 Owns the head (seq, entry hash, Merkle frontier, the key that signs next) and the
 pure steps the audit writer takes with it: `extend` chains and signs a batch of
 drafts on top of a head (returning the new head, the entries, the Merkle tree nodes
-they complete and the key history they change), `sign_head` makes the signed
+they complete and the key history they change), `rotation_draft` is the entry that
+hands the chain to a new key, `sign_head` makes the signed
 checkpoint of a head, and `inclusion_range` / `consistency_range` check what a proof
 request asks for against the head's size. The store reads the head and
 compare-and-appends what `extend` returns; it never chains or signs.
@@ -15,8 +16,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.domain.audit.checkpoint import Checkpoint, sign_checkpoint
-from gateway.domain.audit.entry import GENESIS_HASH, AuditEntry, EntryDraft, build_entry, leaf_hash
-from gateway.domain.audit.keys import Signer
+from gateway.domain.audit.entry import (
+    GENESIS_HASH,
+    AuditEntry,
+    EntryDraft,
+    build_entry,
+    format_timestamp,
+    leaf_hash,
+)
+from gateway.domain.audit.events import ActorType
+from gateway.domain.audit.keys import (
+    ROTATION_EVENT,
+    SIGNER_RESOURCE_PREFIX,
+    Signer,
+    next_signer_details,
+)
 from gateway.domain.audit.merkle import CompactRange
 from gateway.errors import InvalidRequest
 
@@ -134,6 +148,25 @@ def extend(start: Head, segments: Sequence[Segment], signer: Signer) -> Extensio
             changes.append(KeyIntroduced(signer, head.seq + 1))
     head.key_id = signer.key_id
     return Extension(head, tuple(built), tuple(nodes), tuple(changes))
+
+
+def rotation_draft(actor: str, new: Signer, origin: str, reason: str, now: float) -> EntryDraft:
+    """The entry that introduces `new`: the verifier trusts the new key because of it
+    (`gateway.domain.audit.keys.read_next_signer` reads what `next_signer_details` writes)."""
+    return EntryDraft(
+        timestamp=format_timestamp(now),
+        event_type=ROTATION_EVENT,
+        actor=actor,
+        actor_type=ActorType.USER,
+        action_id="",
+        action_type="",
+        resource=f"{SIGNER_RESOURCE_PREFIX}{new.key_id}",
+        details={
+            "reason": reason,
+            "next_signer": next_signer_details(origin, new.public_key_raw),
+        },
+        outcome="rotated",
+    )
 
 
 def sign_head(head: Head, origin: str, timestamp: str, signer: Signer) -> tuple[Checkpoint, str]:
