@@ -140,9 +140,8 @@ class App:
             self.client, keys, signing_keys, config.audit.origin, self.clock, replica_acks
         )
         self.listener = ResolutionListener(self.hold_client, keys.hold_resolved_channel)
-        self.desk = ApprovalDesk(
-            self.hold_state, self.audit, self.listener, self.clock, Redactor(config.redaction)
-        )
+        redactor = Redactor(config.redaction)
+        self.desk = ApprovalDesk(self.hold_state, self.audit, self.listener, self.clock, redactor)
         self.pipeline = DecisionPipeline(config, policy, self.state, self.audit, self.clock)
         self.policy = policy
 
@@ -159,10 +158,10 @@ class App:
 
         auth = Authenticator(config.principals)
         servicers: tuple[Servicer, ...] = (
-            GatewayService(auth, self.pipeline, self.desk),
-            ApprovalsService(auth, self.desk),
-            AuditService(auth, self.audit, self.clock),
-            AlertsService(auth),
+            GatewayService(auth, self.pipeline, self.desk, redactor),
+            ApprovalsService(auth, self.desk, redactor),
+            AuditService(auth, self.audit, self.clock, redactor),
+            AlertsService(auth, redactor),
         )
         own_methods = frozenset(
             f"/{s.service.full_name}/{m.name}" for s in servicers for m in s.service.methods

@@ -32,7 +32,8 @@ from gateway.errors import UndecodableRequest
 # protobuf's default recursion limit for nested messages.
 MAX_NESTING = 100
 # A walk over a pathological message (many tiny fields) stops after this many fields
-# (about 15 ms), so that it cannot stall the event loop for long.
+# (about 15 ms), so that it cannot stall the event loop for long; such a message is
+# refused, as what lies beyond cannot be checked.
 MAX_FIELDS_EXAMINED = 10_000
 
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = range(6)
@@ -137,7 +138,9 @@ def wire_problem(descriptor: Descriptor, data: bytes) -> str | None:
     except _Problem as p:
         return p.why
     except _GiveUp:
-        return None
+        # Not "no problem found": a field past the limit could have the wrong wire
+        # type, and protobuf would quietly drop it. No real request has this many.
+        return f"more than {MAX_FIELDS_EXAMINED} fields"
     return None
 
 

@@ -19,6 +19,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.status import Servicer, rpc, stream_rpc
 from gateway.domain.audit.entry import AuditEntry
 from gateway.domain.principals import Principal, Role
+from gateway.domain.redaction import Redactor
 from gateway.errors import InvalidRequest, NotImplementedYet
 from gateway.services.approvals import ApprovalDesk
 from gateway.services.audit_queries import AuditSearch
@@ -32,8 +33,14 @@ READ_CHUNK = 500
 class GatewayService(Servicer):
     service = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 
-    def __init__(self, auth: Authenticator, pipeline: DecisionPipeline, desk: ApprovalDesk) -> None:
-        super().__init__(auth)
+    def __init__(
+        self,
+        auth: Authenticator,
+        pipeline: DecisionPipeline,
+        desk: ApprovalDesk,
+        redactor: Redactor | None = None,
+    ) -> None:
+        super().__init__(auth, redactor)
         self.pipeline = pipeline
         self.desk = desk
 
@@ -79,8 +86,10 @@ class GatewayService(Servicer):
 class ApprovalsService(Servicer):
     service = approvals_pb2.DESCRIPTOR.services_by_name["Approvals"]
 
-    def __init__(self, auth: Authenticator, desk: ApprovalDesk) -> None:
-        super().__init__(auth)
+    def __init__(
+        self, auth: Authenticator, desk: ApprovalDesk, redactor: Redactor | None = None
+    ) -> None:
+        super().__init__(auth, redactor)
         self.desk = desk
 
     @rpc(Role.APPROVER)
@@ -142,8 +151,14 @@ class ApprovalsService(Servicer):
 class AuditService(Servicer):
     service = audit_pb2.DESCRIPTOR.services_by_name["Audit"]
 
-    def __init__(self, auth: Authenticator, audit: AuditLog, clock: Callable[[], float]) -> None:
-        super().__init__(auth)
+    def __init__(
+        self,
+        auth: Authenticator,
+        audit: AuditLog,
+        clock: Callable[[], float],
+        redactor: Redactor | None = None,
+    ) -> None:
+        super().__init__(auth, redactor)
         self.audit = audit
         self.origin = audit.origin
         self.clock = clock
@@ -198,7 +213,7 @@ class AuditService(Servicer):
         principal: Principal,
     ) -> audit_pb2.RotateKeyResponse:
         rotation = await rotate_key(
-            self.audit, principal, request.reason, request.key_id, self.clock
+            self.audit, principal, request.reason, request.key_id, self.clock, self.redactor
         )
         return audit_pb2.RotateKeyResponse(
             entry=convert.entry_to_proto(rotation.entry),

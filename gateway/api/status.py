@@ -26,6 +26,7 @@ from gateway.api.auth import Authenticator, require_role
 from gateway.api.decoding import Received, open_request
 from gateway.domain.audit.errors import AuditError
 from gateway.domain.principals import Principal, Role
+from gateway.domain.redaction import Redactor
 from gateway.errors import (
     AlreadyExists,
     Conflict,
@@ -77,12 +78,14 @@ def new_ref() -> str:
 
 
 class Servicer:
-    """Base for servicers: the service they implement, and the authenticator `rpc` uses."""
+    """Base for servicers: the service they implement, the authenticator `rpc` uses,
+    and the redaction applied to every status message (a refusal may quote input)."""
 
     service: ClassVar[ServiceDescriptor]
 
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, redactor: Redactor | None = None) -> None:
         self.auth = auth
+        self.redactor = redactor or Redactor()
 
     def _authorize(self, context: grpc.aio.ServicerContext, roles: frozenset[Role]) -> Principal:
         principal = self.auth.authenticate(context.invocation_metadata())
@@ -131,7 +134,9 @@ def rpc(
                 raise
             except Exception as e:  # every failure becomes a status
                 failure = e
-            await refuse(context, f"/{self.service.full_name}/{name}", principal, failure)
+            await refuse(
+                context, f"/{self.service.full_name}/{name}", principal, failure, self.redactor
+            )
 
         setattr(handler, _ROLES, allowed)
         return handler
@@ -163,7 +168,9 @@ def stream_rpc(
                 raise
             except Exception as e:  # every failure becomes a status
                 failure = e
-            await refuse(context, f"/{self.service.full_name}/{name}", principal, failure)
+            await refuse(
+                context, f"/{self.service.full_name}/{name}", principal, failure, self.redactor
+            )
 
         setattr(handler, _ROLES, allowed)
         return handler
@@ -176,6 +183,7 @@ async def refuse(
     rpc_path: str,
     principal: Principal | None,
     error: Exception,
+    redactor: Redactor | None = None,
 ) -> NoReturn:
     """Ends the call with the status for `error`, and logs it under a new ref.
 
@@ -192,7 +200,8 @@ async def refuse(
     }
     if isinstance(error, GatewayError):
         code = status_for(error)
-        message = preview(str(error), MESSAGE_LIMIT)
+        # Redacted before it is cut: a refusal may quote what the caller sent.
+        message = preview((redactor or Redactor()).text(str(error)), MESSAGE_LIMIT)
         extra.update(code=code.name, error=message)
         if isinstance(error, UndecodableRequest | StoreUnavailable) and error.detail:
             extra["detail"] = preview(error.detail, MESSAGE_LIMIT)

@@ -427,6 +427,10 @@ class Redactor:
             text = self._redact_patterns(text)
         return text
 
+    def looks_secret(self, text: str) -> bool:
+        """Would redaction change `text`? For values that are kept as they are (ids)."""
+        return self.text(text) != text
+
     def request(self, request: ActionRequest) -> ActionRequest:
         """The request as it may be stored, logged, audited and returned."""
         return replace(
@@ -476,14 +480,11 @@ class Redactor:
         return has_value and named
 
     def _sequence(self, items: list[Any] | tuple[Any, ...]) -> list[Any]:
-        if items and all(
-            isinstance(i, list | tuple) and len(i) == 2 and isinstance(i[0], str) for i in items
-        ):
-            # [["Authorization", "Bearer ..."], ["Accept", "text/html"]]: header pairs.
-            return [
-                [self.text(i[0]), REDACTED if self.is_sensitive_key(i[0]) else self.value(i[1])]
-                for i in items
-            ]
+        if len(items) == 2 and isinstance(items[0], str) and self.is_sensitive_key(items[0]):
+            # ["X-Api-Key", "..."]: a [NAME, value] pair on its own.
+            return [self.text(items[0]), REDACTED]
+        # [["Authorization", "Bearer ..."], ["Accept", "text/html"], ...]: header pairs,
+        # whatever else the list holds.
         out = [self.value(v) for v in items]
         # ["mysql", "--password", "hunter2"]: an argument vector.
         for i, item in enumerate(items[:-1]):

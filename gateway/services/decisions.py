@@ -32,7 +32,7 @@ from gateway.domain.principals import Principal
 from gateway.domain.redaction import Redactor
 from gateway.domain.validation import validate_request
 from gateway.domain.verdicts import VerdictOutcome, combine_verdict
-from gateway.errors import AlreadyExists, Forbidden, InFlight, OutcomeUnknown
+from gateway.errors import AlreadyExists, Forbidden, InFlight, InvalidRequest, OutcomeUnknown
 from gateway.services.policy_reload import PolicyReloader
 from gateway.store.audit_log import AuditLog
 from gateway.store.records import finding_to_json
@@ -87,6 +87,7 @@ class DecisionPipeline:
     async def submit(self, principal: Principal, request: ActionRequest) -> Decision:
         # Sizes first: nothing below looks at (or echoes) an oversized field.
         validate_request(request, self.config.limits)
+        refuse_secret_identifiers(request, self.redactor)
         authorize_agent(principal, request)
         claim = Claim.new(request_digest(request, self.digest_key))
         # Everything stored, logged or audited from here on uses the redacted copy.
@@ -275,6 +276,23 @@ class DecisionPipeline:
             f"action_id {stored.action_id} was already used for a request with different "
             "content; use a new action_id for a new action"
         )
+
+
+def refuse_secret_identifiers(request: ActionRequest, redactor: Redactor) -> None:
+    """Identifiers are stored, signed and compared as they are, never redacted: one
+    that looks like a credential (a token, a key, a URL with a password) is refused
+    rather than written into the append-only log. The message does not repeat it."""
+    for field, value in (
+        ("action_id", request.action_id),
+        ("session_id", request.session_id),
+        ("action_type", request.action_type),
+    ):
+        if redactor.looks_secret(value):
+            raise InvalidRequest(
+                field,
+                "looks like a credential (token, key or password); identifiers are "
+                "recorded as they are, so they must not carry secrets",
+            )
 
 
 def authorize_agent(principal: Principal, request: ActionRequest) -> None:

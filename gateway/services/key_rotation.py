@@ -23,6 +23,7 @@ from gateway.domain.audit.keys import (
 )
 from gateway.domain.holds import check_reason
 from gateway.domain.principals import Principal
+from gateway.domain.redaction import Redactor
 from gateway.errors import Conflict, InvalidRequest, StoreUnavailable
 from gateway.store.audit_log import AuditLog
 from gateway.store.state import Mutation
@@ -38,10 +39,16 @@ class Rotation:
 
 
 async def rotate_key(
-    audit: AuditLog, principal: Principal, reason: str, key_id: str, clock: Callable[[], float]
+    audit: AuditLog,
+    principal: Principal,
+    reason: str,
+    key_id: str,
+    clock: Callable[[], float],
+    redactor: Redactor | None = None,
 ) -> Rotation:
-    """Moves the log to a new signing key: the provisioned `key_id`, or a new one."""
-    reason = check_reason(reason)
+    """Moves the log to a new signing key: the provisioned `key_id`, or a new one.
+    The reason is free text signed into the log: redacted like any other."""
+    reason = (redactor or Redactor()).text(check_reason(reason))
     history = await audit.key_history()
     if key_id:
         if any(key.key_id == key_id for key in history):
