@@ -21,6 +21,7 @@ from typing import Any, ClassVar, NoReturn, ParamSpec, TypeVar, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2
 
 from gateway.api.auth import Authenticator, require_role
 from gateway.api.decoding import Received, open_request
@@ -265,7 +266,12 @@ class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     reveals only SERVING/NOT_SERVING).
     """
 
-    OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+    # Exactly the health RPCs: a prefix would also open paths such as
+    # "/grpc.health.v1.Health/../x" to callers without a token.
+    OPEN_METHODS = frozenset(
+        f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/{m.name}"
+        for m in health_pb2.DESCRIPTOR.services_by_name["Health"].methods
+    )
 
     def __init__(self, auth: Authenticator, own_methods: frozenset[str]) -> None:
         self.auth = auth
@@ -277,7 +283,7 @@ class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
-        if method not in self.own_methods and not method.startswith(self.OPEN_PREFIXES):
+        if method not in self.own_methods and method not in self.OPEN_METHODS:
             try:
                 self.auth.authenticate(handler_call_details.invocation_metadata)
             except Unauthenticated as e:

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -141,8 +142,17 @@ def test_every_rpc_authenticates_and_authorizes_every_caller(gw: RunningGateway)
     assert not wrong, f"(rpc, caller): (got, expected): {wrong}"
 
 
-def test_a_method_the_server_does_not_have_needs_a_token_too(gw: RunningGateway) -> None:
-    probe = gw.channel.unary_unary("/agentgw.v1.Gateway/Nope", request_serializer=None)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/agentgw.v1.Gateway/Nope",
+        # Under the open health service's prefix, but not one of its methods.
+        "/grpc.health.v1.Health/../../agentgw.v1.Gateway/Submit",
+        "/grpc.health.v1.Health/Nope",
+    ],
+)
+def test_a_method_the_server_does_not_have_needs_a_token_too(gw: RunningGateway, path: str) -> None:
+    probe = gw.channel.unary_unary(path, request_serializer=None)
     for caller in CALLERS:
         try:
             probe(b"", metadata=metadata(caller), timeout=10)
