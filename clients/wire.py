@@ -14,6 +14,7 @@ from google.protobuf import struct_pb2
 
 from agentgw.v1 import audit_pb2
 from gateway.domain.audit.entry import AuditEntry
+from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof, proof_hashes
 from gateway.domain.audit.query import Report
 
 
@@ -75,4 +76,18 @@ def report_from_proto(msg: audit_pb2.ReportResponse) -> Report:
         failures=tuple(entry_from_proto(e) for e in msg.failures),
         first_seq=msg.first_seq,
         last_seq=msg.last_seq,
+    )
+
+
+def inclusion_proof_from_proto(msg: audit_pb2.InclusionProof) -> InclusionProof:
+    """An inclusion proof as received; ProofFailed if a hash is not hex."""
+    root, leaf = proof_hashes([msg.root_hash, msg.leaf_hash])
+    return InclusionProof(msg.seq, msg.tree_size, proof_hashes(msg.hashes), root, leaf)
+
+
+def consistency_proof_from_proto(msg: audit_pb2.ConsistencyProof) -> ConsistencyProof:
+    """A consistency proof as received; ProofFailed if a hash is not hex."""
+    old_root, new_root = proof_hashes([msg.old_root, msg.new_root])
+    return ConsistencyProof(
+        msg.old_size, msg.new_size, proof_hashes(msg.hashes), old_root, new_root
     )

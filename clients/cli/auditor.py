@@ -28,13 +28,11 @@ from clients.cli.common import (
     output,
     print_result,
 )
-from clients.wire import entry_from_proto
+from clients.wire import consistency_proof_from_proto, entry_from_proto, inclusion_proof_from_proto
 from gateway.domain.audit.checkpoint import Checkpoint
 from gateway.domain.audit.keys import KeyFileError, KeySet, TrustAnchor
 from gateway.domain.audit.proofs import (
-    ConsistencyProof,
     EntryLineError,
-    InclusionProof,
     ProofFailed,
     UnreadableFile,
     anchored_keys,
@@ -361,10 +359,7 @@ def _prove_inclusion(args: argparse.Namespace) -> str:
         metadata=md,
         timeout=args.timeout,
     )
-    proof = InclusionProof(
-        response.seq, response.tree_size, tuple(response.hashes), response.leaf_hash
-    )
-    included = check_inclusion(leaf, seq, where, checkpoint, proof)
+    included = check_inclusion(leaf, seq, where, checkpoint, inclusion_proof_from_proto(response))
     return (
         f"seq {seq} ({where}) is included in the checkpoint of size {checkpoint.size}, "
         f"root {checkpoint.root_hash.hex()} ({included.proof_length} proof hashes)"
@@ -390,7 +385,7 @@ def _prove_consistency(args: argparse.Namespace) -> str:
             metadata=md,
             timeout=args.timeout,
         )
-        proof = ConsistencyProof(response.old_size, response.new_size, tuple(response.hashes))
+        proof = consistency_proof_from_proto(response)
     consistent = check_consistency(old, new, proof)
     if consistent.proof_length is None:
         return f"both checkpoints have size {old.size} and root {old.root_hash.hex()}"

@@ -20,10 +20,11 @@ from gateway.domain.actions import (
     ResolutionStatus,
     Verdict,
 )
-from gateway.domain.audit.chain import ConsistencyProof, InclusionProof, SignedCheckpoint
+from gateway.domain.audit.chain import SignedCheckpoint
 from gateway.domain.audit.entry import AuditEntry, parse_timestamp
 from gateway.domain.audit.keys import TrustedKey
 from gateway.domain.audit.note import note_verifier_key, split_note
+from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof
 from gateway.domain.audit.query import EntryFilter, Report, micros_from_unix
 from gateway.domain.holds import Hold, HoldStatus
 

@@ -34,10 +34,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.domain.audit.chain import (
-    ConsistencyProof,
     Extension,
     Head,
-    InclusionProof,
     KeyIntroduced,
     KeyRetired,
     Segment,
@@ -59,6 +57,7 @@ from gateway.domain.audit.merkle import (
     inclusion_plan,
     root_nodes,
 )
+from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof
 from gateway.errors import Conflict, OutcomeUnknown, StoreUnavailable
 from gateway.store.connection import load_script, unavailable_on_error
 from gateway.store.keys import KeySpace

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from agentgw.v1 import audit_pb2
+from clients.wire import inclusion_proof_from_proto
 from gateway.domain.audit.checkpoint import Checkpoint, sign_checkpoint
 from gateway.domain.audit.entry import (
     GENESIS_HASH,
@@ -78,8 +80,12 @@ def opened(size: int) -> Checkpoint:
 
 
 def inclusion(seq: int, size: int) -> InclusionProof:
-    hashes = tuple(h.hex() for h in inclusion_proof(LEAVES, seq - 1, size))
-    return InclusionProof(seq, size, hashes, LEAVES[seq - 1].hex())
+    hashes = tuple(inclusion_proof(LEAVES, seq - 1, size))
+    return InclusionProof(seq, size, hashes, root_of(LEAVES[:size]), LEAVES[seq - 1])
+
+
+def consistency(old: int, new: int, hashes: tuple[bytes, ...]) -> ConsistencyProof:
+    return ConsistencyProof(old, new, hashes, root_of(LEAVES[:old]), root_of(LEAVES[:new]))
 
 
 def test_the_leaf_hash_of_a_line_is_that_of_its_canonical_bytes() -> None:
@@ -114,15 +120,14 @@ def test_another_entry_does_not_prove_inclusion_and_the_log_leaf_is_named() -> N
 
 def test_a_tampered_proof_or_an_answer_for_other_sizes_fails() -> None:
     proof = inclusion(3, COUNT)
-    bad = dataclasses.replace(proof, hashes=("00" * 32, *proof.hashes[1:]))
+    bad = dataclasses.replace(proof, hashes=(bytes(32), *proof.hashes[1:]))
     with pytest.raises(ProofFailed, match=r"does not lead"):
         check_inclusion(LEAVES[2], 3, "e", opened(COUNT), bad)
     with pytest.raises(ProofFailed, match=r"the server answered seq 3 in size 6"):
         check_inclusion(LEAVES[2], 3, "e", opened(COUNT), inclusion(3, 6))
+    answer = audit_pb2.InclusionProof(seq=3, tree_size=COUNT, hashes=["zz"])
     with pytest.raises(ProofFailed, match=r"proof hash that is not hex"):
-        check_inclusion(
-            LEAVES[2], 3, "e", opened(COUNT), dataclasses.replace(proof, hashes=("zz",))
-        )
+        check_inclusion(LEAVES[2], 3, "e", opened(COUNT), inclusion_proof_from_proto(answer))
     with pytest.raises(ValueError, match=r"not in 1\.\.7"):
         check_inclusion(LEAVES[2], 8, "e", opened(COUNT), proof)
 
@@ -130,23 +135,23 @@ def test_a_tampered_proof_or_an_answer_for_other_sizes_fails() -> None:
 def test_a_newer_checkpoint_extends_an_older_one() -> None:
     for old in range(1, COUNT + 1):
         for new in range(old, COUNT + 1):
-            hashes = tuple(h.hex() for h in consistency_proof(LEAVES, old, new))
-            proof = None if old == new else ConsistencyProof(old, new, hashes)
+            hashes = tuple(consistency_proof(LEAVES, old, new))
+            proof = None if old == new else consistency(old, new, hashes)
             result = check_consistency(opened(old), opened(new), proof)
             assert result.proof_length == (None if old == new else len(hashes))
 
 
 def test_a_rewritten_log_is_not_consistent_with_its_past() -> None:
-    hashes = tuple(h.hex() for h in consistency_proof(LEAVES, 3, COUNT))
+    hashes = tuple(consistency_proof(LEAVES, 3, COUNT))
     forked = dataclasses.replace(opened(COUNT), root_hash=b"\x01" * 32)
     with pytest.raises(ProofFailed, match=r"^consistency: the proof does not show that root"):
-        check_consistency(opened(3), forked, ConsistencyProof(3, COUNT, hashes))
+        check_consistency(opened(3), forked, consistency(3, COUNT, hashes))
     with pytest.raises(
         ProofFailed, match=r"^consistency: both checkpoints have size 7 but different roots"
     ):
         check_consistency(opened(COUNT), forked, None)
     with pytest.raises(ProofFailed, match=r"asked for sizes 3 to 7, the server answered 2 to 7"):
-        check_consistency(opened(3), opened(COUNT), ConsistencyProof(2, COUNT, hashes))
+        check_consistency(opened(3), opened(COUNT), consistency(2, COUNT, hashes))
     with pytest.raises(ValueError, match=r"larger"):
         check_consistency(opened(COUNT), opened(3), None)
 

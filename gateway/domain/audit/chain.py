@@ -93,32 +93,6 @@ class Extension:
 
 
 @dataclass(frozen=True)
-class InclusionProof:
-    """RFC 6962 PATH for entry `seq` (leaf `seq - 1`) in the tree of `tree_size` entries."""
-
-    seq: int
-    tree_size: int
-    hashes: tuple[bytes, ...]
-    root_hash: bytes
-    leaf_hash: bytes
-
-    @property
-    def leaf_index(self) -> int:
-        return self.seq - 1
-
-
-@dataclass(frozen=True)
-class ConsistencyProof:
-    """RFC 6962 PROOF that the tree of `new_size` entries extends the one of `old_size`."""
-
-    old_size: int
-    new_size: int
-    hashes: tuple[bytes, ...]
-    old_root: bytes
-    new_root: bytes
-
-
-@dataclass(frozen=True)
 class SignedCheckpoint:
     checkpoint: Checkpoint
     note: str  # the C2SP signed note, byte for byte

@@ -58,21 +58,31 @@ class EntryLineError(FormatError):
 
 @dataclass(frozen=True)
 class InclusionProof:
-    """An inclusion proof as the gateway answered it (hashes in hex, unchecked)."""
+    """RFC 6962 PATH for entry `seq` (leaf `seq - 1`) in the tree of `tree_size`
+    entries, as the gateway serves it. Its root and leaf are for convenience only: a
+    checker trusts the root of a signed checkpoint and a leaf it hashed itself."""
 
     seq: int
     tree_size: int
-    hashes: tuple[str, ...]
-    leaf_hash: str
+    hashes: tuple[bytes, ...]
+    root_hash: bytes
+    leaf_hash: bytes
+
+    @property
+    def leaf_index(self) -> int:
+        return self.seq - 1
 
 
 @dataclass(frozen=True)
 class ConsistencyProof:
-    """A consistency proof as the gateway answered it (hashes in hex, unchecked)."""
+    """RFC 6962 PROOF that the tree of `new_size` entries extends the one of
+    `old_size`, as the gateway serves it (its roots, too, are for convenience only)."""
 
     old_size: int
     new_size: int
-    hashes: tuple[str, ...]
+    hashes: tuple[bytes, ...]
+    old_root: bytes
+    new_root: bytes
 
 
 @dataclass(frozen=True)
@@ -203,6 +213,7 @@ def load_checkpoint(path: Path, keys: KeySet, where: str) -> Checkpoint:
 
 
 def proof_hashes(hexes: Sequence[str]) -> tuple[bytes, ...]:
+    """Proof hashes as received (hex); ProofFailed if one is not hex."""
     try:
         return tuple(bytes.fromhex(h) for h in hexes)
     except ValueError as e:
@@ -222,12 +233,12 @@ def check_inclusion(
             f"inclusion: asked for seq {seq} in size {size}, the server answered "
             f"seq {proof.seq} in size {proof.tree_size}"
         )
-    hashes = proof_hashes(proof.hashes)
+    hashes = proof.hashes
     if not verify_inclusion(leaf, seq - 1, size, hashes, checkpoint.root_hash):
         why = f"inclusion: the proof for seq {seq} ({where}, leaf hash {leaf.hex()})"
         why += f" does not lead to the checkpoint's root {checkpoint.root_hash.hex()}"
-        if proof.leaf_hash != leaf.hex():
-            why += f"; the log's leaf {seq} is {proof.leaf_hash}: not the logged entry"
+        if proof.leaf_hash != leaf:
+            why += f"; the log's leaf {seq} is {proof.leaf_hash.hex()}: not the logged entry"
         raise ProofFailed(why)
     return Included(seq, where, checkpoint, len(hashes))
 
@@ -254,7 +265,7 @@ def check_consistency(
             f"consistency: asked for sizes {old.size} to {new.size}, the server answered "
             f"{proof.old_size} to {proof.new_size}"
         )
-    hashes = proof_hashes(proof.hashes)
+    hashes = proof.hashes
     if not verify_consistency(old.size, new.size, old.root_hash, new.root_hash, hashes):
         raise ProofFailed(
             f"consistency: the proof does not show that root {new.root_hash.hex()} (size "
