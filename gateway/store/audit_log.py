@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from gateway.domain.audit.chain import (
     Extension,
@@ -219,14 +219,10 @@ class AuditLog:
                         keys, [start.seq, payload, start.key_id, head.seq, head.hash]
                     )
             except StoreUnavailable as e:
+                # OutcomeUnknown when the reply was lost (the append may have landed);
+                # a refusal by Redis wrote nothing (commit.lua checks before it writes).
                 self._head = None  # re-read the head next time
-                if isinstance(e.__cause__, ResponseError):
-                    # Redis ran the script and it failed before writing (its checks and
-                    # reads come first): nothing was appended.
-                    _fail(batch, e)
-                else:
-                    # The reply was lost: the write may or may not have landed.
-                    _fail(batch, OutcomeUnknown(str(e), detail=e.detail))
+                _fail(batch, e)
                 return
             status = reply[0]
             if status == "ok" and self.replica_acks and acked < self.replica_acks.min_replicas:

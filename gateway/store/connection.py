@@ -35,7 +35,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import ConfigError, StoreUnavailable
+from gateway.errors import ConfigError, OutcomeUnknown, StoreUnavailable
 
 DECISION_POOL_SIZE = 256
 HOLD_POOL_SIZE = 8
@@ -204,13 +204,18 @@ def load_script(client: aioredis.Redis, name: str) -> AsyncScript:
 @contextlib.contextmanager
 def unavailable_on_error(what: str) -> Iterator[None]:
     """Turns a Redis failure into StoreUnavailable: a plain message for the caller
-    ("recording the action: Redis timed out"), the client's own words for the log."""
+    ("recording the action: Redis timed out"), the client's own words for the log.
+
+    Redis answering with an error (a ResponseError) means the command was refused or
+    the script failed before it wrote: StoreUnavailable. Any other failure (a lost
+    connection, a timeout) leaves it unknown whether the command ran: OutcomeUnknown,
+    which whoever holds a claim on what it writes must not release.
+    """
     try:
         yield
     except (RedisError, OSError, TimeoutError) as e:
-        raise StoreUnavailable(
-            f"{what}: {_failure_kind(e)}", detail=f"{type(e).__name__}: {e}"
-        ) from e
+        kind = StoreUnavailable if isinstance(e, ResponseError) else OutcomeUnknown
+        raise kind(f"{what}: {_failure_kind(e)}", detail=f"{type(e).__name__}: {e}") from e
 
 
 def _failure_kind(error: BaseException) -> str:
