@@ -142,7 +142,9 @@ class App:
         self.listener = ResolutionListener(self.hold_client, keys.hold_resolved_channel)
         redactor = Redactor(config.redaction)
         self.desk = ApprovalDesk(self.hold_state, self.audit, self.listener, self.clock, redactor)
-        self.pipeline = DecisionPipeline(config, policy, self.state, self.audit, self.clock)
+        self.pipeline = DecisionPipeline(
+            config, policy, self.state, self.audit, self.clock, redactor
+        )
         self.policy = policy
 
         self._spawn(self.audit.run(), "audit writer")

@@ -74,13 +74,14 @@ class DecisionPipeline:
         state: StateStore,
         audit: AuditLog,
         clock: Callable[[], float],
+        redactor: Redactor,
     ) -> None:
         self.config = config
         self.policy = policy
         self.state = state
         self.audit = audit
         self.clock = clock
-        self.redactor = Redactor(config.redaction)
+        self.redactor = redactor
         self.digest_key = digest_key(audit.signing_keys.first)
         self._releases: set[asyncio.Task[None]] = set()
 

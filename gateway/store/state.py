@@ -64,6 +64,14 @@ class Claim:
         """The action record once decided: digest kept, so that replays compare it."""
         return f"d|{self.digest}|{decision_json}"
 
+    @staticmethod
+    def decision_json(record: str) -> str | None:
+        """The decision JSON of an action record; None while it is only claimed.
+        ('d|' + 64 hex digits + '|', as observe.lua reads it too.)"""
+        if not record.startswith("d|"):
+            return None
+        return record[len("d|") + 64 + 1 :]
+
 
 @dataclass(frozen=True)
 class Marks:
@@ -238,10 +246,8 @@ class StateStore:
     async def get_decision(self, agent_id: str, action_id: str) -> Decision | None:
         with unavailable_on_error("reading a decision"):
             raw = await self.client.get(self.keys.action(agent_id, action_id))
-        record = str(raw or "")
-        if not record.startswith("d|"):
-            return None  # unknown, or still being decided
-        return decision_from_json(json.loads(record[67:]))
+        decision = Claim.decision_json(str(raw or ""))
+        return None if decision is None else decision_from_json(json.loads(decision))
 
     async def pending_holds(self) -> list[Hold]:
         with unavailable_on_error("listing holds"):

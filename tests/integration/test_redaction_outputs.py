@@ -10,6 +10,7 @@ import pytest
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
 from tests.harness import GatewayLogs, RunningGateway
+from tests.planted import LEAKED_KEYS
 
 
 def planted(name: str) -> str:
@@ -24,22 +25,7 @@ JWT = (
 )
 GITHUB_TOKEN = "ghp_R3dact10nPl4nt3dT0k3nAbCdEfGhIjKlMnO"
 AWS_KEY_ID = "AKIAPLANTEDKEY7EXAMP"
-TRICKY_KEYS = [
-    "passwd",
-    "pwd",
-    "authorization",
-    "auth",
-    "bearer",
-    "cookie",
-    "set-cookie",
-    "jwt",
-    "passphrase",
-    "otp",
-    "pin",
-    "private_key",
-    "apiKey",
-    "X-Auth-Token",
-]
+TRICKY_KEYS = LEAKED_KEYS
 BASIC = base64.b64encode(f"ana:{planted('basic-password')}".encode()).decode()
 PEM_LINE = "MIIEowIBAAKCAQEAplantedPrivateKeyBody0123456789abcdefghijklmnopqrstuv"
 
