@@ -422,6 +422,12 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, d
     config = replace(config, **changes)
     if not config.principals:
         raise ConfigError(f"{config.source}: principals: at least one principal is required")
+    if config.redis.url is None and config.redis.min_replicas_acked:
+        # The private server has no replicas: every append would wait for nothing.
+        raise ConfigError(
+            f"{config.source}: redis.min_replicas_acked: the embedded Redis has no "
+            "replicas; set redis.url to a Redis with replicas, or leave it at 0"
+        )
     return config, tokens
 
 

@@ -151,3 +151,15 @@ def test_connect_builds_a_client_for_each_scheme() -> None:
 def test_connect_refuses_cluster_as_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"^redis.url: redis\+cluster:// is not supported yet"):
         connect(f"redis+cluster://:{SECRET}@c1:7000")
+
+
+def test_replica_acknowledgement_needs_a_redis_with_replicas(tmp_path: Path) -> None:
+    path = tmp_path / "agentgw.yaml"
+    path.write_text(
+        "principals:\n  - name: a\n    role: agent\n    token_sha256: " + "ab" * 32 + "\n"
+        "redis:\n  min_replicas_acked: 1\n"
+    )
+    with pytest.raises(ConfigError, match=r"redis.min_replicas_acked: the embedded Redis has no"):
+        load_config(Overrides(config_file=path), {})
+    config, _ = load_config(Overrides(config_file=path, redis_url="redis://r:6379/0"), {})
+    assert config.redis.min_replicas_acked == 1
