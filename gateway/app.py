@@ -53,9 +53,10 @@ from gateway.store.connection import (
     unavailable_on_error,
 )
 from gateway.store.embedded import EmbeddedRedis, find_server_binary
+from gateway.store.intents import IntentWriter, Lifetimes
 from gateway.store.keys import KeySpace
 from gateway.store.notifications import ResolutionListener
-from gateway.store.state import Lifetimes, StateStore
+from gateway.store.state import StateStore
 
 log = logging.getLogger("agentgw.app")
 
@@ -137,7 +138,12 @@ class App:
         self.state = StateStore(self.client, keys, lifetimes(config))
         self.hold_state = StateStore(self.hold_client, keys, lifetimes(config))
         self.audit = AuditLog(
-            self.client, keys, signing_keys, config.audit.origin, self.clock, replica_acks
+            self.client,
+            IntentWriter(keys, lifetimes(config), single_node=self.state.single_node),
+            signing_keys,
+            config.audit.origin,
+            self.clock,
+            replica_acks,
         )
         self.listener = ResolutionListener(self.hold_client, keys.hold_resolved_channel)
         redactor = Redactor(config.redaction)
@@ -311,6 +317,8 @@ class App:
         self._tasks.clear()
         if hasattr(self, "pipeline"):
             await self.pipeline.drain()
+        if hasattr(self, "audit"):
+            await self.audit.drain()
         for name in ("audit_client", "health_client", "hold_client", "client"):
             if hasattr(self, name):
                 await close(getattr(self, name))

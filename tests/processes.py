@@ -34,9 +34,16 @@ def server_binary() -> Path | None:
     return Path(explicit) if explicit else None
 
 
-def write_config(path: Path, *, data_dir: Path, redis: dict[str, str], signing_key: Path) -> Path:
-    """A gateway config with the harness principals; an embedded server (no
-    redis.url) uses the suite's server binary."""
+def write_config(
+    path: Path,
+    *,
+    data_dir: Path,
+    redis: dict[str, str],
+    signing_key: Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A gateway config with the harness principals (and the `extra` sections); an
+    embedded server (no redis.url) uses the suite's server binary."""
     binary = server_binary()
     if binary is not None and "url" not in redis:
         redis = {**redis, "server_binary": str(binary)}
@@ -54,6 +61,7 @@ def write_config(path: Path, *, data_dir: Path, redis: dict[str, str], signing_k
         "principals": principals,
         "redis": redis,
         "audit": {"signing_key_file": str(signing_key)},
+        **(extra or {}),
     }
     # JSON is YAML; no dumper quirks to think about.
     path.write_text(json.dumps(document, indent=2), encoding="utf-8")

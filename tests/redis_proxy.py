@@ -23,7 +23,8 @@ class ReplyDroppingProxy:
     connection.
 
     `slow_down` instead delays every reply to one script by a fixed time, as a slow
-    link or a busy Redis would, while every other command goes at full speed."""
+    link or a busy Redis would, while every other command goes at full speed;
+    `hold_replies` holds them until the test lets them go."""
 
     def __init__(self, upstream: dict[str, object]) -> None:
         self._upstream = upstream
@@ -32,6 +33,7 @@ class ReplyDroppingProxy:
         self.dropped = 0
         self._slow_sha = b""
         self._delay = 0.0
+        self._gate: threading.Event | None = None
         self._closed = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -46,6 +48,13 @@ class ReplyDroppingProxy:
     def slow_down(self, script: str, seconds: float) -> None:
         """Hold each reply to an EVALSHA of <script>.lua for `seconds` (0: stop)."""
         self._slow_sha, self._delay = script_sha(script), seconds
+
+    def hold_replies(self, script: str) -> threading.Event:
+        """Hold each reply to an EVALSHA of <script>.lua (Redis has run it) until the
+        returned event is set."""
+        self._gate = threading.Event()
+        self._slow_sha = script_sha(script)
+        return self._gate
 
     def _connect_upstream(self) -> socket.socket:
         if "path" in self._upstream:
@@ -82,7 +91,7 @@ class ReplyDroppingProxy:
                 if self.armed.is_set() and self._sha in data:
                     self.armed.clear()
                     doomed.set()
-                if self._delay and self._slow_sha in data:
+                if (self._delay or self._gate) and self._slow_sha in data:
                     slow.set()
                 upstream.sendall(data)
         _close(client, upstream)
@@ -104,11 +113,16 @@ class ReplyDroppingProxy:
                     # redis-py sends one command at a time per connection: this reply
                     # is the slowed script's. The wait is the simulated link's latency.
                     slow.clear()
-                    self._closed.wait(self._delay)
+                    if self._gate is not None:
+                        self._gate.wait(30)
+                    else:
+                        self._closed.wait(self._delay)
                 client.sendall(data)
         _close(client, upstream)
 
     def close(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
         self._closed.set()
         _close(*self._sockets)
 

@@ -27,6 +27,7 @@ from gateway.domain.redaction import Redactor
 from gateway.domain.validation import require_identifier
 from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable, preview
 from gateway.store.audit_log import AuditLog
+from gateway.store.intents import LiftPause, ResolveHold
 from gateway.store.notifications import ResolutionListener
 from gateway.store.state import StateStore
 
@@ -215,7 +216,7 @@ class ApprovalDesk:
         )
         entries = await self.audit.commit(
             [draft],
-            self.state.record_resolution(resolved),
+            ResolveHold(resolved),
             conflict=f"hold {preview(hold_id)} is no longer pending",
         )
         log.info(
@@ -257,7 +258,7 @@ class ApprovalDesk:
         )
         try:
             entries = await self.audit.commit(
-                [draft], self.state.record_resume(agent_id, session_id), conflict="not paused"
+                [draft], LiftPause(agent_id, session_id), conflict="not paused"
             )
         except Conflict:
             return False, 0  # resumed by someone else meanwhile

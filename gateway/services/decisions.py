@@ -32,20 +32,19 @@ from gateway.domain.principals import Principal
 from gateway.domain.redaction import Redactor
 from gateway.domain.validation import validate_request
 from gateway.domain.verdicts import VerdictOutcome, combine_verdict
-from gateway.errors import AlreadyExists, Forbidden, InFlight, InvalidRequest, OutcomeUnknown
+from gateway.errors import (
+    AlreadyExists,
+    Conflict,
+    Forbidden,
+    InFlight,
+    InvalidRequest,
+    OutcomeUnknown,
+)
 from gateway.services.policy_reload import PolicyReloader
 from gateway.store.audit_log import AuditLog
+from gateway.store.intents import Claim, RecordDecision
 from gateway.store.records import finding_to_json
-from gateway.store.state import (
-    Claim,
-    Marks,
-    Mutation,
-    Observation,
-    Pending,
-    Reused,
-    Seen,
-    StateStore,
-)
+from gateway.store.state import Marks, Observation, Pending, Reused, Seen, StateStore
 
 log = logging.getLogger("agentgw.decisions")
 
@@ -103,9 +102,14 @@ class DecisionPipeline:
             if isinstance(observed, Reused):
                 await self.refuse_reuse(stored)
             assert isinstance(observed, Observation)
-            decision, draft, mutation = self.decide(request, stored, claim, observed)
-            committing = self.audit.enqueue([draft], mutation)
+            decision, draft, intent = self.decide(request, stored, claim, observed)
+            committing = self.audit.enqueue([draft], intent)
             entries = await asyncio.shield(committing)
+        except Conflict:
+            # Another call decided this action_id first (this call's claim lapsed):
+            # nothing was written; its decision stands, and is the answer.
+            self.release_unless_committed(request, claim, marks, committing)
+            return await self.decided_elsewhere(stored, claim)
         except BaseException:
             # None: cancelled or failed while claiming, so the claim may stand.
             if observed is None or isinstance(observed, Observation):
@@ -195,7 +199,7 @@ class DecisionPipeline:
 
     def decide(
         self, request: ActionRequest, stored: ActionRequest, claim: Claim, observed: Observation
-    ) -> tuple[Decision, EntryDraft, Mutation]:
+    ) -> tuple[Decision, EntryDraft, RecordDecision]:
         now = self.clock()
         policy_result = evaluate_rules(self.policy.current, request)
         findings = detect_loops(
@@ -230,8 +234,18 @@ class DecisionPipeline:
             )
             decision = replace(decision, hold_id=hold.hold_id, expires_at=hold.expires_at)
         draft = decision_entry(stored, decision, outcome, now)  # `stored` is redacted
-        mutation = self.state.record_decision(request, claim, decision, hold)
-        return decision, draft, mutation
+        return decision, draft, RecordDecision(request, claim, decision, hold)
+
+    async def decided_elsewhere(self, stored: ActionRequest, claim: Claim) -> Decision:
+        """The answer when the commit found the action decided by another call: that
+        decision if it was for the same request, else the reuse refusal."""
+        record = await self.state.decided(stored.agent_id, stored.action_id)
+        if record is None:  # lapsed since: the client's retry decides it anew
+            raise InFlight(f"action_id {stored.action_id} was decided by another call; retry")
+        if record.digest != claim.digest:
+            await self.refuse_reuse(stored)
+        await self.state.mark_decided(stored, claim)
+        return await self.replay(Seen(record.decision))
 
     async def replay(self, seen: Seen) -> Decision:
         """The first decision for a resubmitted request; nothing is counted or written.
@@ -261,7 +275,7 @@ class DecisionPipeline:
             },
             outcome="refused",
         )
-        (entry,) = await self.audit.commit([draft], Mutation())
+        (entry,) = await self.audit.commit([draft])
         log.warning(
             "action_id reused for a different request",
             extra={

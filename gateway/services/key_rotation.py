@@ -26,7 +26,7 @@ from gateway.domain.principals import Principal
 from gateway.domain.redaction import Redactor
 from gateway.errors import Conflict, InvalidRequest, StoreUnavailable
 from gateway.store.audit_log import AuditLog
-from gateway.store.state import Mutation
+from gateway.store.intents import RotateKey
 
 log = logging.getLogger("agentgw.keys")
 
@@ -67,7 +67,7 @@ async def rotate_key(
         except OSError as e:
             raise StoreUnavailable(f"cannot write a new key to the key directory: {e}") from e
     draft = rotation_draft(principal.name, new, audit.origin, reason, clock())
-    (entry,) = await audit.commit([draft], Mutation(), rotate_to=new)
+    (entry,) = await audit.commit([draft], RotateKey(new))
     # Read again: a concurrent rotation may have moved the head before this one.
     keys = {key.key_id: key for key in await audit.key_history()}
     log.warning(

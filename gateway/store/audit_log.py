@@ -60,8 +60,7 @@ from gateway.domain.audit.merkle import (
 from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof
 from gateway.errors import Conflict, OutcomeUnknown, StoreUnavailable
 from gateway.store.connection import load_script, unavailable_on_error
-from gateway.store.keys import KeySpace
-from gateway.store.state import Mutation
+from gateway.store.intents import Intent, IntentWriter, KeyIndex, Projection, RotateKey
 
 log = logging.getLogger("agentgw.audit")
 
@@ -80,10 +79,14 @@ def node_field(node: NodeId) -> str:
 @dataclass
 class _Pending:
     drafts: list[EntryDraft]
-    mutation: Mutation
+    intent: Intent
     conflict: str
     future: asyncio.Future[list[AuditEntry]] = field(repr=False)
-    rotate_to: Signer | None = None  # sign every entry after these with this key
+
+    @property
+    def segment(self) -> Segment:
+        rotate_to = self.intent.signer if isinstance(self.intent, RotateKey) else None
+        return Segment(self.drafts, rotate_to)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class AuditLog:
     def __init__(
         self,
         client: aioredis.Redis,
-        keys: KeySpace,
+        intents: IntentWriter,
         signing_keys: SigningKeys,
         origin: str,
         clock: Callable[[], float],
@@ -112,7 +115,8 @@ class AuditLog:
     ) -> None:
         self.client = client
         self.replica_acks = replica_acks
-        self.keys = keys
+        self.intents = intents
+        self.keys = intents.keys
         self.signing_keys = signing_keys
         self.origin = origin
         self.clock = clock
@@ -121,37 +125,29 @@ class AuditLog:
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._head: Head | None = None
+        self._projecting: set[asyncio.Task[None]] = set()
         self.batches = 0  # counted for the benchmark and tests of group commit
 
     async def commit(
-        self,
-        drafts: list[EntryDraft],
-        mutation: Mutation,
-        conflict: str = "state changed",
-        rotate_to: Signer | None = None,
+        self, drafts: list[EntryDraft], intent: Intent = None, conflict: str = "state changed"
     ) -> list[AuditEntry]:
-        """Appends entries and applies `mutation` atomically; returns the stored entries.
+        """Appends entries and applies `intent` atomically; returns the stored entries.
 
-        With `rotate_to`, the entries are signed by the current key and every later
-        entry by `rotate_to` (a key rotation). Raises Conflict(conflict) when a check
-        of the mutation does not hold, and StoreUnavailable when Redis cannot take the
-        write or this gateway lacks the key the log's head names.
+        Raises Conflict(conflict) when the intent's precondition does not hold, and
+        StoreUnavailable when Redis cannot take the write or this gateway lacks the
+        key the log's head names.
         """
-        return await asyncio.shield(self.enqueue(drafts, mutation, conflict, rotate_to))
+        return await asyncio.shield(self.enqueue(drafts, intent, conflict))
 
     def enqueue(
-        self,
-        drafts: list[EntryDraft],
-        mutation: Mutation,
-        conflict: str = "state changed",
-        rotate_to: Signer | None = None,
+        self, drafts: list[EntryDraft], intent: Intent = None, conflict: str = "state changed"
     ) -> asyncio.Future[list[AuditEntry]]:
         """Queues a commit and returns its future, which the writer resolves whether or
         not anyone still awaits it: a caller that is cancelled can still learn (from a
         done-callback) whether its entries landed. Its errors are those of `commit`;
         `OutcomeUnknown` means the append may have been applied."""
         future: asyncio.Future[list[AuditEntry]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(drafts, mutation, conflict, future, rotate_to))
+        self._queue.append(_Pending(drafts, intent, conflict, future))
         self._wakeup.set()
         return future
 
@@ -210,9 +206,9 @@ class AuditLog:
             except StoreUnavailable as e:
                 _fail(batch, e)
                 return
-            grown = extend(start, [Segment(p.drafts, p.rotate_to) for p in batch], signer)
+            grown = extend(start, [p.segment for p in batch], signer)
             head, built = grown.head, grown.entries
-            keys, payload = _script_arguments(self.keys, batch, grown)
+            keys, payload, projections = self._script_arguments(batch, grown)
             try:
                 with unavailable_on_error("appending to the audit log"):
                     reply, acked = await self._append(
@@ -232,6 +228,7 @@ class AuditLog:
             if status == "ok":
                 self._head = head
                 self.batches += 1
+                self._project(projections)
                 for pending, entries in zip(batch, built, strict=True):
                     pending.future.set_result(list(entries))
                 return
@@ -252,6 +249,58 @@ class AuditLog:
                 self._queue.insert(0, culprit)
                 self._wakeup.set()
         _fail(batch, StoreUnavailable("audit log append kept conflicting with other writers"))
+
+    def _script_arguments(
+        self, batch: list[_Pending], grown: Extension
+    ) -> tuple[list[str], str, list[Projection]]:
+        """KEYS and the JSON argument of commit.lua, and the writes that follow it."""
+        index = KeyIndex(self.keys)
+        items, projections = [], []
+        for pending, entries in zip(batch, grown.entries, strict=True):
+            item, after = self.intents.render(pending.intent, entries, index)
+            items.append(item)
+            projections += after
+        head = grown.head
+        payload = {
+            "head": {
+                "seq": head.seq,
+                "hash": head.hash,
+                "frontier": head.tree.to_hex_list(),
+                "key_id": head.key_id,
+            },
+            "nodes": [v for level, i, h in grown.nodes for v in (node_field((level, i)), h.hex())],
+            "keys": [v for change in grown.key_changes for v in key_history_fields(change)],
+            "items": items,
+        }
+        return index.keys, json.dumps(payload, ensure_ascii=False), projections
+
+    def _project(self, projections: list[Projection]) -> None:
+        """Writes the projections of a commit (on a cluster: the claim markers) in a
+        task of their own: answers do not wait for them, nothing depends on them."""
+        if not projections:
+            return
+        task = asyncio.get_running_loop().create_task(self._write_projections(projections))
+        self._projecting.add(task)
+        task.add_done_callback(self._projecting.discard)
+
+    async def _write_projections(self, projections: list[Projection]) -> None:
+        try:
+            with unavailable_on_error("marking actions decided"):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for p in projections:
+                        pipe.set(p.key, p.value, px=p.px)
+                    await pipe.execute()
+        except StoreUnavailable as e:
+            # A resubmission then finds the claim pending and reads the decided record.
+            log.warning(
+                "could not mark actions decided",
+                extra={"event": "projection_failed", "category": "errors", "error": str(e)},
+            )
+
+    async def drain(self) -> None:
+        """Waits for projections in progress (the app calls this when stopping)."""
+        while self._projecting:
+            await asyncio.gather(*self._projecting, return_exceptions=True)
 
     async def _append(self, keys: list[str], args: list[str | int]) -> tuple[list[str], int]:
         """Runs commit.lua; with replica acks, then WAIT on the same connection after an
@@ -417,44 +466,6 @@ class AuditLog:
                 # Entries appended before tree nodes were stored have none.
                 raise Conflict(f"audit tree node {node_field(node)} is missing or malformed")
         return nodes
-
-
-def _script_arguments(
-    keyspace: KeySpace, batch: list[_Pending], grown: Extension
-) -> tuple[list[str], str]:
-    """KEYS and the JSON argument of commit.lua; ops name their keys by KEYS index."""
-    key_index: dict[str, int] = {
-        keyspace.audit_head: 1,
-        keyspace.audit_entries: 2,
-        keyspace.audit_tree: 3,
-        keyspace.audit_keys: 4,
-    }
-
-    def index(key: str) -> int:
-        return key_index.setdefault(key, len(key_index) + 1)
-
-    items = []
-    for pending, entries in zip(batch, grown.entries, strict=True):
-        checks = [[index(c[0]), *c[1:]] for c in pending.mutation.checks]
-        ops = [
-            [op[0], op[1] if op[0] == "publish" else index(op[1])]
-            + [v(entries) if callable(v) else v for v in op[2:]]
-            for op in pending.mutation.ops
-        ]
-        items.append({"entries": [e.to_json_line() for e in entries], "checks": checks, "ops": ops})
-    head = grown.head
-    payload = {
-        "head": {
-            "seq": head.seq,
-            "hash": head.hash,
-            "frontier": head.tree.to_hex_list(),
-            "key_id": head.key_id,
-        },
-        "nodes": [v for level, i, h in grown.nodes for v in (node_field((level, i)), h.hex())],
-        "keys": [v for change in grown.key_changes for v in key_history_fields(change)],
-        "items": items,
-    }
-    return list(key_index), json.dumps(payload, ensure_ascii=False)
 
 
 def _head_from(seq: object, hash_: object, frontier: object, key_id: object) -> Head:

@@ -13,8 +13,11 @@ the health probe.
 `redis.url` picks the server: `redis://`, `rediss://` and `unix://` as redis-py reads
 them, or `redis+sentinel://[[user]:password@]host:port[,host:port...]/master_name`
 (`?db=N&sentinel_password=...`), whose pools ask the sentinels for the master before
-each new connection and so follow a failover. `redis+cluster://` is refused until the
-scripts touch one hash slot each. `parse_redis_url` checks a URL once, at config time.
+each new connection and so follow a failover, or
+`redis+cluster://[[user]:password@]host:port[,host:port...]` for Redis Cluster: the
+nodes given are where the client starts; it learns the others and the slot map from
+them, and follows MOVED/ASK redirections. Every script call touches one hash slot
+(`store/keys.py`). `parse_redis_url` checks a URL once, at config time.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -48,6 +52,15 @@ SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+clust
 
 
 @dataclass(frozen=True)
+class ClusterAddress:
+    """A parsed `redis+cluster://` URL: the startup nodes and the credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True)
 class SentinelAddress:
     """A parsed `redis+sentinel://` URL: where the sentinels are, which master to ask
     them for, and the credentials of the master (and of the sentinels)."""
@@ -60,19 +73,14 @@ class SentinelAddress:
     sentinel_password: str | None = None
 
 
-def parse_redis_url(url: str) -> SentinelAddress | None:
-    """Checks `redis.url`; the sentinel address for `redis+sentinel://`, None for the
-    URLs redis-py reads itself. Raises ValueError saying what is wrong, never quoting
-    the URL (it may hold a password)."""
+def parse_redis_url(url: str) -> SentinelAddress | ClusterAddress | None:
+    """Checks `redis.url`; the sentinel or cluster address for `redis+sentinel://` and
+    `redis+cluster://`, None for the URLs redis-py reads itself. Raises ValueError
+    saying what is wrong, never quoting the URL (it may hold a password)."""
     scheme, sep, rest = url.partition("://")
     if not sep or f"{scheme}://" not in SCHEMES:
         raise ValueError(f"expected a URL starting with {', '.join(SCHEMES)}")
-    if scheme == "redis+cluster":
-        raise ValueError(
-            "redis+cluster:// is not supported yet: the audit commit writes keys of "
-            "several hash slots in one script; use redis://, rediss:// or redis+sentinel://"
-        )
-    if scheme != "redis+sentinel":
+    if scheme not in ("redis+sentinel", "redis+cluster"):
         parse_url(url)  # raises ValueError for a bad port or query value
         return None
     rest, _, query = rest.partition("?")
@@ -80,10 +88,22 @@ def parse_redis_url(url: str) -> SentinelAddress | None:
     userinfo, at, hosts = netloc.rpartition("@")
     if not at:
         userinfo, hosts = "", netloc
+    username, _, password = userinfo.partition(":")
+    options = {name: values[0] for name, values in parse_qs(query).items()}
+    if scheme == "redis+cluster":
+        if path or options:
+            raise ValueError(
+                "redis+cluster://: expected host:port[,host:port...] only (a cluster has "
+                "no databases; no options are read)"
+            )
+        return ClusterAddress(
+            nodes=tuple(_host_port(h, scheme, 6379) for h in hosts.split(",")),
+            username=unquote(username) or None,
+            password=unquote(password) or None,
+        )
     master_name, _, db_path = unquote(path).partition("/")
     if not master_name:
         raise ValueError("redis+sentinel:// needs a master name: host:port[,host:port...]/name")
-    options = {name: values[0] for name, values in parse_qs(query).items()}
     unknown = sorted(options.keys() - {"db", "sentinel_password"})
     if unknown:
         raise ValueError(
@@ -92,9 +112,8 @@ def parse_redis_url(url: str) -> SentinelAddress | None:
     db_text = options.get("db", db_path or "0")
     if not db_text.isdigit():
         raise ValueError("redis+sentinel://: db must be a number")
-    username, _, password = userinfo.partition(":")
     return SentinelAddress(
-        sentinels=tuple(_host_port(h) for h in hosts.split(",")),
+        sentinels=tuple(_host_port(h, scheme, SENTINEL_PORT) for h in hosts.split(",")),
         master_name=master_name,
         db=int(db_text),
         username=unquote(username) or None,
@@ -103,19 +122,23 @@ def parse_redis_url(url: str) -> SentinelAddress | None:
     )
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _host_port(text: str, scheme: str, default_port: int) -> tuple[str, int]:
     if text.startswith("["):  # [IPv6]:port
         host, _, port = text[1:].partition("]")
         port = port.removeprefix(":")
     else:
         host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
     if not host:
-        raise ValueError(
-            "redis+sentinel://: expected host:port[,host:port...] before the master name"
-        )
+        where = "" if scheme == "redis+cluster" else " before the master name"
+        raise ValueError(f"{scheme}://: expected host:port[,host:port...]{where}")
     if port and (not port.isdigit() or not 0 < int(port) < 65536):
-        raise ValueError(f"redis+sentinel://: sentinel {host}: port must be 1-65535")
-    return host, int(port) if port else SENTINEL_PORT
+        what = "node" if scheme == "redis+cluster" else "sentinel"
+        raise ValueError(f"{scheme}://: {what} {host}: port must be 1-65535")
+    return host, int(port) if port else default_port
+
+
+def is_cluster(client: aioredis.Redis | RedisCluster) -> bool:
+    return isinstance(client, RedisCluster)
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -140,7 +163,7 @@ def connect(
     error and drops it), so a retry or the next call reaches the new master, and a
     call during the failover fails (MasterNotFoundError) rather than waits."""
     try:
-        sentinel = parse_redis_url(url)
+        address = parse_redis_url(url)
     except ValueError as e:
         raise ConfigError(f"redis.url: {e}") from None
     options: dict[str, Any] = {
@@ -154,8 +177,10 @@ def connect(
     }
     if name is not None:
         options["client_name"] = name
-    if sentinel is not None:
-        return _master_client(sentinel, options, wait_for_connection)
+    if isinstance(address, SentinelAddress):
+        return _master_client(address, options, wait_for_connection)
+    if isinstance(address, ClusterAddress):
+        return _cluster_client(address, options)
     if wait_for_connection is None:
         return aioredis.Redis.from_url(url, **options)
     pool = aioredis.BlockingConnectionPool.from_url(url, timeout=wait_for_connection, **options)
@@ -188,10 +213,25 @@ def _master_client(
     return client
 
 
+def _cluster_client(address: ClusterAddress, options: dict[str, Any]) -> aioredis.Redis:
+    """A cluster client: `max_connections` per node, and (unlike the other pools) a
+    call finding them all busy fails at once (redis-py's cluster has no waiting pool).
+    MOVED and ASK are followed, and the slot map is re-read after a failover."""
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+        username=address.username,
+        password=address.password,
+        **options,
+    )
+    # The commands used are the same on both; the store checks `is_cluster` where a
+    # call must differ (a script's keys in one slot).
+    return cast(aioredis.Redis, client)
+
+
 async def close(client: aioredis.Redis) -> None:
     """Closes a client from `connect` with its pool (and its sentinel clients)."""
     await client.aclose()
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)  # a cluster has one per node
     if isinstance(pool, SentinelConnectionPool):
         await pool.sentinel_manager.aclose()
 

@@ -1,8 +1,16 @@
-"""Redis key names, in one place.
+"""Redis key names, in one place, and the hash slot each belongs to.
 
-An agent's keys share the hash tag {a:<agent_id>} so they live in one cluster slot;
-holds and the audit log have their own tags. Identifiers are validated before they
-get here (no braces, spaces or control characters).
+Two kinds of slot (docs/operations.md has the full table):
+
+- `{a:<agent_id>}`: one agent's detection state (its sessions' recent history) and
+  its action claims. Sharded by agent: every agent's keys live in one cluster slot,
+  and different agents spread over the cluster.
+- `{audit}`: the audit log and every record whose change must be atomic with an
+  audit entry: decided actions, holds and session pauses. One slot, so that each
+  commit is one script call on one node, also on Redis Cluster.
+
+Identifiers are validated before they get here (no braces, spaces, control
+characters or '|'), so '|' separates two identifiers in one key unambiguously.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ from dataclasses import dataclass
 class KeySpace:
     prefix: str
 
-    def action(self, agent_id: str, action_id: str) -> str:
-        return f"{self.prefix}:{{a:{agent_id}}}:action:{action_id}"
+    # --- {a:<agent>}: sharded by agent -------------------------------------------
 
-    def session_pause(self, agent_id: str, session_id: str) -> str:
-        return f"{self.prefix}:{{a:{agent_id}}}:session:{session_id}:pause"
+    def claim(self, agent_id: str, action_id: str) -> str:
+        """A call's claim on an action_id while it decides, then a marker that the
+        action was decided (the decision itself is `decided`)."""
+        return f"{self.prefix}:{{a:{agent_id}}}:action:{action_id}"
 
     def recent_types(self, agent_id: str, session_id: str) -> str:
         return f"{self.prefix}:{{a:{agent_id}}}:session:{session_id}:types"
@@ -26,12 +35,21 @@ class KeySpace:
     def recent_fingerprints(self, agent_id: str, session_id: str) -> str:
         return f"{self.prefix}:{{a:{agent_id}}}:session:{session_id}:fingerprints"
 
+    # --- {audit}: committed with the log -----------------------------------------
+
+    def decided(self, agent_id: str, action_id: str) -> str:
+        """The decision of an action (request digest + decision), written once."""
+        return f"{self.prefix}:{{audit}}:decided:{agent_id}|{action_id}"
+
+    def session_pause(self, agent_id: str, session_id: str) -> str:
+        return f"{self.prefix}:{{audit}}:pause:{agent_id}|{session_id}"
+
     def hold(self, hold_id: str) -> str:
-        return f"{self.prefix}:{{holds}}:hold:{hold_id}"
+        return f"{self.prefix}:{{audit}}:hold:{hold_id}"
 
     @property
     def pending_holds(self) -> str:
-        return f"{self.prefix}:{{holds}}:pending"
+        return f"{self.prefix}:{{audit}}:holds:pending"
 
     @property
     def hold_resolved_channel(self) -> str:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.store.connection import is_cluster
+
 log = logging.getLogger("agentgw.store")
 
 
@@ -50,8 +52,13 @@ class ResolutionListener:
     async def run(self) -> None:
         backoff = 0.1
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                if is_cluster(self.client):
+                    # A cluster client learns its slot map on first use; the pub/sub
+                    # object asks it for the channel's node before that.
+                    await self.client.initialize()
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
                 self.subscribed.set()
                 backoff = 0.1
@@ -70,5 +77,6 @@ class ResolutionListener:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]

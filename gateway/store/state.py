@@ -1,76 +1,25 @@
-"""Counters, decision records, holds and session pauses in Redis.
+"""Claims, session history, decided actions, holds and session pauses in Redis.
 
-Reads happen here; writes that must be atomic with an audit entry are returned as
-`Mutation`s for `AuditLog.commit` to apply in the same script call.
+Reads and the claim happen here; writes that must be atomic with an audit entry
+are intents (`store/intents.py`) that `AuditLog.commit` applies in the same call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
-import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from gateway.domain.actions import ActionRequest, Decision
 from gateway.domain.detect.loops import LoopSettings
-from gateway.domain.holds import Hold, HoldStatus, SessionPause, with_resolution_seq
-from gateway.store.connection import load_script, unavailable_on_error
+from gateway.domain.holds import Hold, SessionPause
+from gateway.store.connection import is_cluster, load_script, unavailable_on_error
+from gateway.store.intents import Claim, DecidedRecord, Lifetimes
 from gateway.store.keys import KeySpace
-from gateway.store.records import (
-    decision_from_json,
-    decision_to_json,
-    hold_from_json,
-    hold_to_json,
-    pause_from_json,
-    pause_to_json,
-)
-
-
-@dataclass(frozen=True)
-class Lifetimes:
-    """How long each kind of record lives in Redis (milliseconds); see
-    docs/operations.md for every key family and its bound."""
-
-    # A claim outlives a slow audit append (the writer retries for 10 s), and is short
-    # enough that a claim left by a crashed gateway soon stops blocking its retry.
-    claim_ms: int = 15_000
-    decision_ms: int = 24 * 3600 * 1000  # idempotency: a resubmission gets the decision
-    session_idle_ms: int = 24 * 3600 * 1000  # history and pause of a session at rest
-    resolved_hold_ms: int = 7 * 24 * 3600 * 1000
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One call's claim on an action_id: the digest of the request it stands for and a
-    token of the call, so that the call (and only it) recognises its own claim, also
-    when the client library resends the claiming script after losing its reply."""
-
-    digest: str  # 64 hex digits: `request_digest` of the request
-    token: str
-
-    @classmethod
-    def new(cls, digest: str) -> Claim:
-        return cls(digest, secrets.token_hex(8))
-
-    @property
-    def value(self) -> str:
-        return f"p|{self.digest}|{self.token}"
-
-    def decided(self, decision_json: str) -> str:
-        """The action record once decided: digest kept, so that replays compare it."""
-        return f"d|{self.digest}|{decision_json}"
-
-    @staticmethod
-    def decision_json(record: str) -> str | None:
-        """The decision JSON of an action record; None while it is only claimed.
-        ('d|' + 64 hex digits + '|', as observe.lua reads it too.)"""
-        if not record.startswith("d|"):
-            return None
-        return record[len("d|") + 64 + 1 :]
+from gateway.store.records import hold_from_json, pause_from_json
 
 
 @dataclass(frozen=True)
@@ -109,59 +58,7 @@ class Reused(enum.Enum):
     REUSED = "reused"
 
 
-if TYPE_CHECKING:
-    from gateway.domain.audit.entry import AuditEntry
-
-# A value that depends on the audit entries of the same commit (e.g. their seq).
-Deferred = Callable[["Sequence[AuditEntry]"], str]
-
-
-@dataclass
-class Mutation:
-    """Checks and writes applied atomically with a batch of audit entries.
-
-    Values may be `Deferred`: the audit writer calls them with the commit's entries
-    once their sequence numbers are known.
-    """
-
-    checks: list[list[Any]] = field(default_factory=list)
-    ops: list[list[Any]] = field(default_factory=list)
-
-    def check_field(self, key: str, name: str, value: str) -> None:
-        self.checks.append([key, "hfield", name, value])
-
-    def check_exists(self, key: str) -> None:
-        self.checks.append([key, "exists"])
-
-    def check_equals(self, key: str, value: str) -> None:
-        self.checks.append([key, "equals", value])
-
-    def set(self, key: str, value: str | Deferred, px: int = 0) -> None:
-        self.ops.append(["set", key, value, px])
-
-    def hset(self, key: str, mapping: dict[str, str | Deferred]) -> None:
-        flat: list[Any] = ["hset", key]
-        for k, v in mapping.items():
-            flat += [k, v]
-        self.ops.append(flat)
-
-    def pexpire(self, key: str, milliseconds: int) -> None:
-        self.ops.append(["pexpire", key, milliseconds])
-
-    def zadd(self, key: str, score: float, member: str) -> None:
-        self.ops.append(["zadd", key, repr(score), member])
-
-    def zrem(self, key: str, member: str) -> None:
-        self.ops.append(["zrem", key, member])
-
-    def delete(self, key: str) -> None:
-        self.ops.append(["del", key])
-
-    def publish(self, channel: str, message: str) -> None:
-        self.ops.append(["publish", channel, message])
-
-
-# KEYS: action record, recent types, recent fingerprints; ARGV: claim, type, fingerprint.
+# KEYS: action claim, recent types, recent fingerprints; ARGV: claim, type, fingerprint.
 # LREM with count 1 removes the newest equal entry: the one this claim pushed, or one
 # equal to it, which leaves the same counts for detection.
 RELEASE_SCRIPT = """
@@ -173,10 +70,6 @@ end
 """
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 class StateStore:
     def __init__(
         self, client: aioredis.Redis, keys: KeySpace, lifetimes: Lifetimes | None = None
@@ -184,6 +77,8 @@ class StateStore:
         self.client = client
         self.keys = keys
         self.lifetimes = lifetimes or Lifetimes()
+        # On a cluster the session pause is in another slot than the claim.
+        self.single_node = not is_cluster(client)
         self._observe = load_script(client, "observe")
 
     async def observe(
@@ -193,32 +88,68 @@ class StateStore:
         says why not (decided before, being decided, or used for another request)."""
         k = self.keys
         a, s = request.agent_id, request.session_id
+        keys = [k.claim(a, request.action_id), k.recent_types(a, s), k.recent_fingerprints(a, s)]
+        if self.single_node:
+            keys.append(k.session_pause(a, s))
+        script = self._observe(
+            keys=keys,
+            args=[
+                self.lifetimes.claim_ms,
+                marks.action_type,
+                marks.fingerprint,
+                settings.history_length,
+                self.lifetimes.session_idle_ms,
+                claim.value,
+            ],
+        )
         with unavailable_on_error("recording the action"):
-            reply = await self._observe(
-                keys=[
-                    k.action(a, request.action_id),
-                    k.session_pause(a, s),
-                    k.recent_types(a, s),
-                    k.recent_fingerprints(a, s),
-                ],
-                args=[
-                    self.lifetimes.claim_ms,
-                    marks.action_type,
-                    marks.fingerprint,
-                    settings.history_length,
-                    self.lifetimes.session_idle_ms,
-                    claim.value,
-                ],
-            )
+            if self.single_node:
+                reply = await script
+            else:
+                # GETEX keeps the pause alive with the session, as observe.lua does.
+                reply, pause_json = await asyncio.gather(
+                    script,
+                    self.client.getex(k.session_pause(a, s), px=self.lifetimes.session_idle_ms),
+                )
+                if reply[0] == "new":
+                    reply[1] = pause_json or ""
         status = reply[0]
-        if status == "seen":
-            return Seen(decision_from_json(json.loads(reply[1])))
-        if status == "pending":
-            return Pending.PENDING
+        if status in ("seen", "pending"):
+            return await self._decided_or(request, claim, status)
         if status == "reused":
             return Reused.REUSED
         pause = pause_from_json(json.loads(reply[1])) if reply[1] else None
         return Observation(pause, tuple(reply[2]), tuple(reply[3]))
+
+    async def _decided_or(
+        self, request: ActionRequest, claim: Claim, status: str
+    ) -> Seen | Pending | Reused:
+        """The decided record answers a claim found decided or pending: a pending claim
+        may belong to a call that committed but did not replace it with the marker (a
+        crash between the two writes on a cluster)."""
+        record = await self.decided(request.agent_id, request.action_id)
+        if record is None:
+            # Decided, but the record lapsed a moment before the marker: it is about
+            # to lapse too, and the call retries.
+            return Pending.PENDING
+        if record.digest != claim.digest:
+            return Reused.REUSED
+        return Seen(record.decision)
+
+    async def decided(self, agent_id: str, action_id: str) -> DecidedRecord | None:
+        with unavailable_on_error("reading a decision"):
+            raw = await self.client.get(self.keys.decided(agent_id, action_id))
+        return DecidedRecord.decode(str(raw)) if raw else None
+
+    async def mark_decided(self, request: ActionRequest, claim: Claim) -> None:
+        """Replaces a claim by the decided marker (after a commit found the action
+        decided already), so that resubmissions are answered at once."""
+        with unavailable_on_error("marking the action decided"):
+            await self.client.set(
+                self.keys.claim(request.agent_id, request.action_id),
+                claim.marker,
+                px=self.lifetimes.decision_ms,
+            )
 
     async def release_claim(self, request: ActionRequest, claim: Claim, marks: Marks) -> None:
         """Frees an action_id that nothing was or will be committed for, so that a
@@ -230,7 +161,7 @@ class StateStore:
             await self.client.eval(
                 RELEASE_SCRIPT,
                 3,
-                k.action(a, request.action_id),
+                k.claim(a, request.action_id),
                 k.recent_types(a, s),
                 k.recent_fingerprints(a, s),
                 claim.value,
@@ -244,10 +175,8 @@ class StateStore:
         return hold_from_json(json.loads(raw)) if raw else None
 
     async def get_decision(self, agent_id: str, action_id: str) -> Decision | None:
-        with unavailable_on_error("reading a decision"):
-            raw = await self.client.get(self.keys.action(agent_id, action_id))
-        decision = Claim.decision_json(str(raw or ""))
-        return None if decision is None else decision_from_json(json.loads(decision))
+        record = await self.decided(agent_id, action_id)
+        return None if record is None else record.decision
 
     async def pending_holds(self) -> list[Hold]:
         with unavailable_on_error("listing holds"):
@@ -287,70 +216,3 @@ class StateStore:
         with unavailable_on_error("reading the session state"):
             raw = await self.client.get(self.keys.session_pause(agent_id, session_id))
         return pause_from_json(json.loads(raw)) if raw else None
-
-    # --- mutations applied with the audit entry that records them ---------------
-
-    def record_decision(
-        self, request: ActionRequest, claim: Claim, decision: Decision, hold: Hold | None
-    ) -> Mutation:
-        """The decision record (replacing this call's claim, which must still stand),
-        the hold and the session pause, as one commit with the decision's entry."""
-        k, life = self.keys, self.lifetimes
-        action_key = k.action(request.agent_id, request.action_id)
-        m = Mutation()
-        # If the claim lapsed and another call claimed the action_id meanwhile, this
-        # commit fails: one action_id is never decided twice.
-        m.check_equals(action_key, claim.value)
-        m.set(
-            action_key,
-            lambda entries: claim.decided(
-                _dumps(decision_to_json(replace(decision, audit_seq=entries[0].seq)))
-            ),
-            life.decision_ms,
-        )
-        if hold is not None:
-            m.hset(
-                k.hold(hold.hold_id),
-                {
-                    "json": lambda entries: _dumps(
-                        hold_to_json(replace(hold, audit_seq=entries[0].seq))
-                    ),
-                    "status": hold.status.value,
-                },
-            )
-            # Bounded even if no gateway ever resolves it (the sweeper does, on time).
-            pending_ms = max(0, int((hold.expires_at - hold.created_at) * 1000))
-            m.pexpire(k.hold(hold.hold_id), pending_ms + life.resolved_hold_ms)
-            m.zadd(k.pending_holds, hold.expires_at, hold.hold_id)
-            if hold.paused_session:
-                m.set(
-                    k.session_pause(request.agent_id, request.session_id),
-                    _dumps(pause_to_json(SessionPause.by(hold))),
-                    life.session_idle_ms,
-                )
-        return m
-
-    def record_resolution(self, hold: Hold) -> Mutation:
-        k = self.keys
-        m = Mutation()
-        m.check_field(k.hold(hold.hold_id), "status", HoldStatus.PENDING.value)
-        m.hset(
-            k.hold(hold.hold_id),
-            {
-                "json": lambda entries: _dumps(
-                    hold_to_json(with_resolution_seq(hold, entries[0].seq))
-                ),
-                "status": hold.status.value,
-            },
-        )
-        m.pexpire(k.hold(hold.hold_id), self.lifetimes.resolved_hold_ms)
-        m.zrem(k.pending_holds, hold.hold_id)
-        m.publish(k.hold_resolved_channel, hold.hold_id)
-        return m
-
-    def record_resume(self, agent_id: str, session_id: str) -> Mutation:
-        key = self.keys.session_pause(agent_id, session_id)
-        m = Mutation()
-        m.check_exists(key)
-        m.delete(key)
-        return m

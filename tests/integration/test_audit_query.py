@@ -22,7 +22,6 @@ from clients.wire import entry_from_proto
 from gateway.api.convert import timestamp
 from gateway.domain.audit.entry import EntryDraft, format_timestamp
 from gateway.domain.audit.query import MAX_CLOCK_SKEW_SECONDS
-from gateway.store.state import Mutation
 from tests.harness import RunningGateway, token_for
 
 POLICY = """\
@@ -248,7 +247,7 @@ def append_long_log(gw: RunningGateway) -> None:
 
     for first in range(1, LONG + 1, 1000):
         drafts = [draft(seq) for seq in range(first, first + 1000)]
-        gw.run(gw.app.audit.commit(drafts, Mutation()))
+        gw.run(gw.app.audit.commit(drafts))
     assert gw.audit_head() == LONG
 
 

@@ -8,15 +8,18 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import pytest
+import redis
 
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2, gateway_pb2_grpc
 from clients.wire import python_to_struct
 from gateway.store.embedded import EmbeddedRedis
-from tests.harness import RunningGateway, token_for
+from gateway.store.keys import KeySpace
+from tests.harness import RunningGateway, token_for, wait_for
 from tests.redis_proxy import lossy_gateway
 
 
@@ -234,3 +237,33 @@ def test_without_the_required_replicas_neither_a_call_nor_its_retry_is_answered(
     # The entry itself was appended once, by the first call.
     decided = [e for e in log_entries(gw) if e["action_id"] == "unreplicated"]
     assert len(decided) == 1
+
+
+def test_a_call_whose_claim_lapsed_answers_the_decision_another_call_committed(
+    gw: RunningGateway,
+    redis_server: EmbeddedRedis,
+    key_prefix: str,
+    make_gateway: Callable[..., RunningGateway],
+    raw: redis.Redis,
+) -> None:
+    # Call A claims the action_id, then stalls (its claim reply held back) past the
+    # claim's TTL; call B, through another gateway, claims it anew and decides it.
+    # When A goes on, its commit finds the action decided: it writes nothing and
+    # answers B's decision, so the action is decided (and audited) once.
+    claim_key = KeySpace(key_prefix).claim("agent-1", "act-1")
+    with lossy_gateway(redis_server, key_prefix, make_gateway) as (stalled, proxy):
+        release = proxy.hold_replies("observe")
+        with ThreadPoolExecutor(1) as pool:
+            late = pool.submit(
+                stalled.gateway.Submit, request(), metadata=stalled.md("agent-1"), timeout=30
+            )
+            wait_for(lambda: raw.exists(claim_key), what="call A's claim")
+            raw.delete(claim_key)  # what the claim's TTL does, without waiting for it
+            first = gw.gateway.Submit(request(), metadata=gw.md("agent-1"))
+            release.set()
+            answer = late.result(timeout=30)
+    assert (answer.verdict, answer.audit_seq) == (first.verdict, first.audit_seq)
+    decided = [e["action_id"] for e in log_entries(gw) if e["event_type"] == "action_decided"]
+    assert decided.count("act-1") == 1
+    # Its claim (its history marks with it) was given back: A did not decide.
+    assert str(raw.get(claim_key)).startswith("d|")

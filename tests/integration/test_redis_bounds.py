@@ -3,7 +3,7 @@ unbounded families (docs/operations.md): the audit log and the pending-holds ind
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -16,13 +16,6 @@ RETENTION = 3600.0
 IDLE = 600.0
 IDEMPOTENCY = 1200.0
 HOLD_TTL = 300.0
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -82,7 +75,8 @@ def test_every_key_of_every_flow_expires_or_is_documented(
     assert 0 < ttl_seconds(keys.hold(approved.hold_id)) <= RETENTION
     assert 0 < ttl_seconds(keys.hold(rejected.hold_id)) <= RETENTION
     assert RETENTION < ttl_seconds(keys.hold(pending.hold_id)) <= HOLD_TTL + RETENTION
-    assert 0 < ttl_seconds(keys.action("agent-1", "allowed")) <= IDEMPOTENCY
+    assert 0 < ttl_seconds(keys.claim("agent-1", "allowed")) <= IDEMPOTENCY
+    assert 0 < ttl_seconds(keys.decided("agent-1", "allowed")) <= IDEMPOTENCY
     assert IDLE - 60 < ttl_seconds(pause_key) <= IDLE
     assert 0 < ttl_seconds(keys.recent_types("agent-1", "loop")) <= IDLE
     assert 0 < ttl_seconds(keys.recent_fingerprints("agent-1", "loop")) <= IDLE

@@ -15,9 +15,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,81 +32,13 @@ from gateway.domain.audit.verify import verify_export
 from gateway.store.embedded import find_server_binary
 from tests.harness import RunningGateway, token_for, wait_for
 from tests.processes import server_binary
+from tests.servers import ServerProcess, replica_in_sync, replication_lines
 
 MASTER_NAME = "agw-master"
 CLIENTS = 4
 ANSWERS_BEFORE_KILL = 60
 ANSWERS_AFTER_FAILOVER = 40
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """One redis-server/valkey-server (or sentinel) process on a loopback port."""
-
-    def __init__(
-        self,
-        binary: Path,
-        directory: Path,
-        lines: list[str],
-        *,
-        sentinel: bool = False,
-        port: int | None = None,
-    ) -> None:
-        self.port = port or free_port()
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        config = directory / ("sentinel.conf" if sentinel else "redis.conf")
-        common = [f"port {self.port}", "bind 127.0.0.1", f'dir "{directory}"', 'save ""']
-        config.write_text("\n".join([*common, *lines]) + "\n", encoding="utf-8")
-        command = [str(binary), str(config), *(["--sentinel"] if sentinel else [])]
-        with (directory / "server.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=directory
-            )
-        self.client = redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
-        wait_for(self._answers, timeout=10, what=f"server on port {self.port}")
-
-    def _answers(self) -> bool:
-        assert self.process.poll() is None, (self.directory / "server.log").read_text()
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def replication_lines(master_port: int | None) -> list[str]:
-    lines = ["repl-diskless-sync yes", "repl-diskless-sync-delay 0", "appendonly no"]
-    return lines + ([f"replicaof 127.0.0.1 {master_port}"] if master_port else [])
-
-
-def replica_in_sync(master: ServerProcess) -> bool:
-    """The master sees a connected, online replica."""
-    try:
-        info = master.client.info("replication")
-    except redis.RedisError:
-        return False
-    replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-    return any(r.get("state") == "online" for r in replicas)
 
 
 @dataclass

@@ -13,12 +13,20 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from gateway.config import Overrides, load_config, parse_config
 from gateway.errors import ConfigError
-from gateway.store.connection import SentinelAddress, close, connect, parse_redis_url
+from gateway.store.connection import (
+    ClusterAddress,
+    SentinelAddress,
+    close,
+    connect,
+    is_cluster,
+    parse_redis_url,
+)
 
 SECRET = "s3cr3t-pw"
 SOURCE = "agentgw.yaml"
@@ -50,6 +58,14 @@ def test_sentinel_url_names_sentinels_master_and_credentials() -> None:
     assert parse_redis_url("redis+sentinel://s1/main") == SentinelAddress((("s1", 26379),), "main")
 
 
+def test_cluster_url_names_startup_nodes_and_credentials() -> None:
+    url = f"redis+cluster://app:{SECRET}@c1:7000,c2,[::1]:7002"
+    assert parse_redis_url(url) == ClusterAddress(
+        nodes=(("c1", 7000), ("c2", 6379), ("::1", 7002)), username="app", password=SECRET
+    )
+    assert parse_redis_url("redis+cluster://c1:7000") == ClusterAddress((("c1", 7000),))
+
+
 @pytest.mark.parametrize(
     ("url", "why"),
     [
@@ -61,7 +77,10 @@ def test_sentinel_url_names_sentinels_master_and_credentials() -> None:
         (f"redis+sentinel://:{SECRET}@s1,,s2/main", "expected host:port"),
         (f"redis+sentinel://s1/main?db=x&sentinel_password={SECRET}", "db must be a number"),
         (f"redis+sentinel://s1/main?password={SECRET}", "unknown option password"),
-        (f"redis+cluster://:{SECRET}@c1:7000,c2:7000", "redis+cluster:// is not supported yet"),
+        (f"redis+cluster://:{SECRET}@c1:x", "node c1: port must be 1-65535"),
+        (f"redis+cluster://:{SECRET}@c1:7000,,c2", "expected host:port"),
+        (f"redis+cluster://:{SECRET}@c1:7000/0", "a cluster has no databases"),
+        (f"redis+cluster://c1:7000?password={SECRET}", "no options are read"),
     ],
 )
 def test_bad_url_is_refused_without_its_password(url: str, why: str) -> None:
@@ -91,11 +110,11 @@ def test_flag_and_environment_urls_are_checked(tmp_path: Path, flag: bool, sourc
     path.write_text(
         "principals:\n  - name: a\n    role: agent\n    token_sha256: " + "ab" * 32 + "\n"
     )
-    url = f"redis+cluster://:{SECRET}@c1:7000"
+    url = f"redis+cluster://:{SECRET}@c1:port"
     overrides = Overrides(config_file=path, redis_url=url if flag else None)
     with pytest.raises(ConfigError) as refused:
         load_config(overrides, {} if flag else {"AGENTGW_REDIS_URL": url})
-    assert str(refused.value).startswith(f"{source}: redis.url: redis+cluster:// is not supported")
+    assert str(refused.value).startswith(f"{source}: redis.url: redis+cluster://: node c1: port")
     assert SECRET not in str(refused.value)
 
 
@@ -148,9 +167,24 @@ def test_connect_builds_a_client_for_each_scheme() -> None:
     asyncio.run(scenario())
 
 
-def test_connect_refuses_cluster_as_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"^redis.url: redis\+cluster:// is not supported yet"):
-        connect(f"redis+cluster://:{SECRET}@c1:7000")
+def test_connect_builds_a_cluster_client_from_startup_nodes() -> None:
+    async def scenario() -> None:
+        client = connect(f"redis+cluster://:{SECRET}@c1:7000,c2:7001", name="agentgw:p:holds")
+        try:
+            assert is_cluster(client) and isinstance(client, RedisCluster)
+            nodes = client.nodes_manager.startup_nodes
+            assert sorted(nodes) == ["c1:7000", "c2:7001"]
+            options = client.connection_kwargs
+            assert (options["password"], options["client_name"]) == (SECRET, "agentgw:p:holds")
+        finally:
+            await close(client)
+
+    asyncio.run(scenario())
+
+
+def test_connect_refuses_a_bad_url_as_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^redis.url: redis\+cluster://: node c1: port"):
+        connect(f"redis+cluster://:{SECRET}@c1:0")
 
 
 def test_replica_acknowledgement_needs_a_redis_with_replicas(tmp_path: Path) -> None:

@@ -1,27 +1,31 @@
--- commit.lua: append a batch of signed audit entries and apply the state changes
--- they record, atomically (group commit; compare-and-append on the log head).
+-- commit.lua: append a batch of signed audit entries and apply the intents they
+-- record, atomically (group commit; compare-and-append on the log head).
 --
 -- KEYS[1] audit head (hash: seq, hash, frontier, key_id)   KEYS[2] audit entries (list)
 -- KEYS[3] Merkle tree nodes (hash: "<level>:<index>" -> hex node hash)
 -- KEYS[4] audit key history (hash: "<key_id>" -> JSON, "<key_id>:last_seq" -> seq)
--- KEYS[5..] keys named by index in checks and ops
+-- KEYS[5..] keys the intents name by index. All in the {audit} slot, except a
+--           decision's claim marker on a single node (store/intents.py).
 -- ARGV[1] the head seq the batch was built on   ARGV[3] the head key_id it was signed for
 -- ARGV[4], ARGV[5] the seq and entry hash of the batch's last entry
 -- ARGV[2] JSON {"head": {"seq", "hash", "frontier", "key_id"},
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
 --          "keys": [field, value, ...] (key history changes: first key, rotations),
---          "items": [{"entries": [line...],
---          "checks": [[key, "hfield", field, value] | [key, "exists"] |
---                     [key, "equals", value]],
---          "ops": [["set", key, value, px] | ["hset", key, field, value, ...] |
---                  ["pexpire", key, ms] | ["zadd", key, score, member] |
---                  ["zrem", key, member] | ["del", key] | ["publish", channel, message]]}]}
+--          "items": [{"entries": [line...], "kind": "none" | "decide" | "resolve" |
+--                     "lift", and the fields of its kind (below)}]}
+--
+--   decide   record, value, px (the decided record: must not exist yet);
+--            [marker, marker_value] the claim marker; [hold {key, json, status, px,
+--            pending, expires_at, hold_id}]; [pause {key, value, px}]
+--   resolve  hold (status must be 'pending'), json, status, px, pending, hold_id,
+--            channel (published the hold_id)
+--   lift     pause (must exist): deleted
 --
 -- Returns {'ok'}; {'moved', seq, hash, frontier, key_id} when another writer appended
 -- first or the head names another signing key (a rotation, or a misconfigured replica);
--- {'failed', i} when item i's check does not hold; {'retry', i} when item i checks a
--- key an earlier item of the same batch writes. Nothing is written unless 'ok'.
--- A call resent after its reply was lost (the client retries on a dropped
+-- {'failed', i} when item i's precondition does not hold; {'retry', i} when item i
+-- checks a key an earlier item of the same batch writes. Nothing is written unless
+-- 'ok'. A call resent after its reply was lost (the client retries on a dropped
 -- connection) finds its batch already appended and answers 'ok' again.
 -- All entries go in with one RPUSH (per 256), so INFO commandstats' rpush calls
 -- count the batches appended.
@@ -46,30 +50,76 @@ if head_seq ~= tonumber(ARGV[1]) or head_key ~= ARGV[3] then
     head_key,
   }
 end
+
+-- The key an item's precondition reads, and whether it holds.
+local function check(item)
+  if item.kind == 'decide' then
+    return item.record, redis.call('EXISTS', KEYS[item.record]) == 0
+  elseif item.kind == 'resolve' then
+    return item.hold, redis.call('HGET', KEYS[item.hold], 'status') == 'pending'
+  elseif item.kind == 'lift' then
+    return item.pause, redis.call('EXISTS', KEYS[item.pause]) == 1
+  end
+  return nil, true
+end
+
+-- The keys an item writes (for the same-batch dependency check).
+local function writes(item)
+  if item.kind == 'decide' then
+    local keys = {item.record}
+    if item.hold then
+      keys[#keys + 1] = item.hold.key
+    end
+    if item.pause then
+      keys[#keys + 1] = item.pause.key
+    end
+    return keys
+  elseif item.kind == 'resolve' then
+    return {item.hold}
+  elseif item.kind == 'lift' then
+    return {item.pause}
+  end
+  return {}
+end
+
+local function apply(item)
+  if item.kind == 'decide' then
+    redis.call('SET', KEYS[item.record], item.value, 'PX', item.px)
+    if item.marker then
+      redis.call('SET', KEYS[item.marker], item.marker_value, 'PX', item.px)
+    end
+    local hold = item.hold
+    if hold then
+      redis.call('HSET', KEYS[hold.key], 'json', hold.json, 'status', hold.status)
+      redis.call('PEXPIRE', KEYS[hold.key], hold.px)
+      redis.call('ZADD', KEYS[hold.pending], hold.expires_at, hold.hold_id)
+    end
+    local pause = item.pause
+    if pause then
+      redis.call('SET', KEYS[pause.key], pause.value, 'PX', pause.px)
+    end
+  elseif item.kind == 'resolve' then
+    redis.call('HSET', KEYS[item.hold], 'json', item.json, 'status', item.status)
+    redis.call('PEXPIRE', KEYS[item.hold], item.px)
+    redis.call('ZREM', KEYS[item.pending], item.hold_id)
+    redis.call('PUBLISH', item.channel, item.hold_id)
+  elseif item.kind == 'lift' then
+    redis.call('DEL', KEYS[item.pause])
+  end
+end
+
 local batch = cjson.decode(ARGV[2])
 local touched = {}
 for i, item in ipairs(batch.items) do
-  for _, check in ipairs(item.checks) do
-    local key = KEYS[check[1]]
-    if touched[key] then
-      return {'retry', tostring(i)}
-    end
-    local holds
-    if check[2] == 'hfield' then
-      holds = redis.call('HGET', key, check[3]) == check[4]
-    elseif check[2] == 'equals' then
-      holds = redis.call('GET', key) == check[3]
-    else
-      holds = redis.call('EXISTS', key) == 1
-    end
-    if not holds then
-      return {'failed', tostring(i)}
-    end
+  local key, holds = check(item)
+  if key and touched[key] then
+    return {'retry', tostring(i)}
   end
-  for _, op in ipairs(item.ops) do
-    if op[1] ~= 'publish' then
-      touched[KEYS[op[2]]] = true
-    end
+  if not holds then
+    return {'failed', tostring(i)}
+  end
+  for _, written in ipairs(writes(item)) do
+    touched[written] = true
   end
 end
 local lines = {}
@@ -82,32 +132,7 @@ for first = 1, #lines, 256 do
   redis.call('RPUSH', KEYS[2], unpack(lines, first, math.min(first + 255, #lines)))
 end
 for _, item in ipairs(batch.items) do
-  for _, op in ipairs(item.ops) do
-    local name = op[1]
-    if name == 'set' then
-      if tonumber(op[4]) > 0 then
-        redis.call('SET', KEYS[op[2]], op[3], 'PX', op[4])
-      else
-        redis.call('SET', KEYS[op[2]], op[3])
-      end
-    elseif name == 'hset' then
-      local args = {}
-      for j = 3, #op do
-        args[#args + 1] = op[j]
-      end
-      redis.call('HSET', KEYS[op[2]], unpack(args))
-    elseif name == 'pexpire' then
-      redis.call('PEXPIRE', KEYS[op[2]], op[3])
-    elseif name == 'zadd' then
-      redis.call('ZADD', KEYS[op[2]], op[3], op[4])
-    elseif name == 'zrem' then
-      redis.call('ZREM', KEYS[op[2]], op[3])
-    elseif name == 'del' then
-      redis.call('DEL', KEYS[op[2]])
-    elseif name == 'publish' then
-      redis.call('PUBLISH', op[2], op[3])
-    end
-  end
+  apply(item)
 end
 -- The nodes land with their entries; HSET in chunks keeps unpack() within Lua's stack.
 local nodes = batch.nodes

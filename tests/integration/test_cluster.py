@@ -1,0 +1,215 @@
+"""Redis Cluster: two gateway processes on a real three-master cluster.
+
+`redis+cluster://` with the suite's server binary (tests/servers.py). Every script
+the gateway runs touches one hash slot, so the cluster runs them: the `{audit}`
+slot holds the log and everything committed with it (decided actions, holds,
+session pauses); each agent's claims and session history live in its own slot.
+The hash tags put agent-2 on another node than the audit log, so its decisions
+take the cross-node path (claim on one node, commit on another, then the claim
+marker). Through both gateways: submit, replay, reuse refusal, hold and approve,
+reject, expiry by the sweeper, a loop pause and its resume, export and verify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from redis.crc import key_slot
+
+from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, gateway_pb2
+from clients.agent import AgentClient, bearer
+from gateway.domain.audit.keys import Signer
+from gateway.store.keys import KeySpace
+from tests.harness import token_for, wait_for
+from tests.processes import GatewayProcess, export_and_verify, write_config
+from tests.servers import ClusterProcesses
+
+PREFIX = "clu"
+HOLD_TTL = 3
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcesses]:
+    with ClusterProcesses(tmp_path_factory.mktemp("cluster")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    cluster: ClusterProcesses, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[GatewayProcess]]:
+    root = tmp_path_factory.mktemp("gateways")
+    signing_key = root / "audit-signing-key.pem"
+    Signer.generate().save(signing_key)
+    started: list[GatewayProcess] = []
+    try:
+        for n in range(2):
+            data_dir = root / f"gw-{n}"
+            data_dir.mkdir()
+            config = write_config(
+                data_dir / "agentgw.yaml",
+                data_dir=data_dir,
+                redis={"url": cluster.url, "key_prefix": PREFIX},
+                signing_key=signing_key,
+                extra={"holds": {"ttl_seconds": HOLD_TTL}},
+            )
+            started.append(GatewayProcess(config))
+        for gateway in started:
+            gateway.wait_listening()
+        yield started
+    finally:
+        for gateway in started:
+            gateway.stop()
+
+
+def agent(gateway: GatewayProcess, name: str = "agent-2") -> AgentClient:
+    return AgentClient(gateway.target, token_for(name), name)
+
+
+def approvals(gateway: GatewayProcess) -> approvals_pb2_grpc.ApprovalsStub:
+    return approvals_pb2_grpc.ApprovalsStub(grpc.insecure_channel(gateway.target))
+
+
+def as_approver() -> tuple[tuple[str, str], ...]:
+    return bearer(token_for("approver-1"))
+
+
+def node_holds(cluster: ClusterProcesses, key: str) -> bool:
+    """The key exists on the node that owns its slot (read there, not redirected)."""
+    return bool(cluster.node_for_key(key).client.exists(key))
+
+
+def test_agent_state_and_the_audit_log_live_on_different_nodes(cluster: ClusterProcesses) -> None:
+    # What makes agent-2's decisions cross nodes (and agent-1's stay on one).
+    keys = KeySpace(PREFIX)
+    audit_node = cluster.node_for_key(keys.audit_head)
+    assert cluster.node_for_key(keys.claim("agent-2", "x")) is not audit_node
+    assert cluster.node_for_key(keys.claim("agent-1", "x")) is audit_node
+    assert key_slot(keys.decided("agent-2", "x").encode()) == key_slot(keys.audit_head.encode())
+
+
+def test_two_gateways_decide_hold_approve_expire_and_verify_on_a_cluster(
+    cluster: ClusterProcesses, gateways: list[GatewayProcess], tmp_path: Path
+) -> None:
+    first, second = gateways
+    keys = KeySpace(PREFIX)
+    answers: dict[str, gateway_pb2.Decision] = {}
+    with agent(first) as a2, agent(second) as b2, agent(second, "agent-1") as b1:
+        # Decisions through both gateways, for agents on two nodes.
+        for i in range(10):
+            client = (a2, b1)[i % 2]
+            answers[f"s{i}"] = client.submit("search", session_id=f"s{i}", action_id=f"s{i}")
+        assert {a.verdict for a in answers.values()} == {gateway_pb2.VERDICT_ALLOW}
+        # The decided record is in the {audit} slot; the claim marker in the agent's.
+        assert node_holds(cluster, keys.decided("agent-2", "s0"))
+        wait_for(
+            lambda: (
+                cluster.node_for_key(keys.claim("agent-2", "s0"))
+                .client.get(keys.claim("agent-2", "s0"))
+                .startswith("d|")
+            ),
+            what="the claim marker of agent-2's action",
+        )
+
+        # The same request through the other gateway is the first decision, once.
+        again = b2.submit("search", session_id="s0", action_id="s0")
+        assert again.audit_seq == answers["s0"].audit_seq
+        with pytest.raises(grpc.RpcError) as reused:
+            b2.submit("send_email", session_id="s0", action_id="s0")
+        assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+        # Held on one gateway, approved on the other, and the waiter is woken.
+        held = a2.submit("send_email", session_id="m", action_id="mail-1")
+        assert held.verdict == gateway_pb2.VERDICT_HOLD
+        assert node_holds(cluster, keys.hold(held.hold_id))
+        approvals(second).Approve(
+            approvals_pb2.ApproveRequest(hold_id=held.hold_id, reason="ok"),
+            metadata=as_approver(),
+        )
+        assert a2.wait(held, timeout=10).verdict == gateway_pb2.VERDICT_ALLOW
+        # Approving it again is refused: the hold resolved once.
+        with pytest.raises(grpc.RpcError) as twice:
+            approvals(first).Reject(
+                approvals_pb2.RejectRequest(hold_id=held.hold_id, reason="late"),
+                metadata=as_approver(),
+            )
+        assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        rejected = b2.submit("send_email", session_id="m", action_id="mail-2")
+        approvals(first).Reject(
+            approvals_pb2.RejectRequest(hold_id=rejected.hold_id, reason="no"),
+            metadata=as_approver(),
+        )
+        assert b2.wait(rejected, timeout=10).verdict == gateway_pb2.VERDICT_DENY
+
+        # Nobody decides this one: a sweeper expires it (deny) after its TTL.
+        expiring = a2.submit("send_email", session_id="m", action_id="mail-3")
+        assert a2.wait(expiring, timeout=HOLD_TTL + 20).verdict == gateway_pb2.VERDICT_DENY
+
+        # Five reads in a row are a loop: held, and the session paused, on either
+        # gateway; an approver resumes it through the other.
+        looped = [
+            (a2, b2)[i % 2].submit("read_file", session_id="loop", action_id=f"r{i}")
+            for i in range(5)
+        ]
+        assert looped[-1].verdict == gateway_pb2.VERDICT_HOLD
+        assert node_holds(cluster, keys.session_pause("agent-2", "loop"))
+        paused = b2.submit("search", session_id="loop", action_id="after-pause")
+        assert paused.verdict == gateway_pb2.VERDICT_HOLD
+        resumed = approvals(first).ResumeSession(
+            approvals_pb2.ResumeSessionRequest(agent_id="agent-2", session_id="loop", reason="ok"),
+            metadata=as_approver(),
+        )
+        assert resumed.was_paused
+        assert not node_holds(cluster, keys.session_pause("agent-2", "loop"))
+        again_resumed = approvals(second).ResumeSession(
+            approvals_pb2.ResumeSessionRequest(agent_id="agent-2", session_id="loop", reason="ok"),
+            metadata=as_approver(),
+        )
+        assert not again_resumed.was_paused
+        after = a2.submit("search", session_id="loop", action_id="after-resume")
+        assert after.verdict == gateway_pb2.VERDICT_ALLOW
+
+    # One chain, written by both gateways, verifies offline.
+    entries, verify = export_and_verify(second.target, tmp_path)
+    assert verify.returncode == 0, verify.output
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    by_seq = {e["seq"]: e for e in entries}
+    for action_id, answer in answers.items():
+        assert by_seq[answer.audit_seq]["action_id"] == action_id
+    events = [e["event_type"] for e in entries]
+    for event in ("hold_approved", "hold_rejected", "hold_expired", "session_resumed"):
+        assert events.count(event) == 1, event
+    assert events.count("security_action_id_reused") == 1
+
+
+def test_a_decided_action_is_replayed_when_its_claim_marker_is_missing(
+    cluster: ClusterProcesses, gateways: list[GatewayProcess]
+) -> None:
+    # What a gateway that crashed between its commit and the claim marker leaves:
+    # the decided record, and the claim still pending. A resubmission is answered
+    # from the decided record at once, not after the claim lapses.
+    keys = KeySpace(PREFIX)
+    with agent(gateways[0]) as client:
+        first = client.submit("search", session_id="crash", action_id="c1")
+        claim_key = keys.claim("agent-2", "c1")
+        node = cluster.node_for_key(claim_key).client
+        wait_for(lambda: str(node.get(claim_key)).startswith("d|"), what="the claim marker")
+        digest = str(node.get(claim_key))[2:66]
+        node.set(claim_key, f"p|{digest}|0123456789abcdef", px=60_000)
+        with agent(gateways[1]) as other:
+            again = other.submit("search", session_id="crash", action_id="c1", attempts=1)
+        assert (again.audit_seq, again.verdict) == (first.audit_seq, first.verdict)
+
+
+def test_no_script_touches_two_slots(cluster: ClusterProcesses) -> None:
+    # The cluster refuses any that would; the gateways above ran every kind. Their
+    # servers counted no CROSSSLOT error (errorstats is Redis 6.2+ and Valkey).
+    for node in cluster.masters:
+        errors = node.client.info("errorstats")
+        assert not any("CROSSSLOT" in name for name in errors), errors
+        assert isinstance(node.client, redis.Redis)
