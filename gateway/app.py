@@ -48,6 +48,7 @@ from gateway.store.audit_log import AuditLog, ReplicaAcks
 from gateway.store.connection import (
     HOLD_POOL_SIZE,
     POOL_WAIT_SECONDS,
+    SingleConnection,
     close,
     connect,
     unavailable_on_error,
@@ -128,8 +129,11 @@ class App:
                 timeout=5.0 + ack_timeout,
                 retries=0,
             )
+            self.audit_connection = SingleConnection(
+                self.audit_client, KeySpace(prefix).audit_head, POOL_WAIT_SECONDS
+            )
             replica_acks = ReplicaAcks(
-                self.audit_client, config.redis.min_replicas_acked, ack_timeout
+                self.audit_connection, config.redis.min_replicas_acked, ack_timeout
             )
         with unavailable_on_error(f"connecting to Redis at {_safe_url(url)}"):
             await self.client.ping()
@@ -319,6 +323,8 @@ class App:
             await self.pipeline.drain()
         if hasattr(self, "audit"):
             await self.audit.drain()
+        if hasattr(self, "audit_connection"):
+            await self.audit_connection.aclose()
         for name in ("audit_client", "health_client", "hold_client", "client"):
             if hasattr(self, name):
                 await close(getattr(self, name))

@@ -428,11 +428,6 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, d
             f"{config.source}: redis.min_replicas_acked: the embedded Redis has no "
             "replicas; set redis.url to a Redis with replicas, or leave it at 0"
         )
-    if (config.redis.url or "").startswith("redis+cluster://") and config.redis.min_replicas_acked:
-        raise ConfigError(
-            f"{config.source}: redis.min_replicas_acked: not supported with "
-            "redis+cluster:// yet (WAIT must run on the audit slot's master); leave it at 0"
-        )
     return config, tokens
 
 

@@ -185,6 +185,7 @@ class ClusterProcesses:
         self.replicas: list[ServerProcess] = []
         self.ranges = slot_ranges(self.MASTERS)
         self.node_ids: dict[int, str] = {}  # port -> cluster node id
+        self.restarted: list[ServerProcess] = []
         self.startup_seconds: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -245,21 +246,31 @@ class ClusterProcesses:
             self._wait(lambda: replica_in_sync(master), "the replica to sync")
             self._wait(self._replica_known, "every node to see the replica")
 
-    def _node(self, name: str) -> ServerProcess:
-        lines = [
+    def _lines(self) -> list[str]:
+        return [
             *replication_lines(None),
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
             f"cluster-node-timeout {self.node_timeout_ms}",
         ]
-        return ServerProcess(self.binary, self.root / name, lines, port=free_cluster_port())
+
+    def _node(self, name: str) -> ServerProcess:
+        return ServerProcess(self.binary, self.root / name, self._lines(), port=free_cluster_port())
+
+    def restart(self, node: ServerProcess) -> ServerProcess:
+        """Starts a killed node again on its port and directory: it reads its
+        nodes.conf and rejoins (a master that was failed over comes back as a replica
+        of its successor). `stop()` stops it too."""
+        again = ServerProcess(self.binary, node.directory, self._lines(), port=node.port)
+        self.restarted.append(again)
+        return again
 
     # -- what the tests use --------------------------------------------------------
 
     @property
     def processes(self) -> list[ServerProcess]:
-        """Every node: the masters, then the replicas."""
-        return [*self.masters, *self.replicas]
+        """Every node: the masters, then the replicas, then nodes restarted."""
+        return [*self.masters, *self.replicas, *self.restarted]
 
     @property
     def ports(self) -> list[int]:

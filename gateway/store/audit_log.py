@@ -59,7 +59,7 @@ from gateway.domain.audit.merkle import (
 )
 from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof
 from gateway.errors import Conflict, OutcomeUnknown, StoreUnavailable
-from gateway.store.connection import load_script, unavailable_on_error
+from gateway.store.connection import SingleConnection, load_script, unavailable_on_error
 from gateway.store.intents import Intent, IntentWriter, KeyIndex, Projection, RotateKey
 
 log = logging.getLogger("agentgw.audit")
@@ -93,12 +93,13 @@ class _Pending:
 class ReplicaAcks:
     """WAIT for `min_replicas` replicas after each append, at most `timeout_seconds`.
 
-    `client` must not resend commands (retries 0): WAIT counts the writes of the
-    connection it runs on, so it has to run on the connection that ran the script,
-    and a resent script that found its batch already appended writes nothing.
+    `connection`'s client must not resend commands (retries 0): WAIT counts the
+    writes of the connection it runs on, so it has to run on the connection that ran
+    the script, and a resent script that found its batch already appended writes
+    nothing. On a cluster it is a connection to the `{audit}` slot's master.
     """
 
-    client: aioredis.Redis
+    connection: SingleConnection
     min_replicas: int
     timeout_seconds: float
 
@@ -308,7 +309,7 @@ class AuditLog:
         acks = self.replica_acks
         if acks is None:
             return await self._script(keys=keys, args=args), 0
-        async with acks.client.client() as connection:
+        async with acks.connection() as connection:
             reply = await self._script(keys=keys, args=args, client=connection)
             if reply[0] != "ok":
                 return reply, 0
@@ -334,7 +335,7 @@ class AuditLog:
             return
         timeout_ms = max(1, round(acks.timeout_seconds * 1000))
         with unavailable_on_error("waiting for replicas"):
-            async with acks.client.client() as connection:
+            async with acks.connection() as connection:
                 await connection.set(
                     self.keys.audit_barrier, format_timestamp(self.clock()), px=60_000
                 )

@@ -23,7 +23,7 @@ them, and follows MOVED/ASK redirections. Every script call touches one hash slo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -36,7 +36,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterDownError, MovedError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import ConfigError, OutcomeUnknown, StoreUnavailable
@@ -226,6 +227,78 @@ def _cluster_client(address: ClusterAddress, options: dict[str, Any]) -> aioredi
     # The commands used are the same on both; the store checks `is_cluster` where a
     # call must differ (a script's keys in one slot).
     return cast(aioredis.Redis, client)
+
+
+class SingleConnection:
+    """One connection, held across commands that must share it: a script and the WAIT
+    that counts its writes (WAIT counts the writes of the connection it runs on).
+
+    On one server or behind sentinels, a connection of `client`'s own pool. On a
+    cluster, a connection to the master that owns `key`'s slot: found from the
+    cluster's slot map, and found again (the map re-read) after that master fails,
+    answers MOVED, or the cluster is down, so a failover is followed by the next call.
+    """
+
+    CLUSTER_OPTIONS = (
+        "username",
+        "password",
+        "client_name",
+        "decode_responses",
+        "socket_timeout",
+        "socket_connect_timeout",
+    )
+
+    def __init__(self, client: aioredis.Redis, key: str, wait_for_connection: float) -> None:
+        self.client = client
+        self.key = key
+        self.wait_for_connection = wait_for_connection
+        self._owner: aioredis.Redis | None = None
+        self._stale = False
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[aioredis.Redis]:
+        if not is_cluster(self.client):
+            async with self.client.client() as connection:
+                yield connection
+            return
+        owner = await self._find_owner()
+        try:
+            async with owner.client() as connection:
+                yield connection
+        except (MovedError, ClusterDownError, RedisConnectionError, OSError, TimeoutError):
+            await self._forget()
+            raise
+
+    async def _find_owner(self) -> aioredis.Redis:
+        if self._owner is not None:
+            return self._owner
+        cluster = cast(RedisCluster, self.client)
+        await cluster.initialize()
+        if self._stale:
+            await cluster.nodes_manager.initialize()
+            self._stale = False
+        node = cluster.get_node_from_key(self.key)
+        if node is None:
+            raise ClusterDownError(f"no master owns the slot of {self.key}")
+        options = {k: cluster.connection_kwargs[k] for k in self.CLUSTER_OPTIONS}
+        pool = aioredis.BlockingConnectionPool(
+            host=node.host,
+            port=node.port,
+            max_connections=1,
+            timeout=self.wait_for_connection,
+            **options,
+        )
+        self._owner = aioredis.Redis.from_pool(pool)
+        return self._owner
+
+    async def _forget(self) -> None:
+        owner, self._owner, self._stale = self._owner, None, True
+        if owner is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await owner.aclose()
+
+    async def aclose(self) -> None:
+        await self._forget()
 
 
 async def close(client: aioredis.Redis) -> None:

@@ -12,7 +12,9 @@ reject, expiry by the sweeper, a loop pause and its resume, export and verify.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -22,11 +24,13 @@ from redis.crc import key_slot
 
 from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, gateway_pb2
 from clients.agent import AgentClient, bearer
+from gateway.config import RedisSettings
 from gateway.domain.audit.keys import Signer
 from gateway.store.keys import KeySpace
-from tests.harness import token_for, wait_for
+from tests.failover import Ledger, check_every_answer_in_chain, drive, wait_async
+from tests.harness import RunningGateway, token_for, wait_for
 from tests.processes import GatewayProcess, export_and_verify, write_config
-from tests.servers import ClusterProcesses
+from tests.servers import ClusterProcesses, ServerProcess, replica_in_sync, slot_ranges
 
 PREFIX = "clu"
 HOLD_TTL = 3
@@ -213,3 +217,67 @@ def test_no_script_touches_two_slots(cluster: ClusterProcesses) -> None:
         errors = node.client.info("errorstats")
         assert not any("CROSSSLOT" in name for name in errors), errors
         assert isinstance(node.client, redis.Redis)
+
+
+ANSWERS_BEFORE_KILL = 40
+ANSWERS_AFTER_FAILOVER = 30
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[ClusterProcesses]:
+    """A cluster whose `{audit}` master has a replica."""
+    audit_slot = key_slot(KeySpace(PREFIX).audit_head.encode())
+    owner = next(i for i, (low, high) in enumerate(slot_ranges(3)) if low <= audit_slot <= high)
+    with ClusterProcesses(tmp_path / "cluster", replicas=1, replica_master=owner) as running:
+        yield running
+
+
+def promoted(node: ServerProcess) -> bool:
+    try:
+        return node.client.info("replication")["role"] == "master"
+    except redis.RedisError:
+        return False
+
+
+def test_gateway_follows_a_cluster_failover_and_keeps_every_answered_decision(
+    replicated: ClusterProcesses, make_gateway: Callable[..., RunningGateway]
+) -> None:
+    # redis.min_replicas_acked: 1 on a cluster: each commit, then WAIT, on the
+    # connection to the {audit} slot's master. Kill that master under load: the
+    # cluster promotes its replica, the gateway follows, and every answer it gave
+    # (before or after) is in the chain.
+    settings = RedisSettings(
+        url=replicated.url,
+        key_prefix=PREFIX,
+        min_replicas_acked=1,
+        replica_ack_timeout_seconds=0.5,
+    )
+    gw = make_gateway(redis=settings)
+    audit_master = replicated.node_for_key(KeySpace(PREFIX).audit_head)
+    replica = replicated.replica()
+    ledger = Ledger()
+
+    def answered_after_kill() -> int:
+        killed = ledger.killed_at
+        return 0 if killed is None else sum(a.answered_at > killed for a in ledger.answers.values())
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        load = asyncio.create_task(
+            drive(gw.target, ledger, lambda: answered_after_kill() >= ANSWERS_AFTER_FAILOVER)
+        )
+        await wait_async(lambda: len(ledger.answers) >= ANSWERS_BEFORE_KILL, 20, "answers")
+        audit_master.kill()
+        ledger.killed_at = time.monotonic()
+        await wait_async(lambda: promoted(replica), 30, "the replica to be promoted")
+        # Back as a replica of the new master, so that appends can be acknowledged.
+        rejoined = await loop.run_in_executor(None, replicated.restart, audit_master)
+        await wait_async(lambda: replica_in_sync(replica), 30, "the old master to rejoin")
+        assert rejoined.client.info("replication")["role"] == "slave"
+        await asyncio.wait_for(load, 60)
+
+    asyncio.run(scenario())
+    assert ledger.failures, "no call was in flight during the failover"
+    entries = check_every_answer_in_chain(gw.export_lines(), gw.key_set(), ledger)
+    after = gw.agent().submit("search", session_id="after-failover", action_id="after-failover")
+    assert after.audit_seq == len(entries) + 1

@@ -13,32 +13,24 @@ would restart it), so that appends can be acknowledged again. Afterwards every a
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import pytest
 import redis
 
-from agentgw.v1 import gateway_pb2, gateway_pb2_grpc
-from clients.agent import bearer
-from clients.wire import python_to_struct
 from gateway.config import RedisSettings
-from gateway.domain.audit.verify import verify_export
 from gateway.store.embedded import find_server_binary
-from tests.harness import RunningGateway, token_for, wait_for
+from tests.failover import Ledger, check_every_answer_in_chain, drive, wait_async
+from tests.harness import RunningGateway, wait_for
 from tests.processes import server_binary
 from tests.servers import ServerProcess, replica_in_sync, replication_lines
 
 MASTER_NAME = "agw-master"
-CLIENTS = 4
 ANSWERS_BEFORE_KILL = 60
 ANSWERS_AFTER_FAILOVER = 40
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
 
 
 @dataclass
@@ -129,63 +121,6 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
             process.stop()
 
 
-@dataclass(frozen=True)
-class Answer:
-    audit_seq: int
-    verdict: int
-    first_sent_at: float
-    answered_at: float
-
-
-@dataclass
-class Ledger:
-    answers: dict[str, Answer] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)  # retried: code, while failing over
-    killed_at: float | None = None
-
-
-def action(n: int) -> tuple[gateway_pb2.ActionRequest, tuple[tuple[str, str], ...]]:
-    agent_id = f"agent-{1 + n % 2}"
-    request = gateway_pb2.ActionRequest(
-        action_id=f"act-{n}",
-        agent_id=agent_id,
-        session_id=f"s-{n}",
-        action_type="send_email" if n % 4 == 0 else "search",
-        parameters=python_to_struct({"n": n}),
-    )
-    return request, bearer(token_for(agent_id))
-
-
-async def drive(target: str, ledger: Ledger, done: Callable[[], bool]) -> None:
-    """CLIENTS clients submit one action at a time, each retried with its action_id
-    until answered, until `done()`."""
-    numbers = itertools.count()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
-
-        async def client() -> None:
-            while not done():
-                request, metadata = action(next(numbers))
-                first_sent_at = time.monotonic()
-                deadline = first_sent_at + 30
-                while True:
-                    try:
-                        decision = await stub.Submit(request, metadata=metadata, timeout=10)
-                    except grpc.aio.AioRpcError as e:
-                        assert e.code() in RETRYABLE, f"{request.action_id}: {e.code()}"
-                        assert ledger.killed_at is not None, f"before the kill: {e.details()}"
-                        assert time.monotonic() < deadline, f"{request.action_id}: never answered"
-                        ledger.failures.append(e.code().name)
-                        await asyncio.sleep(0.05)  # the agent's backoff before its retry
-                        continue
-                    ledger.answers[request.action_id] = Answer(
-                        decision.audit_seq, decision.verdict, first_sent_at, time.monotonic()
-                    )
-                    break
-
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
-
-
 def test_gateway_follows_a_failover_and_keeps_every_answered_decision(
     topology: Topology, make_gateway: Callable[..., RunningGateway], key_prefix: str
 ) -> None:
@@ -231,28 +166,10 @@ def test_gateway_follows_a_failover_and_keeps_every_answered_decision(
     print(f"failover: promoted after {promoted:.2f}s, first new answer after {first_answer:.2f}s")
 
     lines = gw.export_lines()
-    report = verify_export(lines, gw.key_set())
-    assert report.ok, report.failure
-    entries = [json.loads(line) for line in lines]
-    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
-    for action_id, answer in ledger.answers.items():
-        entry = entries[answer.audit_seq - 1]
-        assert (entry["action_id"], entry["seq"]) == (action_id, answer.audit_seq)
-    decided = [e["action_id"] for e in entries if e["event_type"] == "action_decided"]
-    assert len(decided) == len(set(decided)), "an action was recorded twice"
+    entries = check_every_answer_in_chain(lines, gw.key_set(), ledger)
 
     # New calls are decided on the new master, and the health probe followed it.
     after = gw.agent().submit("search", session_id="after-failover", action_id="after-failover")
     assert after.audit_seq == len(entries) + 1
     assert topology.master_port() == topology.replica.port
     assert topology.replica.client.info("replication")["role"] == "master"
-
-
-async def wait_async(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Polls `condition` (in a thread: it may block on Redis) until it holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await loop.run_in_executor(None, condition):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
