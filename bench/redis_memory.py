@@ -33,12 +33,13 @@ from gateway.domain.principals import Principal, Role, token_digest
 
 PRINCIPALS = {"agent": ("bench-agent", Role.AGENT), "approver": ("bench-approver", Role.APPROVER)}
 FAMILY_PATTERNS = (
-    ("decision record", r":\{a:[^}]+\}:action:"),
-    ("session pause", r":session:[^:]+:pause$"),
+    ("action claim / marker", r":\{a:[^}]+\}:action:"),
+    ("decided record", r":\{audit\}:decided:"),
+    ("session pause", r":\{audit\}:pause:"),
     ("session action types", r":session:[^:]+:types$"),
     ("session fingerprints", r":session:[^:]+:fingerprints$"),
-    ("hold", r":\{holds\}:hold:"),
-    ("pending-holds index", r":\{holds\}:pending$"),
+    ("hold", r":\{audit\}:hold:"),
+    ("pending-holds index", r":\{audit\}:holds:pending$"),
     ("audit entries", r":\{audit\}:entries$"),
     ("audit tree nodes", r":\{audit\}:tree$"),
     ("audit head", r":\{audit\}:head$"),
