@@ -45,6 +45,7 @@ class Ledger:
 
 
 def action(n: int) -> tuple[gateway_pb2.ActionRequest, tuple[tuple[str, str], ...]]:
+    """Action number n and the credentials of its agent; a quarter are held."""
     agent_id = f"agent-{1 + n % 2}"
     request = gateway_pb2.ActionRequest(
         action_id=f"act-{n}",

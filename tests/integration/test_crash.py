@@ -44,10 +44,10 @@ from agentgw.v1 import (
     gateway_pb2_grpc,
 )
 from clients.agent import bearer
-from clients.wire import python_to_struct
 from gateway.domain.audit.keys import Signer
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import KeySpace
+from tests.failover import action
 from tests.harness import RunningGateway, token_for, wait_for
 from tests.processes import (
     GatewayProcess,
@@ -89,19 +89,6 @@ class Ledger:
     checkpoint_before_kill: str = ""
 
 
-def action_request(n: int) -> tuple[gateway_pb2.ActionRequest, tuple[tuple[str, str], ...]]:
-    """Action number n and the credentials of its agent; a quarter are held."""
-    agent_id = f"agent-{1 + n % 2}"
-    request = gateway_pb2.ActionRequest(
-        action_id=f"act-{n}",
-        agent_id=agent_id,
-        session_id=f"s-{n}",
-        action_type="send_email" if n % 4 == 0 else "search",
-        parameters=python_to_struct({"n": n}),
-    )
-    return request, bearer(token_for(agent_id))
-
-
 async def load_until_killed(target: str, kill: Callable[[], None]) -> Ledger:
     """CONCURRENCY clients submit until KILL_AFTER answers arrived; then an auditor
     saves a checkpoint, `kill` runs (once), and no client starts another call."""
@@ -122,7 +109,7 @@ async def load_until_killed(target: str, kill: Callable[[], None]) -> Ledger:
     async def client() -> None:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         while not killed.is_set():
-            request, metadata = action_request(next(numbers))
+            request, metadata = action(next(numbers))
             try:
                 decision = await stub.Submit(request, metadata=metadata, timeout=30)
             except grpc.aio.AioRpcError as e:
@@ -281,7 +268,7 @@ def resubmit(target: str, action_ids: dict[str, str]) -> dict[str, Answer | str]
     with grpc.insecure_channel(target) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         for action_id in action_ids:
-            request, metadata = action_request(int(action_id.removeprefix("act-")))
+            request, metadata = action(int(action_id.removeprefix("act-")))
             try:
                 decision = stub.Submit(request, metadata=metadata, timeout=10)
             except grpc.RpcError as e:
