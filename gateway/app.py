@@ -29,7 +29,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.exceptions import RedisError
 
 from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2
 from gateway.api.auth import Authenticator
@@ -43,11 +42,13 @@ from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
 from gateway.services.approvals import RECHECK_SECONDS, ApprovalDesk
 from gateway.services.decisions import DecisionPipeline
+from gateway.services.outcomes import OutcomeDesk
 from gateway.services.policy_reload import PolicyReloader
 from gateway.store.audit_log import AuditLog, ReplicaAcks
 from gateway.store.connection import (
     HOLD_POOL_SIZE,
     POOL_WAIT_SECONDS,
+    REDIS_FAILURES,
     SingleConnection,
     close,
     connect,
@@ -170,7 +171,13 @@ class App:
 
         auth = Authenticator(config.principals)
         servicers: tuple[Servicer, ...] = (
-            GatewayService(auth, self.pipeline, self.desk, redactor),
+            GatewayService(
+                auth,
+                self.pipeline,
+                self.desk,
+                OutcomeDesk(config, self.state, self.audit, self.clock, redactor),
+                redactor,
+            ),
             ApprovalsService(auth, self.desk, redactor),
             AuditService(auth, self.audit, self.clock, redactor),
             AlertsService(auth, redactor),
@@ -219,7 +226,7 @@ class App:
                 async with asyncio.timeout(2 * HEALTH_TIMEOUT):
                     await self.health_client.ping()
                 reachable, error = True, ""
-            except (RedisError, OSError, TimeoutError) as e:
+            except REDIS_FAILURES as e:
                 reachable, error = False, f"{type(e).__name__}: {e}"
             if reachable != serving and not self._draining.is_set():
                 serving = reachable

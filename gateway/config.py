@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 from yaml.nodes import Node
 
 from gateway.domain.actions import Verdict
-from gateway.domain.detect.loops import LoopSettings
+from gateway.domain.detect.engine import DetectionSettings
+from gateway.domain.detect.settings import read_detection
 from gateway.domain.principals import Principal, Role, token_digest
 from gateway.domain.redaction import RedactionRules, key_word, value_pattern
 from gateway.domain.validation import Limits
@@ -75,7 +76,7 @@ class Config:
     redis: RedisSettings = field(default_factory=RedisSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
-    detection: LoopSettings = field(default_factory=LoopSettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
     limits: Limits = field(default_factory=Limits)
     hold_ttl_seconds: float = 900.0
     hold_retention_seconds: float = 7 * 86400.0  # a resolved hold stays readable this long
@@ -290,8 +291,8 @@ def _audit(r: _ConfigReader, node: Node) -> dict[str, AuditSettings]:
     return {"audit": audit}
 
 
-def _detection(r: _ConfigReader, node: Node) -> dict[str, LoopSettings]:
-    return {"detection": LoopSettings(**_integers(r, node, "detection", LoopSettings))}
+def _detection(r: _ConfigReader, node: Node) -> dict[str, DetectionSettings]:
+    return {"detection": read_detection(r, node)}
 
 
 def _limits(r: _ConfigReader, node: Node) -> dict[str, Limits]:

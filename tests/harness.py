@@ -122,6 +122,9 @@ class RunningGateway:
         return [entry_from_proto(e).to_json_line() for e in stream]
 
     def stop(self) -> None:
+        """Stops the gateway (a second call does nothing)."""
+        if self.loop.is_closed():
+            return
         self.channel.close()
         try:
             self.run(self.app.stop(grace=2))

@@ -8,10 +8,10 @@ import hashlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from importlib import resources
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from gateway.config import RedisSettings
+from gateway.store.connection import script_text
 from gateway.store.embedded import EmbeddedRedis
 from tests.harness import RunningGateway
 
@@ -129,8 +129,7 @@ class ReplyDroppingProxy:
 
 def script_sha(script: str) -> bytes:
     """The SHA-1 that EVALSHA names gateway/store/scripts/<script>.lua by."""
-    text = resources.files("gateway.store").joinpath("scripts", f"{script}.lua").read_text()
-    return hashlib.sha1(text.encode()).hexdigest().encode()
+    return hashlib.sha1(script_text(script).encode()).hexdigest().encode()
 
 
 def _close(*sockets: socket.socket) -> None:

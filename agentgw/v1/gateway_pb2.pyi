@@ -266,6 +266,10 @@ Global___AwaitRequest: _TypeAlias = AwaitRequest  # noqa: Y015
 
 @_typing.final
 class Outcome(_message.Message):
+    """What happened when the agent carried out an action it was allowed: reported once
+    per action_id, by the agent that submitted it.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTION_ID_FIELD_NUMBER: _builtins.int
@@ -276,13 +280,18 @@ class Outcome(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
     action_id: _builtins.str
     agent_id: _builtins.str
     session_id: _builtins.str
+    """Optional; when set, the session the action was submitted in."""
     success: _builtins.bool
     error: _builtins.str
+    """On failure: the error's message (redacted before it is stored) and its type."""
     tokens: _builtins.int
+    """Model tokens the action used; unset when not known."""
     cost: _builtins.float
+    error_type: _builtins.str
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration: ...
     def __init__(
@@ -294,14 +303,17 @@ class Outcome(_message.Message):
         success: _builtins.bool = ...,
         error: _builtins.str = ...,
         duration: _duration_pb2.Duration | None = ...,
-        tokens: _builtins.int = ...,
+        tokens: _builtins.int | None = ...,
         cost: _builtins.float = ...,
+        error_type: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tokens", b"_tokens", "duration", b"duration", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "agent_id", b"agent_id", "cost", b"cost", "duration", b"duration", "error", b"error", "session_id", b"session_id", "success", b"success", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tokens", b"_tokens", "action_id", b"action_id", "agent_id", b"agent_id", "cost", b"cost", "duration", b"duration", "error", b"error", "error_type", b"error_type", "session_id", b"session_id", "success", b"success", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tokens: _TypeAlias = _typing.Literal["tokens"]  # noqa: Y015
+    _WhichOneofArgType__tokens: _TypeAlias = _typing.Literal["_tokens", b"_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens) -> _WhichOneofReturnType__tokens | None: ...
 
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
@@ -309,12 +321,16 @@ Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 class ReportOutcomeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    audit_seq: _builtins.int
     def __init__(
         self,
+        *,
+        audit_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

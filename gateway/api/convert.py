@@ -27,6 +27,8 @@ from gateway.domain.audit.note import note_verifier_key, split_note
 from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof
 from gateway.domain.audit.query import EntryFilter, Report, micros_from_unix
 from gateway.domain.holds import Hold, HoldStatus
+from gateway.domain.outcomes import Outcome
+from gateway.errors import InvalidRequest
 
 VERDICT_TO_PROTO = {
     Verdict.ALLOW: gateway_pb2.VERDICT_ALLOW,
@@ -62,6 +64,23 @@ def action_from_proto(msg: gateway_pb2.ActionRequest) -> ActionRequest:
         parameters=struct_to_python(msg.parameters),
         reasoning=msg.reasoning,
         labels=dict(msg.labels),
+    )
+
+
+def outcome_from_proto(msg: gateway_pb2.Outcome) -> Outcome:
+    duration = msg.duration.seconds + msg.duration.nanos / 1e9
+    if msg.duration.seconds < 0 or msg.duration.nanos < 0:
+        raise InvalidRequest("duration", "must not be negative")
+    return Outcome(
+        action_id=msg.action_id,
+        agent_id=msg.agent_id,
+        session_id=msg.session_id,
+        success=msg.success,
+        error_type=msg.error_type,
+        error=msg.error,
+        duration_seconds=duration,
+        tokens=msg.tokens if msg.HasField("tokens") else None,
+        cost=msg.cost,
     )
 
 

@@ -25,6 +25,7 @@ from gateway.services.approvals import ApprovalDesk
 from gateway.services.audit_queries import AuditSearch
 from gateway.services.decisions import DecisionPipeline
 from gateway.services.key_rotation import rotate_key
+from gateway.services.outcomes import OutcomeDesk
 from gateway.store.audit_log import AuditLog
 
 READ_CHUNK = 500
@@ -38,11 +39,13 @@ class GatewayService(Servicer):
         auth: Authenticator,
         pipeline: DecisionPipeline,
         desk: ApprovalDesk,
+        outcomes: OutcomeDesk,
         redactor: Redactor | None = None,
     ) -> None:
         super().__init__(auth, redactor)
         self.pipeline = pipeline
         self.desk = desk
+        self.outcomes = outcomes
 
     @rpc(Role.AGENT)
     async def Submit(
@@ -71,7 +74,8 @@ class GatewayService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> gateway_pb2.ReportOutcomeResponse:
-        raise NotImplementedYet("Gateway.ReportOutcome")
+        seq = await self.outcomes.report(principal, convert.outcome_from_proto(request))
+        return gateway_pb2.ReportOutcomeResponse(audit_seq=seq)
 
     @rpc(Role.AGENT)
     async def Log(

@@ -88,6 +88,12 @@ def request_digest(request: ActionRequest, key: bytes) -> str:
     of a short secret (a PIN) could be found by trying every value. The key is shared
     by every replica (see `gateway.services.decisions.digest_key`).
     """
+    return content_digest(request_content(request), key)
+
+
+def request_content(request: ActionRequest) -> bytes:
+    """The request as digested: canonical JSON of everything it says. Its length is
+    the request's size for the byte quotas."""
     content = json.dumps(
         [
             request.agent_id,
@@ -103,5 +109,8 @@ def request_digest(request: ActionRequest, key: bytes) -> str:
         ensure_ascii=False,
         allow_nan=False,
     )
-    data = content.encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(data, key=key, digest_size=32).hexdigest()
+    return content.encode("utf-8", "surrogatepass")
+
+
+def content_digest(content: bytes, key: bytes) -> str:
+    return hashlib.blake2b(content, key=key, digest_size=32).hexdigest()

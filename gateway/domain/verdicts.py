@@ -34,7 +34,8 @@ DEFAULT_RECOMMENDATIONS: Mapping[str, Effect] = {
     "require_approval": Effect.HOLD,
     "pause_and_review": Effect.HOLD_AND_PAUSE,
     "inject_guidance": Effect.ALLOW,
-    "investigate": Effect.ALLOW,
+    "investigate": Effect.ALLOW,  # and, once alerts exist, an alert
+    "rate_limit": Effect.DENY,
 }
 
 

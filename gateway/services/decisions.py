@@ -21,11 +21,20 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from gateway.config import Config
-from gateway.domain.actions import ActionRequest, Decision, Verdict, request_digest
+from gateway.domain.actions import (
+    ActionRequest,
+    Decision,
+    Finding,
+    Verdict,
+    content_digest,
+    request_content,
+)
 from gateway.domain.audit.entry import AuditEntry, EntryDraft, format_timestamp
 from gateway.domain.audit.events import ActorType, EventType
 from gateway.domain.audit.keys import Signer
-from gateway.domain.detect.loops import detect_loops, fingerprint
+from gateway.domain.detect.engine import detect
+from gateway.domain.detect.loops import fingerprint
+from gateway.domain.detect.rates import Quota, rate_limit_finding
 from gateway.domain.holds import Hold
 from gateway.domain.policy.evaluator import evaluate_rules
 from gateway.domain.principals import Principal
@@ -44,7 +53,7 @@ from gateway.services.policy_reload import PolicyReloader
 from gateway.store.audit_log import AuditLog
 from gateway.store.intents import Claim, RecordDecision
 from gateway.store.records import finding_to_json
-from gateway.store.state import Marks, Observation, Pending, Reused, Seen, StateStore
+from gateway.store.state import Limited, Marks, Observation, Pending, Reused, Seen, StateStore
 
 log = logging.getLogger("agentgw.decisions")
 
@@ -88,21 +97,35 @@ class DecisionPipeline:
         # Sizes first: nothing below looks at (or echoes) an oversized field.
         validate_request(request, self.config.limits)
         refuse_secret_identifiers(request, self.redactor)
-        authorize_agent(principal, request)
-        claim = Claim.new(request_digest(request, self.digest_key))
+        authorize_agent(principal, request.agent_id)
+        content = request_content(request)
+        claim = Claim.new(content_digest(content, self.digest_key))
         # Everything stored, logged or audited from here on uses the redacted copy.
         stored = self.redactor.request(request)
-        marks = Marks(stored.action_type, fingerprint(stored, self.config.detection))
-        observed: Observation | Seen | Reused | None = None
+        detection, now, size = self.config.detection, self.clock(), len(content)
+        marks = Marks(
+            stored.action_type,
+            fingerprint(stored, detection.loops),
+            stored.session_id,
+            size,
+            now,
+        )
+        quota = detection.rates.quota(request.agent_id, request.action_type, size)
+        observed: Observation | Seen | Reused | Limited | None = None
         committing: asyncio.Future[list[AuditEntry]] | None = None
         try:
-            observed = await self.claim_action(stored, claim, marks)
+            observed = await self.claim_action(stored, claim, marks, quota)
             if isinstance(observed, Seen):
                 return await self.replay(observed)
             if isinstance(observed, Reused):
                 await self.refuse_reuse(stored)
-            assert isinstance(observed, Observation)
-            decision, draft, intent = self.decide(request, stored, claim, observed)
+            if isinstance(observed, Limited):
+                decision, draft, intent = self.decide_over_quota(
+                    request, stored, claim, observed, quota, now
+                )
+            else:
+                assert isinstance(observed, Observation)
+                decision, draft, intent = self.decide(request, stored, claim, observed, now)
             committing = self.audit.enqueue([draft], intent)
             entries = await asyncio.shield(committing)
         except Conflict:
@@ -134,15 +157,15 @@ class DecisionPipeline:
         return decision
 
     async def claim_action(
-        self, stored: ActionRequest, claim: Claim, marks: Marks
-    ) -> Observation | Seen | Reused:
+        self, stored: ActionRequest, claim: Claim, marks: Marks, quota: Quota
+    ) -> Observation | Seen | Reused | Limited:
         """Claims the action_id, or finds its decision; while another call decides the
         same request, waits (bounded) for that call's decision."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + PENDING_WAIT_SECONDS
         pause = 0.005
         while True:
-            observed = await self.state.observe(stored, claim, marks, self.config.detection)
+            observed = await self.state.observe(stored, claim, marks, self.config.detection, quota)
             if observed is not Pending.PENDING:
                 return observed
             if loop.time() + pause > give_up:
@@ -198,18 +221,58 @@ class DecisionPipeline:
             await asyncio.gather(*self._releases, return_exceptions=True)
 
     def decide(
-        self, request: ActionRequest, stored: ActionRequest, claim: Claim, observed: Observation
+        self,
+        request: ActionRequest,
+        stored: ActionRequest,
+        claim: Claim,
+        observed: Observation,
+        now: float,
     ) -> tuple[Decision, EntryDraft, RecordDecision]:
-        now = self.clock()
-        policy_result = evaluate_rules(self.policy.current, request)
-        findings = detect_loops(
-            observed.recent_types, observed.recent_fingerprints, self.config.detection
+        findings = detect(stored, observed.counters, self.config.detection)
+        decision, draft, hold = self.verdict(
+            request, stored, findings, observed.pause is not None, now
         )
+        return decision, draft, RecordDecision(request, claim, decision, hold)
+
+    def decide_over_quota(
+        self,
+        request: ActionRequest,
+        stored: ActionRequest,
+        claim: Claim,
+        limited: Limited,
+        quota: Quota,
+        now: float,
+    ) -> tuple[Decision, EntryDraft, RecordDecision | None]:
+        """An action over a rate limit: recorded compactly (its digest and size, not its
+        content), so that a flood fills neither Redis nor the log. Refused (the
+        default effect of `rate_limit`), it is not kept for idempotency: the same
+        action_id may be submitted again once the window has room."""
+        finding = rate_limit_finding(limited.refusal, quota, request.action_type)
+        compact = replace(
+            stored,
+            parameters={"digest": claim.digest, "bytes": quota.request_bytes},
+            reasoning="",
+        )
+        decision, draft, hold = self.verdict(request, compact, [finding], False, now)
+        if decision.verdict is Verdict.DENY:
+            return decision, draft, None
+        return decision, draft, RecordDecision(request, claim, decision, hold)
+
+    def verdict(
+        self,
+        request: ActionRequest,
+        stored: ActionRequest,
+        findings: list[Finding],
+        in_paused_session: bool,
+        now: float,
+    ) -> tuple[Decision, EntryDraft, Hold | None]:
+        """Policy and findings combined into the decision, its entry and its hold."""
+        policy_result = evaluate_rules(self.policy.current, request)
         outcome = combine_verdict(
             policy_result,
             findings,
             self.config.recommendations,
-            in_paused_session=observed.pause is not None,
+            in_paused_session=in_paused_session,
             paused_session_verdict=self.config.paused_session_verdict,
         )
         decision = Decision(
@@ -234,7 +297,7 @@ class DecisionPipeline:
             )
             decision = replace(decision, hold_id=hold.hold_id, expires_at=hold.expires_at)
         draft = decision_entry(stored, decision, outcome, now)  # `stored` is redacted
-        return decision, draft, RecordDecision(request, claim, decision, hold)
+        return decision, draft, hold
 
     async def decided_elsewhere(self, stored: ActionRequest, claim: Claim) -> Decision:
         """The answer when the commit found the action decided by another call: that
@@ -310,11 +373,11 @@ def refuse_secret_identifiers(request: ActionRequest, redactor: Redactor) -> Non
             )
 
 
-def authorize_agent(principal: Principal, request: ActionRequest) -> None:
-    if request.agent_id != principal.name:
+def authorize_agent(principal: Principal, agent_id: str) -> None:
+    """Agents act only as themselves."""
+    if agent_id != principal.name:
         raise Forbidden(
-            f"agent_id '{request.agent_id}' does not match the authenticated agent "
-            f"'{principal.name}'"
+            f"agent_id '{agent_id}' does not match the authenticated agent '{principal.name}'"
         )
 
 

@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.domain.audit.chain import (
     Extension,
@@ -59,7 +58,12 @@ from gateway.domain.audit.merkle import (
 )
 from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof
 from gateway.errors import Conflict, OutcomeUnknown, StoreUnavailable
-from gateway.store.connection import SingleConnection, load_script, unavailable_on_error
+from gateway.store.connection import (
+    REDIS_FAILURES,
+    SingleConnection,
+    load_script,
+    unavailable_on_error,
+)
 from gateway.store.intents import Intent, IntentWriter, KeyIndex, Projection, RotateKey
 
 log = logging.getLogger("agentgw.audit")
@@ -316,7 +320,7 @@ class AuditLog:
             timeout_ms = max(1, round(acks.timeout_seconds * 1000))
             try:
                 acked = await connection.wait(acks.min_replicas, timeout_ms)
-            except (RedisError, OSError, TimeoutError) as e:
+            except REDIS_FAILURES as e:
                 # Not "nothing was appended" (a ResponseError from the script): it was.
                 raise OutcomeUnknown(
                     "appending to the audit log: waiting for replicas failed",

@@ -22,6 +22,7 @@ them, and follows MOVED/ASK redirections. Every script call touches one hash slo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,15 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ClusterDownError, MovedError, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    MaxConnectionsError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -47,6 +56,17 @@ HOLD_POOL_SIZE = 8
 # How long a call may wait for a free connection of a waiting pool before it fails.
 POOL_WAIT_SECONDS = 5.0
 
+
+# Everything a Redis call can raise: redis-py's errors (its cluster errors are not
+# RedisErrors), and the socket's.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+)
+# Failures of a command that was never sent, or that Redis refused without running.
+NOT_SENT = (ResponseError, MaxConnectionsError, SlotNotCoveredError)
 
 SENTINEL_PORT = 26379
 SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
@@ -181,7 +201,7 @@ def connect(
     if isinstance(address, SentinelAddress):
         return _master_client(address, options, wait_for_connection)
     if isinstance(address, ClusterAddress):
-        return _cluster_client(address, options)
+        return _cluster_client(address, options, wait_for_connection)
     if wait_for_connection is None:
         return aioredis.Redis.from_url(url, **options)
     pool = aioredis.BlockingConnectionPool.from_url(url, timeout=wait_for_connection, **options)
@@ -214,16 +234,45 @@ def _master_client(
     return client
 
 
-def _cluster_client(address: ClusterAddress, options: dict[str, Any]) -> aioredis.Redis:
-    """A cluster client: `max_connections` per node, and (unlike the other pools) a
-    call finding them all busy fails at once (redis-py's cluster has no waiting pool).
-    MOVED and ASK are followed, and the slot map is re-read after a failover."""
-    client = RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
-        username=address.username,
-        password=address.password,
-        **options,
-    )
+class _WaitingCluster(RedisCluster):
+    """A cluster client whose commands wait (up to `wait` seconds) for one of
+    `limit` slots instead of failing when every connection is busy: redis-py's
+    cluster has no waiting pool. Its nodes get four times `limit` connections, so
+    that pipelines (which bypass the slots) find one too."""
+
+    def __init__(self, limit: int, wait: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs, max_connections=limit * 4)
+        self._slots = asyncio.Semaphore(limit)
+        self._wait = wait
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._wait)
+        except TimeoutError:
+            raise MaxConnectionsError(f"no free connection within {self._wait} s") from None
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._slots.release()
+
+
+def _cluster_client(
+    address: ClusterAddress, options: dict[str, Any], wait_for_connection: float | None
+) -> aioredis.Redis:
+    """A cluster client: `max_connections` per node; with `wait_for_connection`, at
+    most `max_connections` commands at once, the others waiting that long for their
+    turn. MOVED and ASK are followed, and the slot map is re-read after a failover."""
+    common: dict[str, Any] = {
+        "startup_nodes": [ClusterNode(host, port) for host, port in address.nodes],
+        "username": address.username,
+        "password": address.password,
+    }
+    client: RedisCluster
+    if wait_for_connection is None:
+        client = RedisCluster(**common, **options)
+    else:
+        limit = options.pop("max_connections")
+        client = _WaitingCluster(limit, wait_for_connection, **common, **options)
     # The commands used are the same on both; the store checks `is_cluster` where a
     # call must differ (a script's keys in one slot).
     return cast(aioredis.Redis, client)
@@ -309,9 +358,19 @@ async def close(client: aioredis.Redis) -> None:
         await pool.sentinel_manager.aclose()
 
 
+# Shared Lua functions prepended to a script when it is loaded.
+PREPENDED = {"observe": ("welford",), "outcome": ("welford",)}
+
+
+def script_text(name: str) -> str:
+    """The text Redis runs for scripts/<name>.lua: its prepended parts, then itself."""
+    scripts = resources.files("gateway.store").joinpath("scripts")
+    parts = (*PREPENDED.get(name, ()), name)
+    return "\n".join(scripts.joinpath(f"{part}.lua").read_text() for part in parts)
+
+
 def load_script(client: aioredis.Redis, name: str) -> AsyncScript:
-    text = resources.files("gateway.store").joinpath("scripts", f"{name}.lua").read_text()
-    return client.register_script(text)
+    return client.register_script(script_text(name))
 
 
 @contextlib.contextmanager
@@ -320,20 +379,23 @@ def unavailable_on_error(what: str) -> Iterator[None]:
     ("recording the action: Redis timed out"), the client's own words for the log.
 
     Redis answering with an error (a ResponseError) means the command was refused or
-    the script failed before it wrote: StoreUnavailable. Any other failure (a lost
-    connection, a timeout) leaves it unknown whether the command ran: OutcomeUnknown,
-    which whoever holds a claim on what it writes must not release.
+    the script failed before it wrote, and a command that found no connection or (on
+    a cluster) no node for its slot was never sent: StoreUnavailable. Any other
+    failure (a lost connection, a timeout) leaves it unknown whether the command ran:
+    OutcomeUnknown, which whoever holds a claim on what it writes must not release.
     """
     try:
         yield
-    except (RedisError, OSError, TimeoutError) as e:
-        kind = StoreUnavailable if isinstance(e, ResponseError) else OutcomeUnknown
+    except REDIS_FAILURES as e:
+        kind = StoreUnavailable if isinstance(e, NOT_SENT) else OutcomeUnknown
         raise kind(f"{what}: {_failure_kind(e)}", detail=f"{type(e).__name__}: {e}") from e
 
 
 def _failure_kind(error: BaseException) -> str:
     if isinstance(error, TimeoutError | RedisTimeoutError):
         return "Redis timed out"
+    if isinstance(error, MaxConnectionsError):
+        return "no free Redis connection"
     if isinstance(error, ResponseError):
         # The first word of a Redis error is its code: OOM, READONLY, BUSY, WRONGTYPE...
         code = str(error).split(" ", 1)[0]

@@ -1,9 +1,10 @@
 """What a commit changes besides the log: typed intents, and how commit.lua gets them.
 
 Services say what they mean (record a decision, resolve a hold, lift a session's
-pause, rotate the signing key); the audit writer appends the intent's entries and
+pause, record an outcome, rotate the signing key); the audit writer appends the intent's entries and
 applies the intent in the same `commit.lua` call, which checks its precondition
-(the action not decided yet, the hold still pending, the session still paused) and
+(the action not decided yet, the hold still pending, the session still paused,
+the outcome not reported yet) and
 writes nothing unless every check of the batch holds.
 
 Every key an intent checks or writes is in the `{audit}` slot, so a commit is one
@@ -123,13 +124,21 @@ class LiftPause:
 
 
 @dataclass(frozen=True)
+class RecordOutcome:
+    """An action's outcome, reported once: a second report of it fails."""
+
+    agent_id: str
+    action_id: str
+
+
+@dataclass(frozen=True)
 class RotateKey:
     """The entries are signed by the current key; every later entry by `signer`."""
 
     signer: Signer
 
 
-Intent = RecordDecision | ResolveHold | LiftPause | RotateKey | None
+Intent = RecordDecision | ResolveHold | LiftPause | RecordOutcome | RotateKey | None
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,13 @@ class IntentWriter:
                 "pending": index(self.keys.pending_holds),
                 "hold_id": hold.hold_id,
                 "channel": self.keys.hold_resolved_channel,
+            }
+        elif isinstance(intent, RecordOutcome):
+            item |= {
+                "kind": "outcome",
+                "record": index(self.keys.outcome(intent.agent_id, intent.action_id)),
+                "value": str(entries[0].seq),
+                "px": self.lifetimes.decision_ms,
             }
         elif isinstance(intent, LiftPause):
             item |= {

@@ -2,9 +2,10 @@
 
 Two kinds of slot (docs/operations.md has the full table):
 
-- `{a:<agent_id>}`: one agent's detection state (its sessions' recent history) and
-  its action claims. Sharded by agent: every agent's keys live in one cluster slot,
-  and different agents spread over the cluster.
+- `{a:<agent_id>}`: one agent's detection state (recent history, rate windows,
+  learned baselines, type profiles, outcomes) and its action claims. Sharded by
+  agent: every agent's keys live in one cluster slot, and different agents spread
+  over the cluster.
 - `{audit}`: the audit log and every record whose change must be atomic with an
   audit entry: decided actions, holds and session pauses. One slot, so that each
   commit is one script call on one node, also on Redis Cluster.
@@ -35,11 +36,47 @@ class KeySpace:
     def recent_fingerprints(self, agent_id: str, session_id: str) -> str:
         return f"{self.prefix}:{{a:{agent_id}}}:session:{session_id}:fingerprints"
 
+    def session_window(self, agent_id: str, session_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:session:{session_id}:rate"
+
+    def session_mix(self, agent_id: str, session_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:session:{session_id}:mix"
+
+    def agent_marks(self, agent_id: str) -> str:
+        """The agent's recent actions over all sessions (session + fingerprint)."""
+        return f"{self.prefix}:{{a:{agent_id}}}:recent"
+
+    def agent_window(self, agent_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:rate"
+
+    def type_window(self, agent_id: str, action_type: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:rate:type:{action_type}"
+
+    def agent_stats(self, agent_id: str) -> str:
+        """Learned baselines, the minute being counted, the window's byte total."""
+        return f"{self.prefix}:{{a:{agent_id}}}:stats"
+
+    def agent_profile(self, agent_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:profile"
+
+    def open_tasks(self, agent_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:tasks"
+
+    def task_calls(self, agent_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:task_calls"
+
+    def outcomes(self, agent_id: str) -> str:
+        return f"{self.prefix}:{{a:{agent_id}}}:outcomes"
+
     # --- {audit}: committed with the log -----------------------------------------
 
     def decided(self, agent_id: str, action_id: str) -> str:
         """The decision of an action (request digest + decision), written once."""
         return f"{self.prefix}:{{audit}}:decided:{agent_id}|{action_id}"
+
+    def outcome(self, agent_id: str, action_id: str) -> str:
+        """That an outcome was reported for the action (its first and only report)."""
+        return f"{self.prefix}:{{audit}}:outcome:{agent_id}|{action_id}"
 
     def session_pause(self, agent_id: str, session_id: str) -> str:
         return f"{self.prefix}:{{audit}}:pause:{agent_id}|{session_id}"

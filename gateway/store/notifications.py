@@ -13,9 +13,8 @@ import logging
 from collections.abc import Iterator
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from gateway.store.connection import is_cluster
+from gateway.store.connection import REDIS_FAILURES, is_cluster
 
 log = logging.getLogger("agentgw.store")
 
@@ -67,7 +66,7 @@ class ResolutionListener:
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._wake(str(message["data"]))
-            except (RedisError, OSError) as e:
+            except REDIS_FAILURES as e:
                 self.subscribed.clear()
                 log.warning(
                     "hold notifications lost; resubscribing",
@@ -78,5 +77,5 @@ class ResolutionListener:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 if pubsub is not None:
-                    with contextlib.suppress(RedisError, OSError):
+                    with contextlib.suppress(*REDIS_FAILURES):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from gateway.domain.actions import ActionRequest, Decision
-from gateway.domain.detect.loops import LoopSettings
+from gateway.domain.detect.anomaly import METRICS, Stats
+from gateway.domain.detect.engine import Counters, DetectionSettings
+from gateway.domain.detect.loops import agent_mark
+from gateway.domain.detect.rates import WINDOW_SECONDS, Quota, RateCounts, Refusal
 from gateway.domain.holds import Hold, SessionPause
 from gateway.store.connection import is_cluster, load_script, unavailable_on_error
 from gateway.store.intents import Claim, DecidedRecord, Lifetimes
@@ -24,19 +27,39 @@ from gateway.store.records import hold_from_json, pause_from_json
 
 @dataclass(frozen=True)
 class Marks:
-    """What one action adds to its session's history: its type and fingerprint."""
+    """What one action adds to what detection counts: its type and fingerprint in
+    the session's history, its mark in the agent's, its size in the byte window, at
+    `now` (unix seconds)."""
 
     action_type: str
     fingerprint: str
+    session_id: str
+    request_bytes: int
+    now: float
+
+    @property
+    def agent_mark(self) -> str:
+        return agent_mark(self.session_id, self.fingerprint)
+
+    @property
+    def now_ms(self) -> int:
+        return int(self.now * 1000)
 
 
 @dataclass(frozen=True)
 class Observation:
-    """What the store knew when a new action arrived (and was claimed)."""
+    """What the store knew when a new action arrived (and was claimed and counted)."""
 
     pause: SessionPause | None
-    recent_types: tuple[str, ...]
-    recent_fingerprints: tuple[str, ...]
+    counters: Counters
+
+
+@dataclass(frozen=True)
+class Limited:
+    """One more action would take a rate window over its limit: nothing was claimed
+    or counted."""
+
+    refusal: Refusal
 
 
 @dataclass(frozen=True)
@@ -58,18 +81,6 @@ class Reused(enum.Enum):
     REUSED = "reused"
 
 
-# KEYS: action claim, recent types, recent fingerprints; ARGV: claim, type, fingerprint.
-# LREM with count 1 removes the newest equal entry: the one this claim pushed, or one
-# equal to it, which leaves the same counts for detection.
-RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('LREM', KEYS[2], 1, ARGV[2])
-  redis.call('LREM', KEYS[3], 1, ARGV[3])
-end
-"""
-
-
 class StateStore:
     def __init__(
         self, client: aioredis.Redis, keys: KeySpace, lifetimes: Lifetimes | None = None
@@ -80,26 +91,76 @@ class StateStore:
         # On a cluster the session pause is in another slot than the claim.
         self.single_node = not is_cluster(client)
         self._observe = load_script(client, "observe")
+        self._release = load_script(client, "release")
+        self._outcome = load_script(client, "outcome")
 
-    async def observe(
-        self, request: ActionRequest, claim: Claim, marks: Marks, settings: LoopSettings
-    ) -> Observation | Seen | Pending | Reused:
-        """Claims the action_id and records the action in its session's history, or
-        says why not (decided before, being decided, or used for another request)."""
+    def _detection_keys(self, request: ActionRequest) -> list[str]:
+        """observe.lua's KEYS 1-12 (release.lua's too)."""
         k = self.keys
         a, s = request.agent_id, request.session_id
-        keys = [k.claim(a, request.action_id), k.recent_types(a, s), k.recent_fingerprints(a, s)]
+        return [
+            k.claim(a, request.action_id),
+            k.recent_types(a, s),
+            k.recent_fingerprints(a, s),
+            k.agent_marks(a),
+            k.agent_window(a),
+            k.session_window(a, s),
+            k.type_window(a, request.action_type),
+            k.agent_stats(a),
+            k.agent_profile(a),
+            k.session_mix(a, s),
+            k.open_tasks(a),
+            k.task_calls(a),
+        ]
+
+    async def observe(
+        self,
+        request: ActionRequest,
+        claim: Claim,
+        marks: Marks,
+        settings: DetectionSettings,
+        quota: Quota,
+    ) -> Observation | Seen | Pending | Reused | Limited:
+        """Claims the action_id and counts the action for detection, or says why not
+        (decided before, being decided, used for another request, over a limit)."""
+        a, s = request.agent_id, request.session_id
+        keys = self._detection_keys(request)
         if self.single_node:
-            keys.append(k.session_pause(a, s))
+            keys.append(self.keys.session_pause(a, s))
+        anomaly, loops, limits = settings.anomaly, settings.loops, quota.limits
+        apm = anomaly.priors["actions_per_minute"]
+        cpt = anomaly.priors["calls_per_task"]
         script = self._observe(
             keys=keys,
             args=[
                 self.lifetimes.claim_ms,
                 marks.action_type,
                 marks.fingerprint,
-                settings.history_length,
+                loops.history_length,
                 self.lifetimes.session_idle_ms,
                 claim.value,
+                marks.now_ms,
+                WINDOW_SECONDS * 1000,
+                limits.actions_per_minute,
+                limits.session_actions_per_minute,
+                quota.type_per_minute,
+                limits.request_bytes_per_minute,
+                marks.request_bytes,
+                marks.agent_mark,
+                loops.agent_loop_window,
+                int(settings.baseline_ttl_seconds * 1000),
+                anomaly.min_samples,
+                repr(anomaly.z_threshold),
+                repr(anomaly.min_std_fraction),
+                repr(apm.mean),
+                repr(apm.std),
+                repr(cpt.mean),
+                repr(cpt.std),
+                int(settings.task_idle_seconds * 1000),
+                settings.profile.max_types,
+                settings.profile.min_session_actions,
+                "1" if anomaly.enabled else "0",
+                s,
             ],
         )
         with unavailable_on_error("recording the action"):
@@ -109,7 +170,9 @@ class StateStore:
                 # GETEX keeps the pause alive with the session, as observe.lua does.
                 reply, pause_json = await asyncio.gather(
                     script,
-                    self.client.getex(k.session_pause(a, s), px=self.lifetimes.session_idle_ms),
+                    self.client.getex(
+                        self.keys.session_pause(a, s), px=self.lifetimes.session_idle_ms
+                    ),
                 )
                 if reply[0] == "new":
                     reply[1] = pause_json or ""
@@ -118,8 +181,10 @@ class StateStore:
             return await self._decided_or(request, claim, status)
         if status == "reused":
             return Reused.REUSED
+        if status == "limited":
+            return Limited(Refusal(str(reply[1]), _rate_counts(reply[2])))
         pause = pause_from_json(json.loads(reply[1])) if reply[1] else None
-        return Observation(pause, tuple(reply[2]), tuple(reply[3]))
+        return Observation(pause, _counters(reply))
 
     async def _decided_or(
         self, request: ActionRequest, claim: Claim, status: str
@@ -153,20 +218,46 @@ class StateStore:
 
     async def release_claim(self, request: ActionRequest, claim: Claim, marks: Marks) -> None:
         """Frees an action_id that nothing was or will be committed for, so that a
-        retry can claim it, and takes its marks back out of the session history (the
-        retry adds them again): only this claim is released, never another call's."""
-        k = self.keys
-        a, s = request.agent_id, request.session_id
+        retry can claim it, and takes its counts back out (the retry counts it
+        again): only this claim is released, never another call's."""
         with unavailable_on_error("releasing the action claim"):
-            await self.client.eval(
-                RELEASE_SCRIPT,
-                3,
-                k.claim(a, request.action_id),
-                k.recent_types(a, s),
-                k.recent_fingerprints(a, s),
-                claim.value,
-                marks.action_type,
-                marks.fingerprint,
+            await self._release(
+                keys=self._detection_keys(request),
+                args=[
+                    claim.value,
+                    marks.action_type,
+                    marks.fingerprint,
+                    marks.agent_mark,
+                    marks.request_bytes,
+                    request.session_id,
+                    marks.now_ms // 60_000,
+                ],
+            )
+
+    async def record_outcome(
+        self, agent_id: str, failed: bool, tokens: int | None, settings: DetectionSettings
+    ) -> None:
+        """Feeds a reported outcome to the agent's baselines (after its audit entry)."""
+        anomaly = settings.anomaly
+        error_rate, tokens_prior = anomaly.priors["error_rate"], anomaly.priors["tokens_per_action"]
+        with unavailable_on_error("recording the outcome"):
+            await self._outcome(
+                keys=[self.keys.agent_stats(agent_id), self.keys.outcomes(agent_id)],
+                args=[
+                    "1" if failed else "0",
+                    -1 if tokens is None else tokens,
+                    OUTCOME_WINDOW,
+                    OUTCOME_MIN_FOR_RATE,
+                    anomaly.min_samples,
+                    repr(anomaly.z_threshold),
+                    repr(anomaly.min_std_fraction),
+                    repr(error_rate.mean),
+                    repr(error_rate.std),
+                    repr(tokens_prior.mean),
+                    repr(tokens_prior.std),
+                    int(settings.baseline_ttl_seconds * 1000),
+                    "1" if anomaly.enabled else "0",
+                ],
             )
 
     async def get_hold(self, hold_id: str) -> Hold | None:
@@ -216,3 +307,49 @@ class StateStore:
         with unavailable_on_error("reading the session state"):
             raw = await self.client.get(self.keys.session_pause(agent_id, session_id))
         return pause_from_json(json.loads(raw)) if raw else None
+
+
+# An agent's error rate is over its last OUTCOME_WINDOW reported outcomes, once it
+# has OUTCOME_MIN_FOR_RATE of them.
+OUTCOME_WINDOW = 20
+OUTCOME_MIN_FOR_RATE = 10
+
+
+def _rate_counts(values: list[object]) -> RateCounts:
+    agent, session, type_count, bytes_ = (int(str(v)) for v in values)
+    return RateCounts(agent, session, type_count, bytes_)
+
+
+def _pairs(flat: object) -> dict[str, str]:
+    if not isinstance(flat, list):
+        return {}
+    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+
+
+def _counters(reply: list[object]) -> Counters:
+    """observe.lua's 'new' reply: ['new', pause, types, prints, marks, counts, stats,
+    samples, mix, profile]."""
+
+    def strings(value: object) -> tuple[str, ...]:
+        return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+    flat_stats = reply[6]
+    assert isinstance(flat_stats, list)
+    stats = {
+        str(flat_stats[i]): Stats(
+            int(str(flat_stats[i + 1])), float(flat_stats[i + 2]), float(flat_stats[i + 3])
+        )
+        for i in range(0, len(flat_stats), 4)
+        if str(flat_stats[i]) in METRICS
+    }
+    assert isinstance(reply[5], list)
+    return Counters(
+        recent_types=strings(reply[2]),
+        recent_fingerprints=strings(reply[3]),
+        agent_marks=strings(reply[4]),
+        rates=_rate_counts(reply[5]),
+        stats=stats,
+        samples={k: float(v) for k, v in _pairs(reply[7]).items()},
+        session_mix={k: int(v) for k, v in _pairs(reply[8]).items()},
+        agent_profile={k: int(v) for k, v in _pairs(reply[9]).items()},
+    )

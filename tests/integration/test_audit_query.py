@@ -151,7 +151,8 @@ def test_report_for_a_period(story: Story) -> None:
     assert dict(r.by_actor_type) == {"agent": 3, "user": 2}
     assert dict(r.by_event_type) == {"action_decided": 3, "hold_rejected": 1, "hold_approved": 1}
     assert dict(r.by_outcome) == {"hold": 2, "rejected": 1, "deny": 1, "approved": 1}
-    assert dict(r.by_finding_type) == {}
+    # The two send_email holds: the suspicious-action detector names them too.
+    assert dict(r.by_finding_type) == {"suspicious_action": 2}
     # Held and denied actions and the rejected hold; the approval is not one.
     assert [e.seq for e in r.security_events] == [3, 4, 5, 6]
     assert [e.seq for e in r.failures] == [4, 5]
@@ -369,12 +370,12 @@ def test_cli_report_prints_a_table_or_json(
     assert doc["by_outcome"] == {"hold": 2, "approved": 1, "deny": 1, "rejected": 1}
     assert list(doc["by_outcome"]) == ["hold", "approved", "deny", "rejected"]  # by count
     assert doc["by_event_type"] == {"action_decided": 3, "hold_approved": 1, "hold_rejected": 1}
-    assert doc["by_finding_type"] == {}
+    assert doc["by_finding_type"] == {"suspicious_action": 2}
     assert [(e["entry"]["seq"], e["reasons"]) for e in doc["security_events"]] == [
-        (3, ["held"]),
+        (3, ["held", "finding:suspicious_action"]),
         (4, ["hold_rejected"]),
         (5, ["denied"]),
-        (6, ["held"]),
+        (6, ["held", "finding:suspicious_action"]),
     ]
     assert [e["seq"] for e in doc["failures"]] == [4, 5]
     # Numbers in details print as logged, not as the floats a protobuf Struct carries.
@@ -389,7 +390,9 @@ def test_cli_report_prints_a_table_or_json(
     assert [line.split() for line in lines if line.startswith("  allow")] == [["allow", "1"]]
     security = lines.index("SECURITY EVENTS: 4, the last 1 below")
     assert lines[security + 1].split()[-1] == "REASONS"
-    assert lines[security + 2].split()[0] == "6" and lines[security + 2].endswith("  held")
+    assert lines[security + 2].split()[0] == "6" and lines[security + 2].endswith(
+        "  held,finding:suspicious_action"
+    )
     failures = lines.index("FAILURES: 2, the last 1 below")
     assert lines[failures + 2].split()[0] == "5"
 

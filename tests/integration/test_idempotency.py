@@ -173,7 +173,10 @@ def test_cancelled_calls_retried_at_once_are_decided_at_most_once(
                 while not stop.is_set():
                     i += 1
                     load = request(
-                        agent_id="agent-2", action_id=f"load-{n}-{i}", session_id=f"l{n}-{i}"
+                        agent_id="agent-2",
+                        action_id=f"load-{n}-{i}",
+                        session_id=f"l{n}-{i}",
+                        parameters={"q": f"{n}-{i}"},  # not one input over and over
                     )
                     await stub.Submit(load, metadata=md2, timeout=20)
 

@@ -67,6 +67,9 @@ def replicas(tmp_path: Path, shared_redis: EmbeddedRedis) -> Iterator[list[Gatew
                 data_dir=data_dir,
                 redis={"url": shared_redis.url, "key_prefix": "multi"},
                 signing_key=signing_key,
+                # 1,500 actions per agent in seconds: far over the default rate limit,
+                # which is not what this test is about.
+                extra={"detection": {"rates": {"actions_per_minute": 0}}},
             )
             started.append(GatewayProcess(config))
         for replica in started:

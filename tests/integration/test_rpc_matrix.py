@@ -53,7 +53,6 @@ ROLES: dict[str, set[str]] = {
     "Alerts.Acknowledge": {"admin"},
 }
 NOT_BUILT_YET = {
-    "Gateway.ReportOutcome",
     "Gateway.Log",
     "Approvals.WatchHolds",
     "Alerts.List",

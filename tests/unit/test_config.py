@@ -20,7 +20,10 @@ from gateway.config import (
     parse_config,
 )
 from gateway.domain.actions import Verdict
+from gateway.domain.detect.anomaly import Prior
 from gateway.domain.detect.loops import LoopSettings
+from gateway.domain.detect.profile import ProfileSettings
+from gateway.domain.detect.rates import AgentLimits
 from gateway.domain.principals import Role, token_digest
 from gateway.domain.redaction import REDACTED, RedactionRules, Redactor
 from gateway.domain.validation import Limits
@@ -99,6 +102,38 @@ def test_every_key_is_read() -> None:
           stuck_window: 6
           stuck_max_distinct: 3
           fingerprint_chars: 40
+          agent_loop_window: 12
+          task_idle_seconds: 600
+          baseline_ttl_seconds: 86400
+          rates:
+            actions_per_minute: 100
+            session_actions_per_minute: 50
+            request_bytes_per_minute: 1000000
+            action_types:
+              send_email: 5
+            agents:
+              agent-1:
+                actions_per_minute: 1000
+          anomaly:
+            enabled: true
+            min_samples: 20
+            z_threshold: 4
+            min_std_fraction: 0.2
+            priors:
+              tokens_per_action:
+                mean: 2000
+                std: 400
+          profile:
+            enabled: false
+            threshold: 0.6
+            min_session_actions: 5
+            min_agent_actions: 40
+            max_types: 32
+          suspicious:
+            enabled: true
+            words: [wire]
+            exact: [rm]
+            globs: ["*.exec"]
         limits:
           max_parameter_depth: 8
           max_labels: 4
@@ -126,7 +161,26 @@ def test_every_key_is_read() -> None:
     assert config.audit.origin == "example.com/audit"
     assert config.audit.signing_key_file == BASE / "keys/audit.pem"
     assert config.signing_key_path == BASE / "keys/audit.pem"
-    assert config.detection == LoopSettings(7, 6, 3, 40)
+    detection = config.detection
+    assert detection.loops == LoopSettings(7, 6, 3, 40, 12)
+    assert (detection.task_idle_seconds, detection.baseline_ttl_seconds) == (600.0, 86400.0)
+    rates = detection.rates
+    assert rates.defaults == AgentLimits(100, 50, 1_000_000)
+    assert rates.action_types == {"send_email": 5}
+    # An agent's limits start from the defaults and override what they name.
+    assert rates.agents == {"agent-1": AgentLimits(1000, 50, 1_000_000)}
+    anomaly = detection.anomaly
+    assert (anomaly.enabled, anomaly.min_samples, anomaly.z_threshold) == (True, 20, 4.0)
+    assert anomaly.min_std_fraction == 0.2
+    assert anomaly.priors["tokens_per_action"] == Prior(2000, 400)
+    assert anomaly.priors["actions_per_minute"] == Prior(5, 2)  # defaults kept
+    assert detection.profile == ProfileSettings(False, 0.6, 5, 40, 32)
+    suspicious = detection.suspicious
+    assert (suspicious.words, suspicious.exact, suspicious.globs) == (
+        ("wire",),
+        ("rm",),
+        ("*.exec",),
+    )
     assert config.limits == Limits(max_parameter_depth=8, max_labels=4)
     assert config.hold_ttl_seconds == 60.0
     assert config.idempotency_ttl_seconds == 3600.0
@@ -469,6 +523,40 @@ def test_top_level_must_be_a_mapping() -> None:
         ("detection:\n  loop_window: 0\n", "2: detection.loop_window: expected an integer >= 1"),
         ("detection:\n  loop_window: 2.5\n", "2: detection.loop_window: expected an integer >= 1"),
         ("limits:\n  max_labels: true\n", "2: limits.max_labels: expected an integer >= 1"),
+        (
+            "detection:\n  rates:\n    actions_per_minute: -1\n",
+            "3: detection.rates.actions_per_minute: expected an integer >= 0",
+        ),
+        (
+            "detection:\n  rates:\n    agents:\n      a:\n        burst: 3\n",
+            "5: detection.rates.agents.a.burst: unknown key (expected one of actions_per_minute, "
+            "session_actions_per_minute, request_bytes_per_minute)",
+        ),
+        (
+            "detection:\n  rates:\n    action_types:\n      send_email: 0\n",
+            "4: detection.rates.action_types.send_email: expected an integer >= 1",
+        ),
+        (
+            "detection:\n  anomaly:\n    priors:\n      latency: {mean: 1, std: 1}\n",
+            "4: detection.anomaly.priors.latency: unknown key (expected one of "
+            "actions_per_minute, error_rate, tokens_per_action, calls_per_task)",
+        ),
+        (
+            "detection:\n  anomaly:\n    priors:\n      error_rate: {mean: 0.1}\n",
+            "4: detection.anomaly.priors.error_rate: missing required key 'std'",
+        ),
+        (
+            "detection:\n  profile:\n    threshold: 1.5\n",
+            "3: detection.profile.threshold: expected a number from 0 to 1",
+        ),
+        (
+            "detection:\n  suspicious:\n    words: delete\n",
+            "3: detection.suspicious.words: expected a list, got a string",
+        ),
+        (
+            "detection:\n  suspicious:\n    globs: ['[a']\n",
+            "3: detection.suspicious: globs[0]: invalid glob '[a': unclosed '[' at position 0",
+        ),
         ("audit:\n  origin: a b\n", "2: audit.origin: must not contain spaces or '+'"),
         ("audit:\n  origin: a+b\n", "2: audit.origin: must not contain spaces or '+'"),
         ("holds: 5\n", "1: holds: expected a mapping, got an integer"),

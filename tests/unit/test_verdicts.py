@@ -47,6 +47,7 @@ def test_default_effects_match_the_design() -> None:
         "pause_and_review": Effect.HOLD_AND_PAUSE,
         "inject_guidance": Effect.ALLOW,
         "investigate": Effect.ALLOW,
+        "rate_limit": Effect.DENY,
     }
 
 

@@ -26,6 +26,7 @@ class EventType(enum.StrEnum):
     HOLD_EXPIRED = "hold_expired"
     SESSION_RESUMED = "session_resumed"
     KEY_ROTATED = "key_rotated"
+    OUTCOME_REPORTED = "outcome_reported"
 
 
 # Events that are security-relevant whatever their details say.

@@ -1,7 +1,10 @@
 """Loop detection: an agent repeating one action type, or a few identical inputs.
 
 Works on the session's most recent action types and fingerprints (newest first) as
-returned by the store in the same round trip that recorded the current action.
+returned by the store in the same round trip that recorded the current action, and
+on the agent's most recent fingerprints over all its sessions: an agent that opens
+a new session for every repetition (to escape the per-session loop and its pause)
+is caught there.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from gateway.domain.audit.canonical import canonical_json
 
 INFINITE_LOOP = "infinite_loop"
 STUCK_PATTERN = "stuck_pattern"
+CROSS_SESSION_LOOP = "cross_session_loop"
+SESSION_MARK = "\x1e"  # separates the session from the fingerprint in the agent's history
 
 
 @dataclass(frozen=True)
@@ -22,10 +27,44 @@ class LoopSettings:
     stuck_window: int = 5
     stuck_max_distinct: int = 2
     fingerprint_chars: int = 50
+    agent_loop_window: int = 10  # 0: off
 
     @property
     def history_length(self) -> int:
         return max(self.loop_window, self.stuck_window)
+
+
+def agent_mark(session_id: str, fingerprint: str) -> str:
+    """An entry of the agent's history: the session and the action's fingerprint."""
+    return f"{session_id}{SESSION_MARK}{fingerprint}"
+
+
+def detect_cross_session_loop(agent_recent: Sequence[str], settings: LoopSettings) -> list[Finding]:
+    """The agent's last `agent_loop_window` actions (newest first, `agent_mark`s) were
+    one identical input, spread over more than one session (within one session the
+    session detectors speak)."""
+    window = agent_recent[: settings.agent_loop_window]
+    if settings.agent_loop_window < 2 or len(window) < settings.agent_loop_window:
+        return []
+    sessions, prints = set(), set()
+    for mark in window:
+        session, _, printed = mark.partition(SESSION_MARK)
+        sessions.add(session)
+        prints.add(printed)
+    if len(prints) != 1 or len(sessions) < 2:
+        return []
+    action_type = next(iter(prints)).split("\x1f", 1)[0]
+    return [
+        Finding(
+            type=CROSS_SESSION_LOOP,
+            severity=0.8,
+            description=(
+                f"the agent's last {len(window)} actions repeated one '{action_type}' input "
+                f"across {len(sessions)} sessions"
+            ),
+            recommended_action="pause_and_review",
+        )
+    ]
 
 
 def fingerprint(request: ActionRequest, settings: LoopSettings) -> str:

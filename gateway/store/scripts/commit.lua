@@ -12,7 +12,7 @@
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
 --          "keys": [field, value, ...] (key history changes: first key, rotations),
 --          "items": [{"entries": [line...], "kind": "none" | "decide" | "resolve" |
---                     "lift", and the fields of its kind (below)}]}
+--                     "lift" | "outcome", and the fields of its kind (below)}]}
 --
 --   decide   record, value, px (the decided record: must not exist yet);
 --            [marker, marker_value] the claim marker; [hold {key, json, status, px,
@@ -20,6 +20,7 @@
 --   resolve  hold (status must be 'pending'), json, status, px, pending, hold_id,
 --            channel (published the hold_id)
 --   lift     pause (must exist): deleted
+--   outcome  record (must not exist yet), value, px: an action's outcome reported
 --
 -- Returns {'ok'}; {'moved', seq, hash, frontier, key_id} when another writer appended
 -- first or the head names another signing key (a rotation, or a misconfigured replica);
@@ -53,7 +54,7 @@ end
 
 -- The key an item's precondition reads, and whether it holds.
 local function check(item)
-  if item.kind == 'decide' then
+  if item.kind == 'decide' or item.kind == 'outcome' then
     return item.record, redis.call('EXISTS', KEYS[item.record]) == 0
   elseif item.kind == 'resolve' then
     return item.hold, redis.call('HGET', KEYS[item.hold], 'status') == 'pending'
@@ -78,6 +79,8 @@ local function writes(item)
     return {item.hold}
   elseif item.kind == 'lift' then
     return {item.pause}
+  elseif item.kind == 'outcome' then
+    return {item.record}
   end
   return {}
 end
@@ -105,6 +108,8 @@ local function apply(item)
     redis.call('PUBLISH', item.channel, item.hold_id)
   elseif item.kind == 'lift' then
     redis.call('DEL', KEYS[item.pause])
+  elseif item.kind == 'outcome' then
+    redis.call('SET', KEYS[item.record], item.value, 'PX', item.px)
   end
 end
 
