@@ -50,6 +50,18 @@ STOP_TIMEOUT = 20.0
 CALL_TIMEOUT = 30.0
 SESSION_LENGTH = 20
 LOOPING_SESSION_EVERY = 5
+UNUSUAL_SESSION_EVERY = 7
+# The bench agent sends hundreds of actions a second: as one busy production agent
+# would be configured, its own limits are off, but exports are limited per type.
+BENCH_DETECTION = (
+    "detection:\n"
+    "  rates:\n"
+    "    actions_per_minute: 0\n"
+    "    session_actions_per_minute: 0\n"
+    "    request_bytes_per_minute: 0\n"
+    "    action_types:\n"
+    "      export_data: 600\n"
+)
 ECHO_SERVER = Path(__file__).with_name("echo_server.py")
 TARGETS = ("echo", "gateway")
 
@@ -83,22 +95,40 @@ def suspicious_action(rng: random.Random) -> Spec:
     n = rng.randrange(10_000)
     if rng.random() < 0.5:
         to = f"customer-{n}@example.com"
-        return "send_email", to, {"to": to, "subject": f"Invoice {n}", "body": "Please find..."}
+        # Renamed spellings too: the suspicious-action detector holds them all.
+        kind = rng.choice(("send_email", "sendEmail", "mail.SendEmail"))
+        return kind, to, {"to": to, "subject": f"Invoice {n}", "body": "Please find..."}
     path = f"/srv/data/project-{n % 50}/file-{n}.txt"
-    return "delete_file", path, {"path": path}
+    return rng.choice(("delete_file", "fs.deleteFile")), path, {"path": path}
+
+
+def unusual_action(rng: random.Random) -> Spec:
+    """What the agent does not usually do: its profile flags the session, and
+    `export_data` has a per-type rate limit (BENCH_DETECTION) that refuses some."""
+    n = rng.randrange(10_000)
+    if rng.random() < 0.5:
+        return "export_data", f"db://reports/{n}", {"table": f"reports_{n % 7}", "rows": n}
+    return "upload_file", f"s3://bucket/{n}", {"key": f"upload-{n}", "size": n * 10}
 
 
 @functools.lru_cache(maxsize=4096)
 def session_plan(seed: int, session: int) -> tuple[Spec, ...]:
     """The actions of one session, a pure function of (seed, session).
 
-    Ordinary sessions: 14 benign, 4 suspicious (held by the default policy) and 2
-    retries of the action just before. Every LOOPING_SESSION_EVERY-th session ends
-    in five identical actions, so loop detection holds and pauses it on the last
-    one. Overall about 69 % benign, 19 % suspicious, 12 % repeated.
+    Ordinary sessions: 14 benign, 4 suspicious (held by the default policy and the
+    suspicious-action detector, some under renamed spellings) and 2 retries of the
+    action just before. Every LOOPING_SESSION_EVERY-th session ends in five
+    identical actions, so loop detection holds and pauses it on the last one.
+    Every UNUSUAL_SESSION_EVERY-th session is mostly exports and uploads, unlike
+    the agent's profile (profile_deviation), some refused by a rate limit. Every
+    request also runs the rate windows and the learned baselines (the bench agent
+    is far above the prior of 5 actions a minute: statistical_anomaly).
     """
     rng = random.Random(seed * 1_000_003 + session)
-    if session % LOOPING_SESSION_EVERY == LOOPING_SESSION_EVERY - 1:
+    if session % UNUSUAL_SESSION_EVERY == UNUSUAL_SESSION_EVERY - 1:
+        kinds = ["unusual"] * 16 + ["benign"] * 4
+        rng.shuffle(kinds)
+    elif session % LOOPING_SESSION_EVERY == LOOPING_SESSION_EVERY - 1:
         kinds = ["benign"] * 12 + ["suspicious"] * 3
         rng.shuffle(kinds)
         kinds += ["benign"] + ["repeat"] * 4
@@ -114,13 +144,20 @@ def session_plan(seed: int, session: int) -> tuple[Spec, ...]:
             plan.append(plan[-1])
         elif kind == "benign":
             plan.append(benign_action(rng))
+        elif kind == "unusual":
+            plan.append(unusual_action(rng))
         else:
             plan.append(suspicious_action(rng))
     return tuple(plan)
 
 
+SUSPICIOUS_TYPES = ("send_email", "sendEmail", "mail.SendEmail", "delete_file", "fs.deleteFile")
+
+
 def kind_of(action_type: str) -> str:
-    return "suspicious" if action_type in ("send_email", "delete_file") else "benign"
+    if action_type in SUSPICIOUS_TYPES:
+        return "suspicious"
+    return "unusual" if action_type in ("export_data", "upload_file") else "benign"
 
 
 @dataclass(frozen=True)
@@ -152,7 +189,7 @@ class RequestMix:
                 counts["repeated"] += 1
             else:
                 counts[kind_of(plan[position][0])] += 1
-        return {k: counts[k] for k in ("benign", "suspicious", "repeated")}
+        return {k: counts[k] for k in ("benign", "suspicious", "unusual", "repeated")}
 
 
 # --- the servers ------------------------------------------------------------------
@@ -218,7 +255,7 @@ def start_gateway(workdir: Path, token: str) -> ServerProcess:
         "principals:\n"
         f"  - name: {AGENT}\n"
         "    role: agent\n"
-        f"    token_sha256: {hashlib.sha256(token.encode()).hexdigest()}\n"
+        f"    token_sha256: {hashlib.sha256(token.encode()).hexdigest()}\n" + BENCH_DETECTION
     )
     address = f"127.0.0.1:{free_port()}"
     command = [

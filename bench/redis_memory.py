@@ -25,10 +25,12 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agentgw.v1 import approvals_pb2, approvals_pb2_grpc
+from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, gateway_pb2
 from clients.agent import AgentClient
 from gateway.app import App
 from gateway.config import Config
+from gateway.domain.detect.engine import DetectionSettings
+from gateway.domain.detect.rates import AgentLimits, RateSettings
 from gateway.domain.principals import Principal, Role, token_digest
 
 PRINCIPALS = {"agent": ("bench-agent", Role.AGENT), "approver": ("bench-approver", Role.APPROVER)}
@@ -36,8 +38,19 @@ FAMILY_PATTERNS = (
     ("action claim / marker", r":\{a:[^}]+\}:action:"),
     ("decided record", r":\{audit\}:decided:"),
     ("session pause", r":\{audit\}:pause:"),
+    ("reported outcome", r":\{audit\}:outcome:"),
     ("session action types", r":session:[^:]+:types$"),
     ("session fingerprints", r":session:[^:]+:fingerprints$"),
+    ("session rate window", r":session:[^:]+:rate$"),
+    ("session type mix", r":session:[^:]+:mix$"),
+    ("agent recent inputs", r":\{a:[^}]+\}:recent$"),
+    ("agent rate window", r":\{a:[^}]+\}:rate$"),
+    ("agent type window", r":\{a:[^}]+\}:rate:type:"),
+    ("agent stats", r":\{a:[^}]+\}:stats$"),
+    ("agent type profile", r":\{a:[^}]+\}:profile$"),
+    ("agent open tasks", r":\{a:[^}]+\}:tasks$"),
+    ("agent task calls", r":\{a:[^}]+\}:task_calls$"),
+    ("agent outcomes", r":\{a:[^}]+\}:outcomes$"),
     ("hold", r":\{audit\}:hold:"),
     ("pending-holds index", r":\{audit\}:holds:pending$"),
     ("audit entries", r":\{audit\}:entries$"),
@@ -61,6 +74,8 @@ async def measure(actions: int) -> None:
         config = Config(
             listen="127.0.0.1:0",
             data_dir=Path(tmp),
+            # One agent deciding 600 actions at once: far over its default rate limits.
+            detection=DetectionSettings(rates=RateSettings(defaults=AgentLimits(0, 0, 0))),
             principals=tuple(
                 Principal(name, role, token_digest(tokens[key]))
                 for key, (name, role) in PRINCIPALS.items()
@@ -77,6 +92,7 @@ async def measure(actions: int) -> None:
 
 def drive(target: str, tokens: dict[str, str], actions: int) -> None:
     approver = (("authorization", f"Bearer {tokens['approver']}"),)
+    agent_md = (("authorization", f"Bearer {tokens['agent']}"),)
     with grpc.insecure_channel(target) as channel:
         approvals = approvals_pb2_grpc.ApprovalsStub(channel)
         agent = AgentClient(target, tokens["agent"], agent_id="bench-agent", channel=channel)
@@ -96,7 +112,14 @@ def drive(target: str, tokens: dict[str, str], actions: int) -> None:
                     )
             else:
                 kind = ("search", "read_file", "list_dir", "fetch_url")[i % 4]
-                agent.submit(kind, session_id=session, parameters={"q": f"query {i}"})
+                done = agent.submit(kind, session_id=session, parameters={"q": f"query {i}"})
+                if i % 3 == 0:  # a third report their outcome
+                    agent.stub.ReportOutcome(
+                        gateway_pb2.Outcome(
+                            action_id=done.action_id, agent_id="bench-agent", success=i % 2 == 0
+                        ),
+                        metadata=agent_md,
+                    )
         for _ in range(5):  # one looping session: held and paused
             agent.submit("read_file", session_id="looping", parameters={"path": "/etc/x"})
 

@@ -100,6 +100,40 @@ class AgentClient:
         )
         return response
 
+    def report_outcome(
+        self,
+        decided: gateway_pb2.Decision | str,
+        *,
+        success: bool,
+        error: str = "",
+        error_type: str = "",
+        duration_seconds: float = 0.0,
+        tokens: int | None = None,
+        cost: float = 0.0,
+        timeout: float = 10.0,
+    ) -> int:
+        """Reports how an action went (once per action); returns the entry's audit seq.
+
+        `decided` is the Decision (or the action_id) of the action. The outcome feeds
+        the agent's baselines (error rate, tokens per action).
+        """
+        action_id = decided if isinstance(decided, str) else decided.action_id
+        outcome = gateway_pb2.Outcome(
+            action_id=action_id,
+            agent_id=self.agent_id,
+            success=success,
+            error=error,
+            error_type=error_type,
+            cost=cost,
+        )
+        outcome.duration.FromNanoseconds(round(duration_seconds * 1e9))
+        if tokens is not None:
+            outcome.tokens = tokens
+        response: gateway_pb2.ReportOutcomeResponse = self.stub.ReportOutcome(
+            outcome, metadata=self._metadata, timeout=timeout
+        )
+        return response.audit_seq
+
     def close(self) -> None:
         if self._own_channel:
             self.channel.close()

@@ -389,6 +389,29 @@ def unavailable_on_error(what: str) -> Iterator[None]:
     except REDIS_FAILURES as e:
         kind = StoreUnavailable if isinstance(e, NOT_SENT) else OutcomeUnknown
         raise kind(f"{what}: {_failure_kind(e)}", detail=f"{type(e).__name__}: {e}") from e
+    except (AttributeError, TypeError) as e:
+        if not _raised_by_the_client(e):
+            raise
+        # redis-py writing to a connection that was closed under it (a failover, a
+        # reset) can leak the transport's own AttributeError/TypeError instead of a
+        # ConnectionError (redis-py issues 3546, 4287): the connection broke.
+        raise OutcomeUnknown(
+            f"{what}: Redis is unreachable", detail=f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _raised_by_the_client(error: BaseException) -> bool:
+    """The innermost frame of the error is redis-py's or asyncio's transport code."""
+    tb = error.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return False
+    path = last.tb_frame.f_code.co_filename.replace("\\", "/")
+    return "/redis/" in path or path.endswith(
+        ("/asyncio/streams.py", "/asyncio/selector_events.py")
+    )
 
 
 def _failure_kind(error: BaseException) -> str:

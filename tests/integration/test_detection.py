@@ -160,6 +160,27 @@ def test_an_outcome_is_reported_once_by_its_agent_and_audited_redacted(
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_the_agent_client_reports_an_outcome(gw: RunningGateway) -> None:
+    agent = gw.agent()
+    decision = agent.submit("search", session_id="s")
+    seq = agent.report_outcome(
+        decision,
+        success=False,
+        error="timeout",
+        error_type="Timeout",
+        duration_seconds=1.25,
+        tokens=0,
+    )
+    details = entries(gw)[seq - 1]["details"]
+    assert (details["tokens"], details["duration_seconds"], details["error"]) == (
+        0,
+        1.25,
+        "timeout",
+    )
+    unreported = agent.report_outcome(agent.submit("search", session_id="t"), success=True)
+    assert entries(gw)[unreported - 1]["details"]["tokens"] is None
+
+
 def test_only_the_submitting_agent_reports_an_outcome(gw: RunningGateway) -> None:
     gw.agent().submit("search", session_id="s", action_id="mine")
     # agent-2 naming agent-1 is refused; naming itself, it does not see agent-1's action.

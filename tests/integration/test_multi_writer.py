@@ -3,13 +3,15 @@
 Each replica runs its own group-commit writer; they meet only in commit.lua's
 compare-and-append on the log head. Thousands of concurrent Submits across the
 replicas must leave one chain: seqs exactly 1..N, one entry per answered decision,
-verifying offline against a checkpoint taken at the end.
+verifying offline against a checkpoint taken at the end, and detection's counters
+that count each action once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from clients.agent import bearer
 from clients.wire import python_to_struct
 from gateway.domain.audit.keys import Signer
 from gateway.store.embedded import EmbeddedRedis, find_server_binary
+from gateway.store.keys import KeySpace
 from tests.harness import token_for
 from tests.processes import GatewayProcess, export_and_verify, server_binary, write_config
 
@@ -80,16 +83,22 @@ def replicas(tmp_path: Path, shared_redis: EmbeddedRedis) -> Iterator[list[Gatew
             replica.stop()
 
 
-def submit_all(replicas: list[GatewayProcess]) -> tuple[list[Answer], list[str]]:
+def submit_all(
+    replicas: list[GatewayProcess],
+) -> tuple[list[Answer], list[str], dict[str, set[str]]]:
     """ACTIONS Submits, CONCURRENCY at a time per replica; a quarter are held
-    (send_email), the rest allowed. Returns the answers and any errors."""
+    (send_email), the rest allowed. Returns the answers, any errors, and which
+    action ids each agent sent."""
     return asyncio.run(_submit_all([r.target for r in replicas]))
 
 
-async def _submit_all(targets: list[str]) -> tuple[list[Answer], list[str]]:
+async def _submit_all(
+    targets: list[str],
+) -> tuple[list[Answer], list[str], dict[str, set[str]]]:
     numbers = itertools.count()
     answers: list[Answer] = []
     errors: list[str] = []
+    by_agent: dict[str, set[str]] = {"agent-1": set(), "agent-2": set()}
 
     async def client(replica: int, stub: gateway_pb2_grpc.GatewayStub, agent_id: str) -> None:
         metadata = bearer(token_for(agent_id))
@@ -102,6 +111,7 @@ async def _submit_all(targets: list[str]) -> tuple[list[Answer], list[str]]:
                 action_type=action_type,
                 parameters=python_to_struct({"n": n}),
             )
+            by_agent[agent_id].add(request.action_id)
             try:
                 decision = await stub.Submit(request, metadata=metadata, timeout=30)
             except grpc.aio.AioRpcError as e:
@@ -125,7 +135,7 @@ async def _submit_all(targets: list[str]) -> tuple[list[Answer], list[str]]:
     finally:
         for channel in channels:
             await channel.close()
-    return answers, errors
+    return answers, errors, by_agent
 
 
 def rpush_calls(server: EmbeddedRedis) -> int:
@@ -140,7 +150,7 @@ def rpush_calls(server: EmbeddedRedis) -> int:
 def test_replicas_append_one_chain_without_forks_gaps_or_duplicates(
     replicas: list[GatewayProcess], shared_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    answers, errors = submit_all(replicas)
+    answers, errors, by_agent = submit_all(replicas)
 
     assert errors == []
     assert len(answers) == ACTIONS
@@ -169,3 +179,18 @@ def test_replicas_append_one_chain_without_forks_gaps_or_duplicates(
     # than entries: replicas appended batches, not one entry per round trip.
     batches = rpush_calls(shared_redis)
     assert 0 < batches < ACTIONS, f"{batches} appends for {ACTIONS} entries"
+
+    # Detection's counters, kept by every replica in the agent's slot, count each
+    # action exactly once: the agents' type profiles add up to what was answered.
+    raw = redis.Redis.from_url(shared_redis.url, decode_responses=True)
+    keys = KeySpace("multi")
+    try:
+        for agent_id in ("agent-1", "agent-2"):
+            mine = [a for a in answers if a.action_id in by_agent[agent_id]]
+            profile = raw.hgetall(keys.agent_profile(agent_id))
+            assert {t: int(n) for t, n in profile.items()} == dict(
+                Counter(a.action_type for a in mine)
+            )
+            assert raw.llen(keys.agent_marks(agent_id)) == 10
+    finally:
+        raw.close()

@@ -9,22 +9,29 @@ import pytest
 import redis
 
 from agentgw.v1 import approvals_pb2, gateway_pb2
+from gateway.domain.detect.engine import DetectionSettings
+from gateway.domain.detect.rates import RateSettings
 from gateway.store.keys import KeySpace
 from tests.harness import ManualClock, RunningGateway, wait_for
 
 RETENTION = 3600.0
 IDLE = 600.0
+BASELINES = 14 * 86400
 IDEMPOTENCY = 1200.0
 HOLD_TTL = 300.0
 
 
 @pytest.fixture
 def bounded(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    detection = DetectionSettings(
+        rates=RateSettings(action_types={"send_email": 100}), baseline_ttl_seconds=BASELINES
+    )
     return make_gateway(
         hold_ttl_seconds=HOLD_TTL,
         hold_retention_seconds=RETENTION,
         session_idle_timeout_seconds=IDLE,
         idempotency_ttl_seconds=IDEMPOTENCY,
+        detection=detection,
     )
 
 
@@ -64,6 +71,7 @@ def test_every_key_of_every_flow_expires_or_is_documented(
     assert looped[-1].verdict == gateway_pb2.VERDICT_HOLD
     pause_key = keys.session_pause("agent-1", "loop")
     assert raw.exists(pause_key)
+    agent.report_outcome(looped[0], success=False, error="boom", tokens=10)
 
     def ttl_seconds(key: str) -> float:
         return float(raw.pttl(key)) / 1000
@@ -80,6 +88,23 @@ def test_every_key_of_every_flow_expires_or_is_documented(
     assert IDLE - 60 < ttl_seconds(pause_key) <= IDLE
     assert 0 < ttl_seconds(keys.recent_types("agent-1", "loop")) <= IDLE
     assert 0 < ttl_seconds(keys.recent_fingerprints("agent-1", "loop")) <= IDLE
+    assert 0 < ttl_seconds(keys.session_mix("agent-1", "loop")) <= IDLE
+    assert 0 < ttl_seconds(keys.agent_marks("agent-1")) <= IDLE
+    for window in (
+        keys.agent_window("agent-1"),
+        keys.session_window("agent-1", "loop"),
+        keys.type_window("agent-1", "send_email"),
+    ):
+        assert 0 < ttl_seconds(window) <= 61
+    for learned in (
+        keys.agent_stats("agent-1"),
+        keys.agent_profile("agent-1"),
+        keys.open_tasks("agent-1"),
+        keys.task_calls("agent-1"),
+        keys.outcomes("agent-1"),
+    ):
+        assert BASELINES - 60 < ttl_seconds(learned) <= BASELINES, learned
+    assert 0 < ttl_seconds(keys.outcome("agent-1", "r0")) <= IDEMPOTENCY
     # The index holds only pending holds: resolved ones left it with their resolution.
     assert set(raw.zrange(keys.pending_holds, 0, -1)) == {pending.hold_id, looped[-1].hold_id}
 
