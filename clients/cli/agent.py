@@ -1,4 +1,5 @@
-"""`agentgw submit`: one action as an agent, and waiting for its hold to resolve."""
+"""`agentgw submit`: one action as an agent, and waiting for its hold to resolve;
+`agentgw outcome`: how an action went, once it was carried out."""
 
 from __future__ import annotations
 
@@ -46,6 +47,25 @@ def add_commands(sub: Commands) -> None:
     submit.add_argument("--wait", action="store_true", help="if held, wait for the approver")
     submit.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait")
     submit.set_defaults(run=run_submit)
+
+    outcome = add_client_options(
+        sub.add_parser("outcome", help="report how an action you submitted went (once)")
+    )
+    outcome.add_argument("action_id")
+    outcome.add_argument(
+        "--agent",
+        default=os.environ.get("AGENTGW_AGENT"),
+        help="your agent name (env AGENTGW_AGENT)",
+    )
+    result = outcome.add_mutually_exclusive_group(required=True)
+    result.add_argument("--success", action="store_true", help="it succeeded")
+    result.add_argument("--failure", action="store_true", help="it failed")
+    outcome.add_argument("--error", default="", help="the error message (redacted when stored)")
+    outcome.add_argument("--error-type", default="", help="the error's type, e.g. Timeout")
+    outcome.add_argument("--duration", type=float, default=0.0, help="seconds it took")
+    outcome.add_argument("--tokens", type=int, default=None, help="model tokens it used")
+    outcome.add_argument("--cost", type=float, default=0.0)
+    outcome.set_defaults(run=run_outcome)
 
 
 def parse_params(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
@@ -101,3 +121,21 @@ def run_submit(args: argparse.Namespace) -> int:
             decision = agent.wait(decision, timeout=args.wait_timeout)
             print(decision_json(decision), flush=True)
     return EXIT_OK if decision.verdict == gateway_pb2.VERDICT_ALLOW else EXIT_NOT_ALLOWED
+
+
+def run_outcome(args: argparse.Namespace) -> int:
+    if not args.agent:
+        raise CliError("no agent name: pass --agent or set AGENTGW_AGENT")
+    with AgentClient(args.server, token(args), args.agent) as agent:
+        seq = agent.report_outcome(
+            args.action_id,
+            success=args.success,
+            error=args.error,
+            error_type=args.error_type,
+            duration_seconds=args.duration,
+            tokens=args.tokens,
+            cost=args.cost,
+            timeout=args.timeout,
+        )
+    print(json.dumps({"action_id": args.action_id, "audit_seq": seq}), flush=True)
+    return EXIT_OK

@@ -18,11 +18,12 @@ import redis
 from google.protobuf import duration_pb2
 
 from agentgw.v1 import approvals_pb2, gateway_pb2
+from clients.cli import main as cli_main
 from gateway.domain.detect.engine import DetectionSettings
 from gateway.domain.detect.rates import AgentLimits, RateSettings
 from gateway.domain.verdicts import DEFAULT_RECOMMENDATIONS, Effect
 from gateway.store.keys import KeySpace
-from tests.harness import ManualClock, RunningGateway
+from tests.harness import ManualClock, RunningGateway, token_for
 
 SECRET = "hunter2-s3cr3t-value"
 
@@ -179,6 +180,25 @@ def test_the_agent_client_reports_an_outcome(gw: RunningGateway) -> None:
     )
     unreported = agent.report_outcome(agent.submit("search", session_id="t"), success=True)
     assert entries(gw)[unreported - 1]["details"]["tokens"] is None
+
+
+def test_the_cli_reports_an_outcome_once(
+    gw: RunningGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gw.agent().submit("search", session_id="s", action_id="by-cli")
+    flags = ["--server", gw.target, "--token", token_for("agent-1"), "--agent", "agent-1"]
+    argv = ["outcome", "by-cli", *flags, "--failure", "--error", f"token={SECRET}"]
+    assert cli_main([*argv, "--error-type", "Auth", "--tokens", "5", "--duration", "0.5"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    details = entries(gw)[printed["audit_seq"] - 1]["details"]
+    assert (details["error_type"], details["tokens"], details["duration_seconds"]) == (
+        "Auth",
+        5,
+        0.5,
+    )
+    assert SECRET not in json.dumps(details)
+    assert cli_main([*argv]) != 0
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
 
 
 def test_only_the_submitting_agent_reports_an_outcome(gw: RunningGateway) -> None:
