@@ -16,11 +16,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.domain.audit.keys import Signer
 from gateway.domain.principals import token_digest
 from tests.harness import TOKENS, token_for, wait_for
 
@@ -66,6 +67,36 @@ def write_config(
     # JSON is YAML; no dumper quirks to think about.
     path.write_text(json.dumps(document, indent=2), encoding="utf-8")
     return path
+
+
+@contextlib.contextmanager
+def gateway_processes(
+    root: Path, count: int, redis: dict[str, str], extra: dict[str, Any] | None = None
+) -> Iterator[list[GatewayProcess]]:
+    """`count` gateway processes sharing `redis` and one signing key (provisioned
+    before they start, as a mounted secret would be), each with its own data dir
+    under `root`; listening when yielded, stopped afterwards."""
+    signing_key = root / "audit-signing-key.pem"
+    Signer.generate().save(signing_key)
+    started: list[GatewayProcess] = []
+    try:
+        for n in range(count):
+            data_dir = root / f"gw-{n}"
+            data_dir.mkdir()
+            config = write_config(
+                data_dir / "agentgw.yaml",
+                data_dir=data_dir,
+                redis=redis,
+                signing_key=signing_key,
+                extra=extra,
+            )
+            started.append(GatewayProcess(config))
+        for gateway in started:
+            gateway.wait_listening()
+        yield started
+    finally:
+        for gateway in started:
+            gateway.stop()
 
 
 def pid_alive(pid: int) -> bool:

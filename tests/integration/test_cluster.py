@@ -25,11 +25,10 @@ from redis.crc import key_slot
 from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, gateway_pb2
 from clients.agent import AgentClient, bearer
 from gateway.config import RedisSettings
-from gateway.domain.audit.keys import Signer
 from gateway.store.keys import KeySpace
 from tests.failover import Ledger, check_every_answer_in_chain, drive, wait_async
 from tests.harness import RunningGateway, token_for, wait_for
-from tests.processes import GatewayProcess, export_and_verify, write_config
+from tests.processes import GatewayProcess, export_and_verify, gateway_processes
 from tests.servers import ClusterProcesses, ServerProcess, replica_in_sync, slot_ranges
 
 PREFIX = "clu"
@@ -46,28 +45,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess
 def gateways(
     cluster: ClusterProcesses, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[GatewayProcess]]:
-    root = tmp_path_factory.mktemp("gateways")
-    signing_key = root / "audit-signing-key.pem"
-    Signer.generate().save(signing_key)
-    started: list[GatewayProcess] = []
-    try:
-        for n in range(2):
-            data_dir = root / f"gw-{n}"
-            data_dir.mkdir()
-            config = write_config(
-                data_dir / "agentgw.yaml",
-                data_dir=data_dir,
-                redis={"url": cluster.url, "key_prefix": PREFIX},
-                signing_key=signing_key,
-                extra={"holds": {"ttl_seconds": HOLD_TTL}},
-            )
-            started.append(GatewayProcess(config))
-        for gateway in started:
-            gateway.wait_listening()
+    with gateway_processes(
+        tmp_path_factory.mktemp("gateways"),
+        2,
+        redis={"url": cluster.url, "key_prefix": PREFIX},
+        extra={"holds": {"ttl_seconds": HOLD_TTL}},
+    ) as started:
         yield started
-    finally:
-        for gateway in started:
-            gateway.stop()
 
 
 def agent(gateway: GatewayProcess, name: str = "agent-2") -> AgentClient:

@@ -57,13 +57,12 @@ from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, gateway_pb2, gateway_p
 from clients.agent import bearer
 from clients.wire import python_to_struct
 from gateway.config import RedisSettings
-from gateway.domain.audit.keys import Signer
 from gateway.domain.detect.engine import DetectionSettings
 from gateway.domain.detect.rates import AgentLimits, RateSettings
 from gateway.store.keys import KeySpace
 from tests.failover import wait_async
 from tests.harness import ManualClock, RunningGateway, token_for, wait_for
-from tests.processes import GatewayProcess, export_and_verify, write_config
+from tests.processes import GatewayProcess, export_and_verify, gateway_processes
 from tests.servers import ClusterProcesses, ServerProcess
 
 PREFIX = "clu"
@@ -89,28 +88,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess
 def gateways(
     cluster: ClusterProcesses, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[GatewayProcess]]:
-    root = tmp_path_factory.mktemp("probe-gateways")
-    signing_key = root / "audit-signing-key.pem"
-    Signer.generate().save(signing_key)
-    started: list[GatewayProcess] = []
-    try:
-        for n in range(2):
-            data_dir = root / f"gw-{n}"
-            data_dir.mkdir()
-            config = write_config(
-                data_dir / "agentgw.yaml",
-                data_dir=data_dir,
-                redis={"url": cluster.url, "key_prefix": PREFIX},
-                signing_key=signing_key,
-                extra={"holds": {"ttl_seconds": HOLD_TTL}},
-            )
-            started.append(GatewayProcess(config))
-        for gateway in started:
-            gateway.wait_listening()
+    with gateway_processes(
+        tmp_path_factory.mktemp("probe-gateways"),
+        2,
+        redis={"url": cluster.url, "key_prefix": PREFIX},
+        extra={"holds": {"ttl_seconds": HOLD_TTL}},
+    ) as started:
         yield started
-    finally:
-        for gateway in started:
-            gateway.stop()
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,10 @@ import redis
 from agentgw.v1 import gateway_pb2, gateway_pb2_grpc
 from clients.agent import bearer
 from clients.wire import python_to_struct
-from gateway.domain.audit.keys import Signer
 from gateway.store.embedded import EmbeddedRedis, find_server_binary
 from gateway.store.keys import KeySpace
 from tests.harness import token_for
-from tests.processes import GatewayProcess, export_and_verify, server_binary, write_config
+from tests.processes import GatewayProcess, export_and_verify, gateway_processes, server_binary
 
 REPLICAS = 3
 CONCURRENCY = 32  # Submits in flight per replica
@@ -56,31 +55,16 @@ def shared_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 
 @pytest.fixture
 def replicas(tmp_path: Path, shared_redis: EmbeddedRedis) -> Iterator[list[GatewayProcess]]:
-    # Replicas share the signing key, provisioned before they start (as a mounted
-    # secret would be), and nothing else but Redis.
-    signing_key = tmp_path / "audit-signing-key.pem"
-    Signer.generate().save(signing_key)
-    started: list[GatewayProcess] = []
-    try:
-        for n in range(REPLICAS):
-            data_dir = tmp_path / f"replica-{n}"
-            data_dir.mkdir()
-            config = write_config(
-                data_dir / "agentgw.yaml",
-                data_dir=data_dir,
-                redis={"url": shared_redis.url, "key_prefix": "multi"},
-                signing_key=signing_key,
-                # 1,500 actions per agent in seconds: far over the default rate limit,
-                # which is not what this test is about.
-                extra={"detection": {"rates": {"actions_per_minute": 0}}},
-            )
-            started.append(GatewayProcess(config))
-        for replica in started:
-            replica.wait_listening()
+    # Replicas share the signing key and nothing else but Redis.
+    with gateway_processes(
+        tmp_path,
+        REPLICAS,
+        redis={"url": shared_redis.url, "key_prefix": "multi"},
+        # 1,500 actions per agent in seconds: far over the default rate limit,
+        # which is not what this test is about.
+        extra={"detection": {"rates": {"actions_per_minute": 0}}},
+    ) as started:
         yield started
-    finally:
-        for replica in started:
-            replica.stop()
 
 
 def submit_all(
