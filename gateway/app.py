@@ -42,8 +42,10 @@ from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
 from gateway.services.approvals import RECHECK_SECONDS, ApprovalDesk
 from gateway.services.decisions import DecisionPipeline
+from gateway.services.hold_watch import HoldWatch
 from gateway.services.outcomes import OutcomeDesk
 from gateway.services.policy_reload import PolicyReloader
+from gateway.services.quarantine import QuarantineDesk
 from gateway.store.audit_log import AuditLog, ReplicaAcks
 from gateway.store.connection import (
     HOLD_POOL_SIZE,
@@ -153,6 +155,7 @@ class App:
         self.listener = ResolutionListener(self.hold_client, keys.hold_resolved_channel)
         redactor = Redactor(config.redaction)
         self.desk = ApprovalDesk(self.hold_state, self.audit, self.listener, self.clock, redactor)
+        self.watch = HoldWatch(self.hold_state, self.listener)
         self.pipeline = DecisionPipeline(
             config, policy, self.state, self.audit, self.clock, redactor
         )
@@ -160,6 +163,7 @@ class App:
 
         self._spawn(self.audit.run(), "audit writer")
         self._spawn(self.listener.run(), "hold notifications")
+        self._spawn(self.watch.run(), "hold watch")
         self._spawn(self._sweep_expired(), "hold expiry sweeper")
         self._spawn(self._recheck_waiters(), "await recheck")
         self._spawn(self._publish_checkpoints(), "checkpoint publisher")
@@ -178,7 +182,13 @@ class App:
                 OutcomeDesk(config, self.state, self.audit, self.clock, redactor),
                 redactor,
             ),
-            ApprovalsService(auth, self.desk, redactor),
+            ApprovalsService(
+                auth,
+                self.desk,
+                self.watch,
+                QuarantineDesk(self.hold_state, self.audit, self.clock, redactor),
+                redactor,
+            ),
             AuditService(auth, self.audit, self.clock, redactor),
             AlertsService(auth, redactor),
         )
@@ -262,6 +272,7 @@ class App:
         while not self._stopping.is_set():
             try:
                 await self.desk.expire_due()
+                await self.desk.escalate_due(self.config.hold_escalation_seconds)
                 upcoming = await self.hold_state.next_expiry()
             except StoreUnavailable as e:
                 log.warning("expiry sweep failed", extra={"category": "errors", "error": str(e)})

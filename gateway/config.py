@@ -83,6 +83,10 @@ class Config:
     idempotency_ttl_seconds: float = 86400.0
     session_idle_timeout_seconds: float = 86400.0  # history and pause of an idle session
     paused_session_verdict: Verdict = Verdict.HOLD
+    quarantine_verdict: Verdict = Verdict.HOLD  # every action of a quarantined agent
+    # A hold pending this long is escalated (a security log line; an alert once
+    # alerts exist); 0: never.
+    hold_escalation_seconds: float = 600.0
     # what each finding's recommendation does (YAML `recommendations`)
     recommendations: Mapping[str, Effect] = field(
         default_factory=lambda: dict(DEFAULT_RECOMMENDATIONS)
@@ -132,7 +136,8 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         "holds": _holds,
         "sessions": _sessions,
         "idempotency_ttl_seconds": _idempotency_ttl_seconds,
-        "paused_session_verdict": _paused_session_verdict,
+        "paused_session_verdict": _hold_or_deny("paused_session_verdict"),
+        "quarantine_verdict": _hold_or_deny("quarantine_verdict"),
         "recommendations": _recommendations,
         "redaction": _redaction,
         "server": _server,
@@ -208,7 +213,7 @@ def _principals(r: _ConfigReader, node: Node) -> dict[str, tuple[Principal, ...]
     seen_tokens: set[str] = set()
     for key, item in r.sequence(node, "principals"):
         keys = ("name", "role", "token_sha256")
-        m = r.mapping(item, key, keys, required=keys)
+        m = r.mapping(item, key, (*keys, "owns"), required=keys)
         name = r.string(m["name"], f"{key}.name")
         if not _NAME.fullmatch(name):
             raise r.fail(m["name"], f"{key}.name", "expected 1-128 of A-Z a-z 0-9 . _ : @ / -")
@@ -234,9 +239,13 @@ def _principals(r: _ConfigReader, node: Node) -> dict[str, tuple[Principal, ...]
             raise r.fail(
                 m["token_sha256"], f"{key}.token_sha256", "the same token is used by two principals"
             )
+        owns: frozenset[str] = frozenset()
+        if "owns" in m:
+            owned = r.sequence(m["owns"], f"{key}.owns")
+            owns = frozenset(r.string(agent, path) for path, agent in owned)
         seen_names.add(name)
         seen_tokens.add(digest)
-        out.append(Principal(name=name, role=role, token_sha256=digest))
+        out.append(Principal(name=name, role=role, token_sha256=digest, owns=owns))
     return {"principals": tuple(out)}
 
 
@@ -306,8 +315,12 @@ def _integers(r: _ConfigReader, node: Node, section: str, settings: type) -> dic
 
 
 def _holds(r: _ConfigReader, node: Node) -> dict[str, float]:
-    m = r.mapping(node, "holds", ("retention_seconds", "ttl_seconds"))
+    m = r.mapping(node, "holds", ("escalation_seconds", "retention_seconds", "ttl_seconds"))
     changes = {}
+    if "escalation_seconds" in m:
+        changes["hold_escalation_seconds"] = r.number(
+            m["escalation_seconds"], "holds.escalation_seconds", 0
+        )
     if "ttl_seconds" in m:
         changes["hold_ttl_seconds"] = r.number(m["ttl_seconds"], "holds.ttl_seconds", 1)
     if "retention_seconds" in m:
@@ -329,11 +342,16 @@ def _idempotency_ttl_seconds(r: _ConfigReader, node: Node) -> dict[str, float]:
     return {"idempotency_ttl_seconds": r.number(node, "idempotency_ttl_seconds", 60)}
 
 
-def _paused_session_verdict(r: _ConfigReader, node: Node) -> dict[str, Verdict]:
-    value = r.string(node, "paused_session_verdict")
-    if value not in {"hold", "deny"}:
-        raise r.fail(node, "paused_session_verdict", "expected hold or deny")
-    return {"paused_session_verdict": Verdict[value.upper()]}
+def _hold_or_deny(key: str) -> Callable[[_ConfigReader, Node], dict[str, Verdict]]:
+    """The reader of a top-level key whose value is hold or deny."""
+
+    def read(r: _ConfigReader, node: Node) -> dict[str, Verdict]:
+        value = r.string(node, key)
+        if value not in {"hold", "deny"}:
+            raise r.fail(node, key, "expected hold or deny")
+        return {key: Verdict[value.upper()]}
+
+    return read
 
 
 def _recommendations(r: _ConfigReader, node: Node) -> dict[str, dict[str, Effect]]:

@@ -49,6 +49,10 @@ class InFlight(GatewayError):
     """The same action_id is being decided by another call right now (ABORTED)."""
 
 
+class Exhausted(GatewayError):
+    """A bound of the gateway's resources was reached (RESOURCE_EXHAUSTED)."""
+
+
 class StoreUnavailable(GatewayError):
     """Redis or the audit log could not be reached or refused a write (UNAVAILABLE).
 

@@ -23,36 +23,53 @@ _sym_db = _symbol_database.Default()
 
 
 from agentgw.v1 import gateway_pb2 as agentgw_dot_v1_dot_gateway__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentgw/v1/approvals.proto\x12\nagentgw.v1\x1a\x18\x61gentgw/v1/gateway.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x03\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12)\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x19.agentgw.v1.ActionRequest\x12%\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x13.agentgw.v1.Finding\x12\x15\n\rmatched_rules\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12&\n\x06status\x18\t \x01(\x0e\x32\x16.agentgw.v1.HoldStatus\x12*\n\nresolution\x18\n \x01(\x0b\x32\x16.agentgw.v1.Resolution\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x16\n\x0epaused_session\x18\x0c \x01(\x08\"8\n\x10ListHoldsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"4\n\x11ListHoldsResponse\x12\x1f\n\x05holds\x18\x01 \x03(\x0b\x32\x10.agentgw.v1.Hold\"\x13\n\x11WatchHoldsRequest\"+\n\tHoldEvent\x12\x1e\n\x04hold\x18\x01 \x01(\x0b\x32\x10.agentgw.v1.Hold\"1\n\x0e\x41pproveRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\rRejectRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x14ResumeSessionRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\">\n\x15ResumeSessionResponse\x12\x12\n\nwas_paused\x18\x01 \x01(\x08\x12\x11\n\taudit_seq\x18\x02 \x01(\x04*\x8f\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13HOLD_STATUS_PENDING\x10\x01\x12\x18\n\x14HOLD_STATUS_APPROVED\x10\x02\x12\x18\n\x14HOLD_STATUS_REJECTED\x10\x03\x12\x17\n\x13HOLD_STATUS_EXPIRED\x10\x04\x32\xe1\x02\n\tApprovals\x12H\n\tListHolds\x12\x1c.agentgw.v1.ListHoldsRequest\x1a\x1d.agentgw.v1.ListHoldsResponse\x12\x44\n\nWatchHolds\x12\x1d.agentgw.v1.WatchHoldsRequest\x1a\x15.agentgw.v1.HoldEvent0\x01\x12\x37\n\x07\x41pprove\x12\x1a.agentgw.v1.ApproveRequest\x1a\x10.agentgw.v1.Hold\x12\x35\n\x06Reject\x12\x19.agentgw.v1.RejectRequest\x1a\x10.agentgw.v1.Hold\x12T\n\rResumeSession\x12 .agentgw.v1.ResumeSessionRequest\x1a!.agentgw.v1.ResumeSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentgw/v1/approvals.proto\x12\nagentgw.v1\x1a\x18\x61gentgw/v1/gateway.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x03\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12)\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x19.agentgw.v1.ActionRequest\x12%\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x13.agentgw.v1.Finding\x12\x15\n\rmatched_rules\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12&\n\x06status\x18\t \x01(\x0e\x32\x16.agentgw.v1.HoldStatus\x12*\n\nresolution\x18\n \x01(\x0b\x32\x16.agentgw.v1.Resolution\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x16\n\x0epaused_session\x18\x0c \x01(\x08\x12\'\n\tapprovals\x18\r \x03(\x0b\x32\x14.agentgw.v1.Approval\x12\x1a\n\x12\x61pprovals_required\x18\x0e \x01(\r\"\xa0\x01\n\x10ListHoldsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63tion_type\x18\x03 \x01(\t\x12*\n\x07min_age\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"M\n\x11ListHoldsResponse\x12\x1f\n\x05holds\x18\x01 \x03(\x0b\x32\x10.agentgw.v1.Hold\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11WatchHoldsRequest\"\xd2\x01\n\tHoldEvent\x12\x1e\n\x04hold\x18\x01 \x01(\x0b\x32\x10.agentgw.v1.Hold\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.agentgw.v1.HoldEvent.Kind\"{\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_PENDING\x10\x01\x12\r\n\tKIND_HELD\x10\x02\x12\x18\n\x14KIND_APPROVED_PARTLY\x10\x03\x12\x11\n\rKIND_RESOLVED\x10\x04\x12\x0f\n\x0bKIND_SYNCED\x10\x05\"1\n\x0e\x41pproveRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\rRejectRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x14ResumeSessionRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\">\n\x15ResumeSessionResponse\x12\x12\n\nwas_paused\x18\x01 \x01(\x08\x12\x11\n\taudit_seq\x18\x02 \x01(\x04\"\'\n\x13ListSessionsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x85\x01\n\rPausedSession\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07hold_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12-\n\tpaused_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x14ListSessionsResponse\x12+\n\x08sessions\x18\x01 \x03(\x0b\x32\x19.agentgw.v1.PausedSession\":\n\x16QuarantineAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x84\x01\n\nQuarantine\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0equarantined_by\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\taudit_seq\x18\x05 \x01(\x04\"7\n\x13ReleaseAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"B\n\x14ReleaseAgentResponse\x12\x17\n\x0fwas_quarantined\x18\x01 \x01(\x08\x12\x11\n\taudit_seq\x18\x02 \x01(\x04*\x8f\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13HOLD_STATUS_PENDING\x10\x01\x12\x18\n\x14HOLD_STATUS_APPROVED\x10\x02\x12\x18\n\x14HOLD_STATUS_REJECTED\x10\x03\x12\x17\n\x13HOLD_STATUS_EXPIRED\x10\x04\x32\xd6\x04\n\tApprovals\x12H\n\tListHolds\x12\x1c.agentgw.v1.ListHoldsRequest\x1a\x1d.agentgw.v1.ListHoldsResponse\x12\x44\n\nWatchHolds\x12\x1d.agentgw.v1.WatchHoldsRequest\x1a\x15.agentgw.v1.HoldEvent0\x01\x12\x37\n\x07\x41pprove\x12\x1a.agentgw.v1.ApproveRequest\x1a\x10.agentgw.v1.Hold\x12\x35\n\x06Reject\x12\x19.agentgw.v1.RejectRequest\x1a\x10.agentgw.v1.Hold\x12T\n\rResumeSession\x12 .agentgw.v1.ResumeSessionRequest\x1a!.agentgw.v1.ResumeSessionResponse\x12Q\n\x0cListSessions\x12\x1f.agentgw.v1.ListSessionsRequest\x1a .agentgw.v1.ListSessionsResponse\x12M\n\x0fQuarantineAgent\x12\".agentgw.v1.QuarantineAgentRequest\x1a\x16.agentgw.v1.Quarantine\x12Q\n\x0cReleaseAgent\x12\x1f.agentgw.v1.ReleaseAgentRequest\x1a .agentgw.v1.ReleaseAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentgw.v1.approvals_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOLDSTATUS']._serialized_start=912
-  _globals['_HOLDSTATUS']._serialized_end=1055
-  _globals['_HOLD']._serialized_start=102
-  _globals['_HOLD']._serialized_end=488
-  _globals['_LISTHOLDSREQUEST']._serialized_start=490
-  _globals['_LISTHOLDSREQUEST']._serialized_end=546
-  _globals['_LISTHOLDSRESPONSE']._serialized_start=548
-  _globals['_LISTHOLDSRESPONSE']._serialized_end=600
-  _globals['_WATCHHOLDSREQUEST']._serialized_start=602
-  _globals['_WATCHHOLDSREQUEST']._serialized_end=621
-  _globals['_HOLDEVENT']._serialized_start=623
-  _globals['_HOLDEVENT']._serialized_end=666
-  _globals['_APPROVEREQUEST']._serialized_start=668
-  _globals['_APPROVEREQUEST']._serialized_end=717
-  _globals['_REJECTREQUEST']._serialized_start=719
-  _globals['_REJECTREQUEST']._serialized_end=767
-  _globals['_RESUMESESSIONREQUEST']._serialized_start=769
-  _globals['_RESUMESESSIONREQUEST']._serialized_end=845
-  _globals['_RESUMESESSIONRESPONSE']._serialized_start=847
-  _globals['_RESUMESESSIONRESPONSE']._serialized_end=909
-  _globals['_APPROVALS']._serialized_start=1058
-  _globals['_APPROVALS']._serialized_end=1411
+  _globals['_HOLDSTATUS']._serialized_start=1877
+  _globals['_HOLDSTATUS']._serialized_end=2020
+  _globals['_HOLD']._serialized_start=134
+  _globals['_HOLD']._serialized_end=589
+  _globals['_LISTHOLDSREQUEST']._serialized_start=592
+  _globals['_LISTHOLDSREQUEST']._serialized_end=752
+  _globals['_LISTHOLDSRESPONSE']._serialized_start=754
+  _globals['_LISTHOLDSRESPONSE']._serialized_end=831
+  _globals['_WATCHHOLDSREQUEST']._serialized_start=833
+  _globals['_WATCHHOLDSREQUEST']._serialized_end=852
+  _globals['_HOLDEVENT']._serialized_start=855
+  _globals['_HOLDEVENT']._serialized_end=1065
+  _globals['_HOLDEVENT_KIND']._serialized_start=942
+  _globals['_HOLDEVENT_KIND']._serialized_end=1065
+  _globals['_APPROVEREQUEST']._serialized_start=1067
+  _globals['_APPROVEREQUEST']._serialized_end=1116
+  _globals['_REJECTREQUEST']._serialized_start=1118
+  _globals['_REJECTREQUEST']._serialized_end=1166
+  _globals['_RESUMESESSIONREQUEST']._serialized_start=1168
+  _globals['_RESUMESESSIONREQUEST']._serialized_end=1244
+  _globals['_RESUMESESSIONRESPONSE']._serialized_start=1246
+  _globals['_RESUMESESSIONRESPONSE']._serialized_end=1308
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1310
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1349
+  _globals['_PAUSEDSESSION']._serialized_start=1352
+  _globals['_PAUSEDSESSION']._serialized_end=1485
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1487
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1554
+  _globals['_QUARANTINEAGENTREQUEST']._serialized_start=1556
+  _globals['_QUARANTINEAGENTREQUEST']._serialized_end=1614
+  _globals['_QUARANTINE']._serialized_start=1617
+  _globals['_QUARANTINE']._serialized_end=1749
+  _globals['_RELEASEAGENTREQUEST']._serialized_start=1751
+  _globals['_RELEASEAGENTREQUEST']._serialized_end=1806
+  _globals['_RELEASEAGENTRESPONSE']._serialized_start=1808
+  _globals['_RELEASEAGENTRESPONSE']._serialized_end=1874
+  _globals['_APPROVALS']._serialized_start=2023
+  _globals['_APPROVALS']._serialized_end=2621
 # @@protoc_insertion_point(module_scope)

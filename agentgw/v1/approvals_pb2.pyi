@@ -6,6 +6,7 @@ The approver-facing contract: see held actions and release or reject them."""
 from agentgw.v1 import gateway_pb2 as _gateway_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -58,6 +59,8 @@ class Hold(_message.Message):
     RESOLUTION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PAUSED_SESSION_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    APPROVALS_REQUIRED_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     agent_id: _builtins.str
     session_id: _builtins.str
@@ -66,6 +69,7 @@ class Hold(_message.Message):
     """Why the action was held."""
     paused_session: _builtins.bool
     """True when this hold also paused the agent's session."""
+    approvals_required: _builtins.int
     @_builtins.property
     def action(self) -> _gateway_pb2.ActionRequest: ...
     @_builtins.property
@@ -78,6 +82,12 @@ class Hold(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def resolution(self) -> _gateway_pb2.Resolution: ...
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[_gateway_pb2.Approval]:
+        """The approvals so far, and how many distinct approvers it needs (1 unless the
+        policy rule that held it sets a quorum).
+        """
+
     def __init__(
         self,
         *,
@@ -93,10 +103,12 @@ class Hold(_message.Message):
         resolution: _gateway_pb2.Resolution | None = ...,
         reason: _builtins.str = ...,
         paused_session: _builtins.bool = ...,
+        approvals: _abc.Iterable[_gateway_pb2.Approval] | None = ...,
+        approvals_required: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "created_at", b"created_at", "expires_at", b"expires_at", "resolution", b"resolution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "created_at", b"created_at", "expires_at", b"expires_at", "findings", b"findings", "hold_id", b"hold_id", "matched_rules", b"matched_rules", "paused_session", b"paused_session", "reason", b"reason", "resolution", b"resolution", "session_id", b"session_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "approvals", b"approvals", "approvals_required", b"approvals_required", "created_at", b"created_at", "expires_at", b"expires_at", "findings", b"findings", "hold_id", b"hold_id", "matched_rules", b"matched_rules", "paused_session", b"paused_session", "reason", b"reason", "resolution", b"resolution", "session_id", b"session_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -108,18 +120,36 @@ class ListHoldsRequest(_message.Message):
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    ACTION_TYPE_FIELD_NUMBER: _builtins.int
+    MIN_AGE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Optional filters."""
     session_id: _builtins.str
+    action_type: _builtins.str
+    page_size: _builtins.int
+    """At most this many holds (default 100, at most 1000), oldest first; pass
+    next_page_token back as page_token for the next page.
+    """
+    page_token: _builtins.str
+    @_builtins.property
+    def min_age(self) -> _duration_pb2.Duration:
+        """Only holds pending at least this long."""
+
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
+        action_type: _builtins.str = ...,
+        min_age: _duration_pb2.Duration | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_age", b"min_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_type", b"action_type", "agent_id", b"agent_id", "min_age", b"min_age", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,16 +160,20 @@ class ListHoldsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HOLDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]: ...
     def __init__(
         self,
         *,
         holds: _abc.Iterable[Global___Hold] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -164,17 +198,51 @@ Global___WatchHoldsRequest: _TypeAlias = WatchHoldsRequest  # noqa: Y015
 class HoldEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[HoldEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: HoldEvent._Kind.ValueType  # 0
+        KIND_PENDING: HoldEvent._Kind.ValueType  # 1
+        """Pending when the stream started (sent first, oldest first)."""
+        KIND_HELD: HoldEvent._Kind.ValueType  # 2
+        """Held since."""
+        KIND_APPROVED_PARTLY: HoldEvent._Kind.ValueType  # 3
+        """Approved by one more approver, still pending (a quorum)."""
+        KIND_RESOLVED: HoldEvent._Kind.ValueType  # 4
+        """Approved, rejected or expired."""
+        KIND_SYNCED: HoldEvent._Kind.ValueType  # 5
+        """Every pending hold has been sent (after the KIND_PENDING events)."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: HoldEvent.Kind.ValueType  # 0
+    KIND_PENDING: HoldEvent.Kind.ValueType  # 1
+    """Pending when the stream started (sent first, oldest first)."""
+    KIND_HELD: HoldEvent.Kind.ValueType  # 2
+    """Held since."""
+    KIND_APPROVED_PARTLY: HoldEvent.Kind.ValueType  # 3
+    """Approved by one more approver, still pending (a quorum)."""
+    KIND_RESOLVED: HoldEvent.Kind.ValueType  # 4
+    """Approved, rejected or expired."""
+    KIND_SYNCED: HoldEvent.Kind.ValueType  # 5
+    """Every pending hold has been sent (after the KIND_PENDING events)."""
+
     HOLD_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    kind: Global___HoldEvent.Kind.ValueType
     @_builtins.property
     def hold(self) -> Global___Hold: ...
     def __init__(
         self,
         *,
         hold: Global___Hold | None = ...,
+        kind: Global___HoldEvent.Kind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -271,3 +339,174 @@ class ResumeSessionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResumeSessionResponse: _TypeAlias = ResumeSessionResponse  # noqa: Y015
+
+@_typing.final
+class ListSessionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsRequest: _TypeAlias = ListSessionsRequest  # noqa: Y015
+
+@_typing.final
+class PausedSession(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PAUSED_AT_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    session_id: _builtins.str
+    hold_id: _builtins.str
+    """The hold that paused it, and why."""
+    reason: _builtins.str
+    @_builtins.property
+    def paused_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        paused_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paused_at", b"paused_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "hold_id", b"hold_id", "paused_at", b"paused_at", "reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PausedSession: _TypeAlias = PausedSession  # noqa: Y015
+
+@_typing.final
+class ListSessionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PausedSession]: ...
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___PausedSession] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsResponse: _TypeAlias = ListSessionsResponse  # noqa: Y015
+
+@_typing.final
+class QuarantineAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantineAgentRequest: _TypeAlias = QuarantineAgentRequest  # noqa: Y015
+
+@_typing.final
+class Quarantine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    QUARANTINED_BY_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    reason: _builtins.str
+    quarantined_by: _builtins.str
+    audit_seq: _builtins.int
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        quarantined_by: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "audit_seq", b"audit_seq", "quarantined_by", b"quarantined_by", "reason", b"reason", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quarantine: _TypeAlias = Quarantine  # noqa: Y015
+
+@_typing.final
+class ReleaseAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseAgentRequest: _TypeAlias = ReleaseAgentRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseAgentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAS_QUARANTINED_FIELD_NUMBER: _builtins.int
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    was_quarantined: _builtins.bool
+    """False when the agent was not quarantined (nothing was written)."""
+    audit_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        was_quarantined: _builtins.bool = ...,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq", "was_quarantined", b"was_quarantined"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseAgentResponse: _TypeAlias = ReleaseAgentResponse  # noqa: Y015

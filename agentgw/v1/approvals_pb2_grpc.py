@@ -59,6 +59,21 @@ class ApprovalsStub:
                 request_serializer=agentgw_dot_v1_dot_approvals__pb2.ResumeSessionRequest.SerializeToString,
                 response_deserializer=agentgw_dot_v1_dot_approvals__pb2.ResumeSessionResponse.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/agentgw.v1.Approvals/ListSessions',
+                request_serializer=agentgw_dot_v1_dot_approvals__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=agentgw_dot_v1_dot_approvals__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.QuarantineAgent = channel.unary_unary(
+                '/agentgw.v1.Approvals/QuarantineAgent',
+                request_serializer=agentgw_dot_v1_dot_approvals__pb2.QuarantineAgentRequest.SerializeToString,
+                response_deserializer=agentgw_dot_v1_dot_approvals__pb2.Quarantine.FromString,
+                _registered_method=True)
+        self.ReleaseAgent = channel.unary_unary(
+                '/agentgw.v1.Approvals/ReleaseAgent',
+                request_serializer=agentgw_dot_v1_dot_approvals__pb2.ReleaseAgentRequest.SerializeToString,
+                response_deserializer=agentgw_dot_v1_dot_approvals__pb2.ReleaseAgentResponse.FromString,
+                _registered_method=True)
 
 
 class ApprovalsServicer:
@@ -71,14 +86,19 @@ class ApprovalsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchHolds(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every pending hold first, then every new hold, approval and resolution as it
+        happens, on any replica.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Approve(self, request, context):
         """Both need a reason. The loser of a race, or a call on a hold that is no
-        longer pending, gets FAILED_PRECONDITION.
+        longer pending, gets FAILED_PRECONDITION; so does a second approval by the
+        same approver. An approver may not decide the actions of an agent they own
+        (PERMISSION_DENIED). A hold that needs a quorum stays pending until that many
+        distinct approvers have approved; any rejection resolves it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,6 +111,27 @@ class ApprovalsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResumeSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """Paused sessions (by loop detection), optionally of one agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QuarantineAgent(self, request, context):
+        """Admins: every action of a quarantined agent is held (or denied, by
+        configuration) until it is released. Both need a reason; both are audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseAgent(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +164,21 @@ def add_ApprovalsServicer_to_server(servicer, server):
                     servicer.ResumeSession,
                     request_deserializer=agentgw_dot_v1_dot_approvals__pb2.ResumeSessionRequest.FromString,
                     response_serializer=agentgw_dot_v1_dot_approvals__pb2.ResumeSessionResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=agentgw_dot_v1_dot_approvals__pb2.ListSessionsRequest.FromString,
+                    response_serializer=agentgw_dot_v1_dot_approvals__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'QuarantineAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuarantineAgent,
+                    request_deserializer=agentgw_dot_v1_dot_approvals__pb2.QuarantineAgentRequest.FromString,
+                    response_serializer=agentgw_dot_v1_dot_approvals__pb2.Quarantine.SerializeToString,
+            ),
+            'ReleaseAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseAgent,
+                    request_deserializer=agentgw_dot_v1_dot_approvals__pb2.ReleaseAgentRequest.FromString,
+                    response_serializer=agentgw_dot_v1_dot_approvals__pb2.ReleaseAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +316,87 @@ class Approvals:
             '/agentgw.v1.Approvals/ResumeSession',
             agentgw_dot_v1_dot_approvals__pb2.ResumeSessionRequest.SerializeToString,
             agentgw_dot_v1_dot_approvals__pb2.ResumeSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgw.v1.Approvals/ListSessions',
+            agentgw_dot_v1_dot_approvals__pb2.ListSessionsRequest.SerializeToString,
+            agentgw_dot_v1_dot_approvals__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuarantineAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgw.v1.Approvals/QuarantineAgent',
+            agentgw_dot_v1_dot_approvals__pb2.QuarantineAgentRequest.SerializeToString,
+            agentgw_dot_v1_dot_approvals__pb2.Quarantine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgw.v1.Approvals/ReleaseAgent',
+            agentgw_dot_v1_dot_approvals__pb2.ReleaseAgentRequest.SerializeToString,
+            agentgw_dot_v1_dot_approvals__pb2.ReleaseAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

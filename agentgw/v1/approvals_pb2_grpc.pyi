@@ -33,24 +33,50 @@ class ApprovalsStub:
     def __new__(cls, channel: _aio.Channel) -> ApprovalsAsyncStub: ...
     ListHolds: _grpc.UnaryUnaryMultiCallable[_approvals_pb2.ListHoldsRequest, _approvals_pb2.ListHoldsResponse]
     WatchHolds: _grpc.UnaryStreamMultiCallable[_approvals_pb2.WatchHoldsRequest, _approvals_pb2.HoldEvent]
+    """Every pending hold first, then every new hold, approval and resolution as it
+    happens, on any replica.
+    """
     Approve: _grpc.UnaryUnaryMultiCallable[_approvals_pb2.ApproveRequest, _approvals_pb2.Hold]
     """Both need a reason. The loser of a race, or a call on a hold that is no
-    longer pending, gets FAILED_PRECONDITION.
+    longer pending, gets FAILED_PRECONDITION; so does a second approval by the
+    same approver. An approver may not decide the actions of an agent they own
+    (PERMISSION_DENIED). A hold that needs a quorum stays pending until that many
+    distinct approvers have approved; any rejection resolves it.
     """
     Reject: _grpc.UnaryUnaryMultiCallable[_approvals_pb2.RejectRequest, _approvals_pb2.Hold]
     ResumeSession: _grpc.UnaryUnaryMultiCallable[_approvals_pb2.ResumeSessionRequest, _approvals_pb2.ResumeSessionResponse]
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_approvals_pb2.ListSessionsRequest, _approvals_pb2.ListSessionsResponse]
+    """Paused sessions (by loop detection), optionally of one agent."""
+    QuarantineAgent: _grpc.UnaryUnaryMultiCallable[_approvals_pb2.QuarantineAgentRequest, _approvals_pb2.Quarantine]
+    """Admins: every action of a quarantined agent is held (or denied, by
+    configuration) until it is released. Both need a reason; both are audited.
+    """
+    ReleaseAgent: _grpc.UnaryUnaryMultiCallable[_approvals_pb2.ReleaseAgentRequest, _approvals_pb2.ReleaseAgentResponse]
 
 @_typing.type_check_only
 class ApprovalsAsyncStub(ApprovalsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListHolds: _aio.UnaryUnaryMultiCallable[_approvals_pb2.ListHoldsRequest, _approvals_pb2.ListHoldsResponse]  # type: ignore[assignment]
     WatchHolds: _aio.UnaryStreamMultiCallable[_approvals_pb2.WatchHoldsRequest, _approvals_pb2.HoldEvent]  # type: ignore[assignment]
+    """Every pending hold first, then every new hold, approval and resolution as it
+    happens, on any replica.
+    """
     Approve: _aio.UnaryUnaryMultiCallable[_approvals_pb2.ApproveRequest, _approvals_pb2.Hold]  # type: ignore[assignment]
     """Both need a reason. The loser of a race, or a call on a hold that is no
-    longer pending, gets FAILED_PRECONDITION.
+    longer pending, gets FAILED_PRECONDITION; so does a second approval by the
+    same approver. An approver may not decide the actions of an agent they own
+    (PERMISSION_DENIED). A hold that needs a quorum stays pending until that many
+    distinct approvers have approved; any rejection resolves it.
     """
     Reject: _aio.UnaryUnaryMultiCallable[_approvals_pb2.RejectRequest, _approvals_pb2.Hold]  # type: ignore[assignment]
     ResumeSession: _aio.UnaryUnaryMultiCallable[_approvals_pb2.ResumeSessionRequest, _approvals_pb2.ResumeSessionResponse]  # type: ignore[assignment]
+    ListSessions: _aio.UnaryUnaryMultiCallable[_approvals_pb2.ListSessionsRequest, _approvals_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """Paused sessions (by loop detection), optionally of one agent."""
+    QuarantineAgent: _aio.UnaryUnaryMultiCallable[_approvals_pb2.QuarantineAgentRequest, _approvals_pb2.Quarantine]  # type: ignore[assignment]
+    """Admins: every action of a quarantined agent is held (or denied, by
+    configuration) until it is released. Both need a reason; both are audited.
+    """
+    ReleaseAgent: _aio.UnaryUnaryMultiCallable[_approvals_pb2.ReleaseAgentRequest, _approvals_pb2.ReleaseAgentResponse]  # type: ignore[assignment]
 
 class ApprovalsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -65,7 +91,10 @@ class ApprovalsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _approvals_pb2.WatchHoldsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_approvals_pb2.HoldEvent], _abc.AsyncIterator[_approvals_pb2.HoldEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_approvals_pb2.HoldEvent], _abc.AsyncIterator[_approvals_pb2.HoldEvent]]:
+        """Every pending hold first, then every new hold, approval and resolution as it
+        happens, on any replica.
+        """
 
     @_abc_1.abstractmethod
     def Approve(
@@ -74,7 +103,10 @@ class ApprovalsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_approvals_pb2.Hold, _abc.Awaitable[_approvals_pb2.Hold]]:
         """Both need a reason. The loser of a race, or a call on a hold that is no
-        longer pending, gets FAILED_PRECONDITION.
+        longer pending, gets FAILED_PRECONDITION; so does a second approval by the
+        same approver. An approver may not decide the actions of an agent they own
+        (PERMISSION_DENIED). A hold that needs a quorum stays pending until that many
+        distinct approvers have approved; any rejection resolves it.
         """
 
     @_abc_1.abstractmethod
@@ -90,5 +122,30 @@ class ApprovalsServicer(metaclass=_abc_1.ABCMeta):
         request: _approvals_pb2.ResumeSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_approvals_pb2.ResumeSessionResponse, _abc.Awaitable[_approvals_pb2.ResumeSessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _approvals_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_approvals_pb2.ListSessionsResponse, _abc.Awaitable[_approvals_pb2.ListSessionsResponse]]:
+        """Paused sessions (by loop detection), optionally of one agent."""
+
+    @_abc_1.abstractmethod
+    def QuarantineAgent(
+        self,
+        request: _approvals_pb2.QuarantineAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_approvals_pb2.Quarantine, _abc.Awaitable[_approvals_pb2.Quarantine]]:
+        """Admins: every action of a quarantined agent is held (or denied, by
+        configuration) until it is released. Both need a reason; both are audited.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseAgent(
+        self,
+        request: _approvals_pb2.ReleaseAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_approvals_pb2.ReleaseAgentResponse, _abc.Awaitable[_approvals_pb2.ReleaseAgentResponse]]: ...
 
 def add_ApprovalsServicer_to_server(servicer: ApprovalsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -187,6 +187,37 @@ class Resolution(_message.Message):
 Global___Resolution: _TypeAlias = Resolution  # noqa: Y015
 
 @_typing.final
+class Approval(_message.Message):
+    """One approver's approval of a hold that needs several (a quorum)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    APPROVED_AT_FIELD_NUMBER: _builtins.int
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    approver: _builtins.str
+    reason: _builtins.str
+    audit_seq: _builtins.int
+    @_builtins.property
+    def approved_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        approver: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        approved_at: _timestamp_pb2.Timestamp | None = ...,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approver", b"approver", "audit_seq", b"audit_seq", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Approval: _TypeAlias = Approval  # noqa: Y015
+
+@_typing.final
 class Decision(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -200,6 +231,8 @@ class Decision(_message.Message):
     AUDIT_SEQ_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    APPROVALS_REQUIRED_FIELD_NUMBER: _builtins.int
     action_id: _builtins.str
     verdict: Global___Verdict.ValueType
     """For a held action that has been resolved this is the final verdict:
@@ -211,6 +244,7 @@ class Decision(_message.Message):
     reason: _builtins.str
     """Human-readable reason for the verdict."""
     session_id: _builtins.str
+    approvals_required: _builtins.int
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]: ...
     @_builtins.property
@@ -219,6 +253,10 @@ class Decision(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def resolution(self) -> Global___Resolution: ...
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Approval]:
+        """For a hold: the approvals so far, and how many distinct approvers it needs."""
+
     def __init__(
         self,
         *,
@@ -232,10 +270,12 @@ class Decision(_message.Message):
         audit_seq: _builtins.int = ...,
         reason: _builtins.str = ...,
         session_id: _builtins.str = ...,
+        approvals: _abc.Iterable[Global___Approval] | None = ...,
+        approvals_required: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "resolution", b"resolution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "audit_seq", b"audit_seq", "expires_at", b"expires_at", "findings", b"findings", "hold_id", b"hold_id", "matched_rules", b"matched_rules", "reason", b"reason", "resolution", b"resolution", "session_id", b"session_id", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "approvals", b"approvals", "approvals_required", b"approvals_required", "audit_seq", b"audit_seq", "expires_at", b"expires_at", "findings", b"findings", "hold_id", b"hold_id", "matched_rules", b"matched_rules", "reason", b"reason", "resolution", b"resolution", "session_id", b"session_id", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

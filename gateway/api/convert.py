@@ -14,6 +14,7 @@ from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
 from clients.wire import python_to_struct, struct_to_python
 from gateway.domain.actions import (
     ActionRequest,
+    Approval,
     Decision,
     Finding,
     Resolution,
@@ -26,9 +27,10 @@ from gateway.domain.audit.keys import TrustedKey
 from gateway.domain.audit.note import note_verifier_key, split_note
 from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof
 from gateway.domain.audit.query import EntryFilter, Report, micros_from_unix
-from gateway.domain.holds import Hold, HoldStatus
+from gateway.domain.holds import Hold, HoldStatus, Quarantine, SessionPause
 from gateway.domain.outcomes import Outcome
 from gateway.errors import InvalidRequest
+from gateway.services.hold_watch import WatchEvent
 
 VERDICT_TO_PROTO = {
     Verdict.ALLOW: gateway_pb2.VERDICT_ALLOW,
@@ -116,6 +118,15 @@ def resolution_to_proto(r: Resolution) -> gateway_pb2.Resolution:
     )
 
 
+def approval_to_proto(a: Approval) -> gateway_pb2.Approval:
+    return gateway_pb2.Approval(
+        approver=a.approver,
+        reason=a.reason,
+        approved_at=timestamp(a.approved_at),
+        audit_seq=a.audit_seq,
+    )
+
+
 def decision_to_proto(d: Decision) -> gateway_pb2.Decision:
     msg = gateway_pb2.Decision(
         action_id=d.action_id,
@@ -126,6 +137,8 @@ def decision_to_proto(d: Decision) -> gateway_pb2.Decision:
         matched_rules=list(d.matched_rules),
         hold_id=d.hold_id,
         audit_seq=d.audit_seq,
+        approvals=[approval_to_proto(a) for a in d.approvals],
+        approvals_required=d.approvals_required if d.hold_id else 0,
     )
     if d.hold_id:
         msg.expires_at.CopyFrom(timestamp(d.expires_at))
@@ -147,6 +160,8 @@ def hold_to_proto(h: Hold) -> approvals_pb2.Hold:
         status=HOLD_STATUS_TO_PROTO[h.status],
         reason=h.reason,
         paused_session=h.paused_session,
+        approvals=[approval_to_proto(a) for a in h.approvals],
+        approvals_required=h.approvals_required,
     )
     if h.resolution is not None:
         msg.resolution.CopyFrom(resolution_to_proto(h.resolution))
@@ -261,4 +276,42 @@ def consistency_proof_to_proto(proof: ConsistencyProof) -> audit_pb2.Consistency
         hashes=[h.hex() for h in proof.hashes],
         old_root=proof.old_root.hex(),
         new_root=proof.new_root.hex(),
+    )
+
+
+HOLD_EVENT_TO_PROTO = {
+    WatchEvent.PENDING: approvals_pb2.HoldEvent.KIND_PENDING,
+    WatchEvent.SYNCED: approvals_pb2.HoldEvent.KIND_SYNCED,
+    WatchEvent.HELD: approvals_pb2.HoldEvent.KIND_HELD,
+    WatchEvent.APPROVED_PARTLY: approvals_pb2.HoldEvent.KIND_APPROVED_PARTLY,
+    WatchEvent.RESOLVED: approvals_pb2.HoldEvent.KIND_RESOLVED,
+}
+
+
+def hold_event_to_proto(event: WatchEvent, hold: Hold | None) -> approvals_pb2.HoldEvent:
+    msg = approvals_pb2.HoldEvent(kind=HOLD_EVENT_TO_PROTO[event])
+    if hold is not None:
+        msg.hold.CopyFrom(hold_to_proto(hold))
+    return msg
+
+
+def paused_session_to_proto(
+    agent_id: str, session_id: str, pause: SessionPause
+) -> approvals_pb2.PausedSession:
+    return approvals_pb2.PausedSession(
+        agent_id=agent_id,
+        session_id=session_id,
+        hold_id=pause.hold_id,
+        reason=pause.reason,
+        paused_at=timestamp(pause.paused_at),
+    )
+
+
+def quarantine_to_proto(q: Quarantine) -> approvals_pb2.Quarantine:
+    return approvals_pb2.Quarantine(
+        agent_id=q.agent_id,
+        reason=q.reason,
+        quarantined_by=q.quarantined_by,
+        since=timestamp(q.since),
+        audit_seq=q.audit_seq,
     )

@@ -24,8 +24,10 @@ from gateway.errors import InvalidRequest, NotImplementedYet
 from gateway.services.approvals import ApprovalDesk
 from gateway.services.audit_queries import AuditSearch
 from gateway.services.decisions import DecisionPipeline
+from gateway.services.hold_watch import HoldWatch
 from gateway.services.key_rotation import rotate_key
 from gateway.services.outcomes import OutcomeDesk
+from gateway.services.quarantine import QuarantineDesk
 from gateway.store.audit_log import AuditLog
 
 READ_CHUNK = 500
@@ -91,10 +93,17 @@ class ApprovalsService(Servicer):
     service = approvals_pb2.DESCRIPTOR.services_by_name["Approvals"]
 
     def __init__(
-        self, auth: Authenticator, desk: ApprovalDesk, redactor: Redactor | None = None
+        self,
+        auth: Authenticator,
+        desk: ApprovalDesk,
+        watch: HoldWatch,
+        quarantines: QuarantineDesk,
+        redactor: Redactor | None = None,
     ) -> None:
         super().__init__(auth, redactor)
         self.desk = desk
+        self.watch = watch
+        self.quarantines = quarantines
 
     @rpc(Role.APPROVER)
     async def ListHolds(
@@ -103,8 +112,17 @@ class ApprovalsService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> approvals_pb2.ListHoldsResponse:
-        holds = await self.desk.list_holds(request.agent_id, request.session_id)
-        return approvals_pb2.ListHoldsResponse(holds=[convert.hold_to_proto(h) for h in holds])
+        holds, next_page = await self.desk.list_holds(
+            agent_id=request.agent_id,
+            session_id=request.session_id,
+            action_type=request.action_type,
+            min_age_seconds=request.min_age.ToTimedelta().total_seconds(),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return approvals_pb2.ListHoldsResponse(
+            holds=[convert.hold_to_proto(h) for h in holds], next_page_token=next_page
+        )
 
     @rpc(Role.APPROVER)
     async def Approve(
@@ -148,8 +166,40 @@ class ApprovalsService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> AsyncIterator[approvals_pb2.HoldEvent]:
-        raise NotImplementedYet("Approvals.WatchHolds")
-        yield approvals_pb2.HoldEvent()  # unreachable: makes this a stream
+        async for event, hold in self.watch.watch():
+            yield convert.hold_event_to_proto(event, hold)
+
+    @rpc(Role.APPROVER, Role.ADMIN)
+    async def ListSessions(
+        self,
+        request: approvals_pb2.ListSessionsRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> approvals_pb2.ListSessionsResponse:
+        paused = await self.desk.paused_sessions(request.agent_id)
+        return approvals_pb2.ListSessionsResponse(
+            sessions=[convert.paused_session_to_proto(a, s, p) for a, s, p in paused]
+        )
+
+    @rpc(Role.ADMIN)
+    async def QuarantineAgent(
+        self,
+        request: approvals_pb2.QuarantineAgentRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> approvals_pb2.Quarantine:
+        record = await self.quarantines.quarantine(principal, request.agent_id, request.reason)
+        return convert.quarantine_to_proto(record)
+
+    @rpc(Role.ADMIN)
+    async def ReleaseAgent(
+        self,
+        request: approvals_pb2.ReleaseAgentRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> approvals_pb2.ReleaseAgentResponse:
+        was, seq = await self.quarantines.release(principal, request.agent_id, request.reason)
+        return approvals_pb2.ReleaseAgentResponse(was_quarantined=was, audit_seq=seq)
 
 
 class AuditService(Servicer):

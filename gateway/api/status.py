@@ -31,6 +31,7 @@ from gateway.domain.redaction import Redactor
 from gateway.errors import (
     AlreadyExists,
     Conflict,
+    Exhausted,
     Forbidden,
     GatewayError,
     InFlight,
@@ -62,6 +63,7 @@ STATUS_FOR: dict[type[GatewayError], grpc.StatusCode] = {
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     InFlight: grpc.StatusCode.ABORTED,
+    Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 

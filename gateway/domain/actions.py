@@ -64,6 +64,16 @@ class Resolution:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """One approver's approval of a hold that needs a quorum."""
+
+    approver: str
+    reason: str
+    approved_at: float  # unix seconds
+    audit_seq: int = 0
+
+
+@dataclass(frozen=True)
 class Decision:
     action_id: str
     session_id: str
@@ -75,6 +85,8 @@ class Decision:
     expires_at: float = 0.0  # unix seconds; 0 when not held
     resolution: Resolution | None = None
     audit_seq: int = 0
+    approvals: tuple[Approval, ...] = ()
+    approvals_required: int = 1
 
 
 def request_digest(request: ActionRequest, key: bytes) -> str:

@@ -2,8 +2,9 @@
 
 Pure state machine over values and a clock reading. The store makes the transition
 atomic across replicas (compare-and-set on the status); this module decides whether
-a transition is allowed and what it produces. Quorum and separation of duties will
-extend `resolve`.
+a transition is allowed and what it produces. A hold that needs a quorum collects
+approvals (`approve`) until that many distinct approvers have approved; a
+rejection resolves it at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from gateway.domain.actions import (
     ActionRequest,
+    Approval,
     Decision,
     Finding,
     Resolution,
@@ -51,6 +53,8 @@ class Hold:
     audit_seq: int = 0
     status: HoldStatus = HoldStatus.PENDING
     resolution: Resolution | None = None
+    approvals: tuple[Approval, ...] = ()
+    approvals_required: int = 1
 
     @property
     def final_verdict(self) -> Verdict:
@@ -77,6 +81,8 @@ class Hold:
             expires_at=self.expires_at,
             resolution=self.resolution,
             audit_seq=self.audit_seq,
+            approvals=self.approvals,
+            approvals_required=self.approvals_required,
         )
 
 
@@ -92,6 +98,18 @@ class SessionPause:
     @classmethod
     def by(cls, hold: Hold) -> SessionPause:
         return cls(hold.hold_id, hold.reason, hold.created_at)
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """An agent an admin put in quarantine: its actions are held (or denied, per
+    config) until it is released."""
+
+    agent_id: str
+    reason: str
+    quarantined_by: str
+    since: float  # unix seconds
+    audit_seq: int = 0
 
 
 def check_reason(reason: str) -> str:
@@ -124,6 +142,28 @@ def resolve(hold: Hold, status: ResolutionStatus, decided_by: str, reason: str, 
     return replace(hold, status=_STATUS_FOR[status], resolution=resolution)
 
 
+def approve(hold: Hold, approver: str, reason: str, now: float) -> Hold:
+    """The hold with one more approval: approved once it has `approvals_required`
+    distinct approvers, else still pending. The same approver counts once (Conflict)."""
+    if hold.status is HoldStatus.PENDING and any(a.approver == approver for a in hold.approvals):
+        raise Conflict(
+            f"hold {hold.hold_id} already has your approval; it needs "
+            f"{hold.approvals_required - len(hold.approvals)} more from other approvers"
+        )
+    if len(hold.approvals) + 1 >= hold.approvals_required:
+        resolved = resolve(hold, ResolutionStatus.APPROVED, approver, reason, now)
+        return replace(resolved, approvals=(*hold.approvals, Approval(approver, reason, now)))
+    resolve(hold, ResolutionStatus.APPROVED, approver, reason, now)  # the same checks
+    return replace(hold, approvals=(*hold.approvals, Approval(approver, reason, now)))
+
+
 def with_resolution_seq(hold: Hold, seq: int) -> Hold:
-    assert hold.resolution is not None
-    return replace(hold, resolution=replace(hold.resolution, audit_seq=seq))
+    """The hold with `seq` in what the commit added: its resolution, or the last
+    approval of a hold still collecting approvals."""
+    if hold.resolution is None:
+        *earlier, last = hold.approvals
+        return replace(hold, approvals=(*earlier, replace(last, audit_seq=seq)))
+    approvals = hold.approvals
+    if approvals and approvals[-1].audit_seq == 0:
+        approvals = (*approvals[:-1], replace(approvals[-1], audit_seq=seq))
+    return replace(hold, resolution=replace(hold.resolution, audit_seq=seq), approvals=approvals)

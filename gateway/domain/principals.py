@@ -24,6 +24,9 @@ class Principal:
     name: str
     role: Role
     token_sha256: str
+    # Agents this principal is responsible for: it may not approve or reject their
+    # actions (separation of duties).
+    owns: frozenset[str] = frozenset()
 
 
 def token_digest(token: str) -> str:

@@ -52,6 +52,8 @@ def combine_verdict(
     recommendations: Mapping[str, Effect],
     in_paused_session: bool,
     paused_session_verdict: Verdict,
+    quarantine_reason: str | None = None,
+    quarantine_verdict: Verdict = Verdict.HOLD,
 ) -> VerdictOutcome:
     verdict, reason = policy.verdict, policy.reason
     pause = False
@@ -66,4 +68,7 @@ def combine_verdict(
     if in_paused_session and paused_session_verdict >= verdict:
         verdict = paused_session_verdict
         reason = "the session is paused for review; an approver must resume it"
+    if quarantine_reason is not None and quarantine_verdict >= verdict:
+        verdict = quarantine_verdict
+        reason = f"the agent is quarantined: {quarantine_reason}"
     return VerdictOutcome(verdict=verdict, paused_session=pause, reason=reason)

@@ -13,6 +13,7 @@ attempt. So any number of `Await`s on a hold costs a couple of reads per wake-up
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Hashable
@@ -21,11 +22,26 @@ from typing import Generic, TypeVar
 from gateway.domain.actions import Decision, ResolutionStatus
 from gateway.domain.audit.entry import EntryDraft, format_timestamp
 from gateway.domain.audit.events import ActorType, EventType
-from gateway.domain.holds import Hold, HoldStatus, check_reason, resolve, with_resolution_seq
+from gateway.domain.holds import (
+    Hold,
+    HoldStatus,
+    SessionPause,
+    approve,
+    check_reason,
+    resolve,
+    with_resolution_seq,
+)
 from gateway.domain.principals import Principal
 from gateway.domain.redaction import Redactor
 from gateway.domain.validation import require_identifier
-from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable, preview
+from gateway.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    StoreUnavailable,
+    preview,
+)
 from gateway.store.audit_log import AuditLog
 from gateway.store.intents import LiftPause, ResolveHold
 from gateway.store.notifications import ResolutionListener
@@ -42,6 +58,11 @@ HOLD_EVENTS = {
 # app.py wakes every waiter this often, in case a notification was lost; the waiters
 # of one hold then share one read.
 RECHECK_SECONDS = 5.0
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# Approvals of one quorum racing each other: each loser is counted on top of the
+# winner, re-read and committed again, at most this many times.
+QUORUM_RACE_ATTEMPTS = 20
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -131,33 +152,82 @@ class ApprovalDesk:
         if self._expiring:
             await asyncio.wait(list(self._expiring.values()), timeout=timeout)
 
-    async def list_holds(self, agent_id: str = "", session_id: str = "") -> list[Hold]:
-        holds = await self.state.pending_holds()
-        return [
-            h
-            for h in holds
-            if (not agent_id or h.request.agent_id == agent_id)
-            and (not session_id or h.request.session_id == session_id)
-        ]
+    async def list_holds(
+        self,
+        agent_id: str = "",
+        session_id: str = "",
+        action_type: str = "",
+        min_age_seconds: float = 0.0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[Hold], str]:
+        """Pending holds matching the filters, oldest first, one page of them, and the
+        token of the next page ("" on the last)."""
+        size = page_size or DEFAULT_PAGE_SIZE
+        if not 0 < size <= MAX_PAGE_SIZE:
+            raise InvalidRequest("page_size", f"must be from 1 to {MAX_PAGE_SIZE}")
+        after = _page_position(page_token)
+        newest = self.clock() - min_age_seconds
+        holds = sorted(
+            (
+                h
+                for h in await self.state.pending_holds()
+                if (not agent_id or h.request.agent_id == agent_id)
+                and (not session_id or h.request.session_id == session_id)
+                and (not action_type or h.request.action_type == action_type)
+                and h.created_at <= newest
+                and (after is None or (h.created_at, h.hold_id) > after)
+            ),
+            key=lambda h: (h.created_at, h.hold_id),
+        )
+        page = holds[:size]
+        token = _page_token(page[-1]) if len(holds) > size else ""
+        return page, token
+
+    async def paused_sessions(self, agent_id: str = "") -> list[tuple[str, str, SessionPause]]:
+        if agent_id:
+            require_identifier("agent_id", agent_id, 128)
+        return await self.state.paused_sessions(agent_id)
+
+    async def escalate_due(self, escalation_seconds: float) -> int:
+        """Logs, once per hold across replicas, every hold pending longer than
+        `escalation_seconds` (an alert, once alerts exist); returns how many."""
+        if escalation_seconds <= 0:
+            return 0
+        now, done = self.clock(), 0
+        for hold in await self.state.pending_holds():
+            if now - hold.created_at < escalation_seconds:
+                continue
+            if await self.state.mark_escalated(hold):
+                done += 1
+                log.warning(
+                    "hold still pending past its escalation time",
+                    extra={
+                        "category": "security",
+                        "event": "hold_escalated",
+                        "hold_id": hold.hold_id,
+                        "agent_id": hold.request.agent_id,
+                        "action_type": hold.request.action_type,
+                        "pending_seconds": round(now - hold.created_at, 3),
+                        "approvals": len(hold.approvals),
+                        "approvals_required": hold.approvals_required,
+                    },
+                )
+        return done
 
     async def approve(self, principal: Principal, hold_id: str, reason: str) -> Hold:
-        return await self._resolve(
-            hold_id, ResolutionStatus.APPROVED, principal.name, ActorType.USER, reason
-        )
+        return await self._decide(principal, hold_id, ResolutionStatus.APPROVED, reason)
 
     async def reject(self, principal: Principal, hold_id: str, reason: str) -> Hold:
-        return await self._resolve(
-            hold_id, ResolutionStatus.REJECTED, principal.name, ActorType.USER, reason
-        )
+        return await self._decide(principal, hold_id, ResolutionStatus.REJECTED, reason)
 
     async def expire(self, hold_id: str) -> Hold:
-        return await self._resolve(
-            hold_id,
-            ResolutionStatus.EXPIRED,
-            SYSTEM,
-            ActorType.SYSTEM,
-            "hold expired without a decision",
+        require_identifier("hold_id", hold_id, 128)
+        hold = await self._read(hold_id)
+        resolved = resolve(
+            hold, ResolutionStatus.EXPIRED, SYSTEM, "hold expired without a decision", self.clock()
         )
+        return await self._commit(hold, resolved, ActorType.SYSTEM)
 
     async def expire_due(self) -> int:
         """Resolves every hold whose time has run out; returns how many this call did."""
@@ -182,24 +252,90 @@ class ApprovalDesk:
                 )
         return done
 
-    async def _resolve(
-        self,
-        hold_id: str,
-        status: ResolutionStatus,
-        actor: str,
-        actor_type: ActorType,
-        reason: str,
-    ) -> Hold:
-        require_identifier("hold_id", hold_id, 128)
-        reason = self.redactor.text(check_reason(reason))
+    async def _read(self, hold_id: str) -> Hold:
         hold = await self.state.get_hold(hold_id)
         if hold is None:
             raise NotFound(f"hold {preview(hold_id)} not found")
-        now = self.clock()
-        resolved = resolve(hold, status, actor, reason, now)
+        return hold
+
+    async def _decide(
+        self, principal: Principal, hold_id: str, status: ResolutionStatus, reason: str
+    ) -> Hold:
+        """An approver's approval or rejection. An approval of a hold that needs a
+        quorum counts once per approver; it resolves the hold when the last one
+        needed arrives. A commit that loses a race with another approval is re-read
+        and tried again, so concurrent approvals all count."""
+        require_identifier("hold_id", hold_id, 128)
+        reason = self.redactor.text(check_reason(reason))
+        for _ in range(QUORUM_RACE_ATTEMPTS):
+            hold = await self._read(hold_id)
+            if hold.request.agent_id in principal.owns:
+                await self._refuse_owner(principal, hold, status)
+            now = self.clock()
+            if status is ResolutionStatus.APPROVED:
+                after = approve(hold, principal.name, reason, now)
+            else:
+                after = resolve(hold, status, principal.name, reason, now)
+            try:
+                return await self._commit(hold, after, ActorType.USER)
+            except Conflict:
+                if hold.approvals_required <= 1:
+                    raise
+                # Another approval of this quorum landed first: count ours on top.
+                continue
+        raise Conflict(f"hold {preview(hold_id)} is being decided by others; try again")
+
+    async def _refuse_owner(
+        self, principal: Principal, hold: Hold, status: ResolutionStatus
+    ) -> None:
+        """Separation of duties: a principal does not decide its own agents' actions.
+        Recorded as a security event, then refused."""
+        verb = "approve" if status is ResolutionStatus.APPROVED else "reject"
         draft = EntryDraft(
-            timestamp=format_timestamp(now),
-            event_type=HOLD_EVENTS[status],
+            timestamp=format_timestamp(self.clock()),
+            event_type=EventType.SEPARATION_OF_DUTIES,
+            actor=principal.name,
+            actor_type=ActorType.USER,
+            action_id=hold.request.action_id,
+            action_type=hold.request.action_type,
+            resource=hold.request.resource,
+            details={
+                "hold_id": hold.hold_id,
+                "agent_id": hold.request.agent_id,
+                "attempted": verb,
+                "reason": "the approver owns the agent that submitted the action",
+            },
+            outcome="refused",
+        )
+        (entry,) = await self.audit.commit([draft])
+        log.warning(
+            "an owner tried to decide its own agent's action",
+            extra={
+                "category": "security",
+                "actor": principal.name,
+                "agent_id": hold.request.agent_id,
+                "hold_id": hold.hold_id,
+                "audit_seq": entry.seq,
+            },
+        )
+        raise Forbidden(
+            f"you own agent {hold.request.agent_id}: another approver must {verb} its actions"
+        )
+
+    async def _commit(self, hold: Hold, after: Hold, actor_type: ActorType) -> Hold:
+        """Appends the entry of a resolution (or of one more approval) with the change."""
+        hold_id = hold.hold_id
+        if after.resolution is not None:
+            event_type = HOLD_EVENTS[after.resolution.status]
+            actor, reason = after.resolution.decided_by, after.resolution.reason
+            outcome = after.resolution.status.value
+        else:
+            event_type = EventType.HOLD_APPROVAL_ADDED
+            actor, reason = after.approvals[-1].approver, after.approvals[-1].reason
+            outcome = "approved"
+        draft = EntryDraft(
+            timestamp=format_timestamp(self.clock()),
+            event_type=event_type,
             actor=actor,
             actor_type=actor_type,
             action_id=hold.request.action_id,
@@ -211,25 +347,28 @@ class ApprovalDesk:
                 "session_id": hold.request.session_id,
                 "reason": reason,
                 "decision_seq": hold.audit_seq,
+                "approvals": len(after.approvals),
+                "approvals_required": hold.approvals_required,
             },
-            outcome=status.value,
+            outcome=outcome,
         )
         entries = await self.audit.commit(
             [draft],
-            ResolveHold(resolved),
+            ResolveHold(after, approvals_before=len(hold.approvals)),
             conflict=f"hold {preview(hold_id)} is no longer pending",
         )
         log.info(
-            "hold resolved",
+            "hold resolved" if after.resolution is not None else "hold approval added",
             extra={
                 "category": "user_interactions" if actor_type is ActorType.USER else "decisions",
                 "hold_id": hold_id,
-                "status": status.value,
+                "status": after.status.value,
                 "decided_by": actor,
+                "approvals": len(after.approvals),
                 "audit_seq": entries[0].seq,
             },
         )
-        return with_resolution_seq(resolved, entries[0].seq)
+        return with_resolution_seq(after, entries[0].seq)
 
     async def resume_session(
         self, principal: Principal, agent_id: str, session_id: str, reason: str
@@ -316,3 +455,21 @@ class ApprovalDesk:
 
             task.add_done_callback(finished)
         return await asyncio.shield(task)
+
+
+def _page_token(last: Hold) -> str:
+    """Where the next page starts: after this hold (by creation time, then id)."""
+    return base64.urlsafe_b64encode(f"{last.created_at!r}|{last.hold_id}".encode()).decode()
+
+
+def _page_position(token: str) -> tuple[float, str] | None:
+    if not token:
+        return None
+    try:
+        created, _, hold_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        position = (float(created), hold_id)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("page_token", "is not a token this gateway gave") from None
+    if not hold_id:
+        raise InvalidRequest("page_token", "is not a token this gateway gave")
+    return position

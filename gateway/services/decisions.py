@@ -229,8 +229,9 @@ class DecisionPipeline:
         now: float,
     ) -> tuple[Decision, EntryDraft, RecordDecision]:
         findings = detect(stored, observed.counters, self.config.detection)
+        quarantine = observed.quarantine.reason if observed.quarantine else None
         decision, draft, hold = self.verdict(
-            request, stored, findings, observed.pause is not None, now
+            request, stored, findings, observed.pause is not None, now, quarantine
         )
         return decision, draft, RecordDecision(request, claim, decision, hold)
 
@@ -265,6 +266,7 @@ class DecisionPipeline:
         findings: list[Finding],
         in_paused_session: bool,
         now: float,
+        quarantine_reason: str | None = None,
     ) -> tuple[Decision, EntryDraft, Hold | None]:
         """Policy and findings combined into the decision, its entry and its hold."""
         policy_result = evaluate_rules(self.policy.current, request)
@@ -274,6 +276,8 @@ class DecisionPipeline:
             self.config.recommendations,
             in_paused_session=in_paused_session,
             paused_session_verdict=self.config.paused_session_verdict,
+            quarantine_reason=quarantine_reason,
+            quarantine_verdict=self.config.quarantine_verdict,
         )
         decision = Decision(
             action_id=request.action_id,
@@ -294,8 +298,17 @@ class DecisionPipeline:
                 created_at=now,
                 expires_at=now + self.config.hold_ttl_seconds,
                 paused_session=outcome.paused_session,
+                # A hold rule's quorum; a hold for any other reason needs one approver.
+                approvals_required=(
+                    policy_result.quorum if policy_result.verdict is Verdict.HOLD else 1
+                ),
             )
-            decision = replace(decision, hold_id=hold.hold_id, expires_at=hold.expires_at)
+            decision = replace(
+                decision,
+                hold_id=hold.hold_id,
+                expires_at=hold.expires_at,
+                approvals_required=hold.approvals_required,
+            )
         draft = decision_entry(stored, decision, outcome, now)  # `stored` is redacted
         return decision, draft, hold
 

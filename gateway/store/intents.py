@@ -25,13 +25,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.domain.actions import ActionRequest, Decision
-from gateway.domain.holds import Hold, SessionPause, with_resolution_seq
+from gateway.domain.holds import Hold, HoldStatus, Quarantine, SessionPause, with_resolution_seq
 from gateway.store.keys import KeySpace
 from gateway.store.records import (
     decision_from_json,
     decision_to_json,
     hold_to_json,
     pause_to_json,
+    quarantine_to_json,
 )
 
 if TYPE_CHECKING:
@@ -110,9 +111,13 @@ class RecordDecision:
 
 @dataclass(frozen=True)
 class ResolveHold:
-    """A pending hold resolved (approved, rejected or expired): `hold` as resolved."""
+    """A pending hold resolved (approved, rejected or expired), or given one more
+    approval towards its quorum: `hold` as it is after. The commit checks that the
+    hold is still pending with `approvals_before` approvals, so that two approvals
+    at once never count as one."""
 
     hold: Hold
+    approvals_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,13 +137,36 @@ class RecordOutcome:
 
 
 @dataclass(frozen=True)
+class QuarantineAgent:
+    """An agent put in quarantine: refused if it is already."""
+
+    quarantine: Quarantine
+
+
+@dataclass(frozen=True)
+class ReleaseAgent:
+    """A quarantined agent released: refused if it is not quarantined."""
+
+    agent_id: str
+
+
+@dataclass(frozen=True)
 class RotateKey:
     """The entries are signed by the current key; every later entry by `signer`."""
 
     signer: Signer
 
 
-Intent = RecordDecision | ResolveHold | LiftPause | RecordOutcome | RotateKey | None
+Intent = (
+    RecordDecision
+    | ResolveHold
+    | LiftPause
+    | RecordOutcome
+    | QuarantineAgent
+    | ReleaseAgent
+    | RotateKey
+    | None
+)
 
 
 @dataclass(frozen=True)
@@ -194,27 +222,52 @@ class IntentWriter:
             return self._decision(item, intent, entries[0].seq, index)
         if isinstance(intent, ResolveHold):
             hold = intent.hold
+            resolved = hold.status is not HoldStatus.PENDING
             item |= {
                 "kind": "resolve",
                 "hold": index(self.keys.hold(hold.hold_id)),
                 "json": dumps(hold_to_json(with_resolution_seq(hold, entries[0].seq))),
                 "status": hold.status.value,
+                "approvals_before": str(intent.approvals_before),
+                "approvals": str(len(hold.approvals)),
+                "resolved": resolved,
                 "px": self.lifetimes.resolved_hold_ms,
                 "pending": index(self.keys.pending_holds),
                 "hold_id": hold.hold_id,
                 "channel": self.keys.hold_resolved_channel,
+                "event": f"{'resolved' if resolved else 'approved'}:{hold.hold_id}",
             }
         elif isinstance(intent, RecordOutcome):
             item |= {
-                "kind": "outcome",
+                "kind": "create",
                 "record": index(self.keys.outcome(intent.agent_id, intent.action_id)),
                 "value": str(entries[0].seq),
                 "px": self.lifetimes.decision_ms,
             }
         elif isinstance(intent, LiftPause):
             item |= {
-                "kind": "lift",
-                "pause": index(self.keys.session_pause(intent.agent_id, intent.session_id)),
+                "kind": "remove",
+                "record": index(self.keys.session_pause(intent.agent_id, intent.session_id)),
+                "index": index(self.keys.paused_sessions),
+                "member": f"{intent.agent_id}|{intent.session_id}",
+            }
+        elif isinstance(intent, QuarantineAgent):
+            record = replace(intent.quarantine, audit_seq=entries[0].seq)
+            item |= {
+                "kind": "create",
+                "record": index(self.keys.quarantine(record.agent_id)),
+                "value": dumps(quarantine_to_json(record)),
+                "px": 0,
+                "index": index(self.keys.quarantined_agents),
+                "member": record.agent_id,
+                "score": repr(record.since),
+            }
+        elif isinstance(intent, ReleaseAgent):
+            item |= {
+                "kind": "remove",
+                "record": index(self.keys.quarantine(intent.agent_id)),
+                "index": index(self.keys.quarantined_agents),
+                "member": intent.agent_id,
             }
         return item, []
 
@@ -251,11 +304,16 @@ class IntentWriter:
                 "pending": index(k.pending_holds),
                 "expires_at": repr(hold.expires_at),
                 "hold_id": hold.hold_id,
+                "channel": k.hold_resolved_channel,
+                "event": f"held:{hold.hold_id}",
             }
             if hold.paused_session:
                 item["pause"] = {
                     "key": index(k.session_pause(request.agent_id, request.session_id)),
                     "value": dumps(pause_to_json(SessionPause.by(hold))),
                     "px": life.session_idle_ms,
+                    "index": index(k.paused_sessions),
+                    "member": f"{request.agent_id}|{request.session_id}",
+                    "score": repr(hold.created_at),
                 }
         return item, projections

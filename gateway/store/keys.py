@@ -81,6 +81,22 @@ class KeySpace:
     def session_pause(self, agent_id: str, session_id: str) -> str:
         return f"{self.prefix}:{{audit}}:pause:{agent_id}|{session_id}"
 
+    @property
+    def paused_sessions(self) -> str:
+        """Index of paused sessions ("<agent>|<session>" by pause time), for listing."""
+        return f"{self.prefix}:{{audit}}:paused"
+
+    def quarantine(self, agent_id: str) -> str:
+        return f"{self.prefix}:{{audit}}:quarantine:{agent_id}"
+
+    @property
+    def quarantined_agents(self) -> str:
+        return f"{self.prefix}:{{audit}}:quarantined"
+
+    def escalated(self, hold_id: str) -> str:
+        """That a hold pending past its escalation time was reported (once)."""
+        return f"{self.prefix}:{{audit}}:escalated:{hold_id}"
+
     def hold(self, hold_id: str) -> str:
         return f"{self.prefix}:{{audit}}:hold:{hold_id}"
 

@@ -1,8 +1,15 @@
-"""Wake-ups for `Gateway.Await`: Redis pub/sub on the hold-resolved channel.
+"""Hold events from every replica: Redis pub/sub on the holds channel.
 
-One subscription per gateway process; waiters register an event per hold id before
-they read the hold's state, so a resolution between the read and the wait is never
-missed. If the subscription drops, every waiter is woken to re-read the state.
+Messages are "<kind>:<hold_id>": `held` (a new hold), `approved` (one more
+approval, still pending) and `resolved`. One subscription per gateway process
+serves every waiter and watcher:
+
+- `Gateway.Await`: waiters register an event per hold id before they read the
+  hold's state, so a resolution between the read and the wait is never missed.
+- `Approvals.WatchHolds`: listeners get every (kind, hold_id), and `RESYNC` when
+  the subscription was lost and events may have been missed.
+
+If the subscription drops, every waiter is woken to re-read the state.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis.asyncio as aioredis
 
@@ -18,12 +25,15 @@ from gateway.store.connection import REDIS_FAILURES, is_cluster
 
 log = logging.getLogger("agentgw.store")
 
+RESYNC = "resync"  # events may have been missed: read the pending holds again
+
 
 class ResolutionListener:
     def __init__(self, client: aioredis.Redis, channel: str) -> None:
         self.client = client
         self.channel = channel
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self.listeners: set[Callable[[str, str], None]] = set()
         self.subscribed = asyncio.Event()
 
     @contextlib.contextmanager
@@ -38,6 +48,10 @@ class ResolutionListener:
                 waiters.discard(event)
                 if not waiters:
                     del self._waiters[hold_id]
+
+    def _tell(self, kind: str, hold_id: str) -> None:
+        for listener in list(self.listeners):
+            listener(kind, hold_id)
 
     def wake_all(self) -> None:
         self._wake(None)
@@ -63,9 +77,12 @@ class ResolutionListener:
                 backoff = 0.1
                 # A resolution may have happened while we were not subscribed.
                 self._wake(None)
+                self._tell(RESYNC, "")
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        self._wake(str(message["data"]))
+                        kind, _, hold_id = str(message["data"]).rpartition(":")
+                        self._wake(hold_id)
+                        self._tell(kind or "resolved", hold_id)
             except REDIS_FAILURES as e:
                 self.subscribed.clear()
                 log.warning(

@@ -12,13 +12,14 @@ from typing import Any
 
 from gateway.domain.actions import (
     ActionRequest,
+    Approval,
     Decision,
     Finding,
     Resolution,
     ResolutionStatus,
     Verdict,
 )
-from gateway.domain.holds import Hold, HoldStatus, SessionPause
+from gateway.domain.holds import Hold, HoldStatus, Quarantine, SessionPause
 
 
 def finding_to_json(f: Finding) -> dict[str, Any]:
@@ -80,6 +81,28 @@ def resolution_from_json(obj: Mapping[str, Any] | None) -> Resolution | None:
     )
 
 
+def approval_to_json(a: Approval) -> dict[str, Any]:
+    return {
+        "approver": a.approver,
+        "reason": a.reason,
+        "approved_at": a.approved_at,
+        "audit_seq": a.audit_seq,
+    }
+
+
+def approvals_from_json(items: Any) -> tuple[Approval, ...]:
+    """A record's approvals (none in records written before quorums existed)."""
+    return tuple(
+        Approval(
+            approver=str(a["approver"]),
+            reason=str(a["reason"]),
+            approved_at=float(a["approved_at"]),
+            audit_seq=int(a["audit_seq"]),
+        )
+        for a in items or ()
+    )
+
+
 def hold_to_json(h: Hold) -> dict[str, Any]:
     return {
         "hold_id": h.hold_id,
@@ -93,6 +116,8 @@ def hold_to_json(h: Hold) -> dict[str, Any]:
         "audit_seq": h.audit_seq,
         "status": h.status.value,
         "resolution": resolution_to_json(h.resolution),
+        "approvals": [approval_to_json(a) for a in h.approvals],
+        "approvals_required": h.approvals_required,
     }
 
 
@@ -109,6 +134,8 @@ def hold_from_json(obj: Mapping[str, Any]) -> Hold:
         audit_seq=int(obj["audit_seq"]),
         status=HoldStatus(obj["status"]),
         resolution=resolution_from_json(obj["resolution"]),
+        approvals=approvals_from_json(obj.get("approvals")),
+        approvals_required=int(obj.get("approvals_required", 1)),
     )
 
 
@@ -124,6 +151,7 @@ def decision_to_json(d: Decision) -> dict[str, Any]:
         "expires_at": d.expires_at,
         "resolution": resolution_to_json(d.resolution),
         "audit_seq": d.audit_seq,
+        "approvals_required": d.approvals_required,
     }
 
 
@@ -139,6 +167,7 @@ def decision_from_json(obj: Mapping[str, Any]) -> Decision:
         expires_at=float(obj["expires_at"]),
         resolution=resolution_from_json(obj["resolution"]),
         audit_seq=int(obj["audit_seq"]),
+        approvals_required=int(obj.get("approvals_required", 1)),
     )
 
 
@@ -151,4 +180,24 @@ def pause_from_json(obj: Mapping[str, Any]) -> SessionPause:
         hold_id=str(obj.get("hold_id", "")),
         reason=str(obj.get("reason", "")),
         paused_at=float(obj.get("paused_at", 0.0)),
+    )
+
+
+def quarantine_to_json(q: Quarantine) -> dict[str, Any]:
+    return {
+        "agent_id": q.agent_id,
+        "reason": q.reason,
+        "quarantined_by": q.quarantined_by,
+        "since": q.since,
+        "audit_seq": q.audit_seq,
+    }
+
+
+def quarantine_from_json(obj: Mapping[str, Any]) -> Quarantine:
+    return Quarantine(
+        agent_id=str(obj["agent_id"]),
+        reason=str(obj["reason"]),
+        quarantined_by=str(obj["quarantined_by"]),
+        since=float(obj["since"]),
+        audit_seq=int(obj["audit_seq"]),
     )

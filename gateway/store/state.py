@@ -18,11 +18,15 @@ from gateway.domain.detect.anomaly import METRICS, Stats
 from gateway.domain.detect.engine import Counters, DetectionSettings
 from gateway.domain.detect.loops import agent_mark
 from gateway.domain.detect.rates import WINDOW_SECONDS, Quota, RateCounts, Refusal
-from gateway.domain.holds import Hold, SessionPause
+from gateway.domain.holds import Hold, Quarantine, SessionPause
 from gateway.store.connection import is_cluster, load_script, unavailable_on_error
 from gateway.store.intents import Claim, DecidedRecord, Lifetimes
 from gateway.store.keys import KeySpace
-from gateway.store.records import hold_from_json, pause_from_json
+from gateway.store.records import (
+    hold_from_json,
+    pause_from_json,
+    quarantine_from_json,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Observation:
 
     pause: SessionPause | None
     counters: Counters
+    quarantine: Quarantine | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,16 @@ class Reused(enum.Enum):
     """The action_id was used before for a request with another digest."""
 
     REUSED = "reused"
+
+
+# KEYS[1] the paused-sessions index, KEYS[2..] pause keys; ARGV their index members.
+FORGET_LAPSED_PAUSES = """
+for i, member in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+"""
 
 
 class StateStore:
@@ -126,7 +141,7 @@ class StateStore:
         a, s = request.agent_id, request.session_id
         keys = self._detection_keys(request)
         if self.single_node:
-            keys.append(self.keys.session_pause(a, s))
+            keys += [self.keys.session_pause(a, s), self.keys.quarantine(a)]
         anomaly, loops, limits = settings.anomaly, settings.loops, quota.limits
         apm = anomaly.priors["actions_per_minute"]
         cpt = anomaly.priors["calls_per_task"]
@@ -168,14 +183,15 @@ class StateStore:
                 reply = await script
             else:
                 # GETEX keeps the pause alive with the session, as observe.lua does.
-                reply, pause_json = await asyncio.gather(
+                reply, pause_json, quarantine_json = await asyncio.gather(
                     script,
                     self.client.getex(
                         self.keys.session_pause(a, s), px=self.lifetimes.session_idle_ms
                     ),
+                    self.client.get(self.keys.quarantine(a)),
                 )
                 if reply[0] == "new":
-                    reply[1] = pause_json or ""
+                    reply[1], reply[10] = pause_json or "", quarantine_json or ""
         status = reply[0]
         if status in ("seen", "pending"):
             return await self._decided_or(request, claim, status)
@@ -184,7 +200,8 @@ class StateStore:
         if status == "limited":
             return Limited(Refusal(str(reply[1]), _rate_counts(reply[2])))
         pause = pause_from_json(json.loads(reply[1])) if reply[1] else None
-        return Observation(pause, _counters(reply))
+        quarantine = quarantine_from_json(json.loads(reply[10])) if reply[10] else None
+        return Observation(pause, _counters(reply), quarantine)
 
     async def _decided_or(
         self, request: ActionRequest, claim: Claim, status: str
@@ -302,6 +319,61 @@ class StateStore:
         with unavailable_on_error("finding the next hold expiry"):
             first = await self.client.zrange(self.keys.pending_holds, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
+
+    async def mark_escalated(self, hold: Hold) -> bool:
+        """True for the one caller (on any replica) that marks the hold escalated."""
+        ttl_ms = max(1000, int((hold.expires_at - hold.created_at) * 1000))
+        with unavailable_on_error("marking a hold escalated"):
+            done = await self.client.set(self.keys.escalated(hold.hold_id), "1", nx=True, px=ttl_ms)
+        return bool(done)
+
+    async def quarantine(self, agent_id: str) -> Quarantine | None:
+        with unavailable_on_error("reading the agent's quarantine"):
+            raw = await self.client.get(self.keys.quarantine(agent_id))
+        return quarantine_from_json(json.loads(raw)) if raw else None
+
+    async def quarantined(self) -> list[Quarantine]:
+        with unavailable_on_error("listing quarantined agents"):
+            agents = await self.client.zrange(self.keys.quarantined_agents, 0, -1)
+            if not agents:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for agent_id in agents:
+                    pipe.get(self.keys.quarantine(str(agent_id)))
+                raws = await pipe.execute()
+        return [quarantine_from_json(json.loads(raw)) for raw in raws if raw]
+
+    async def paused_sessions(self, agent_id: str = "") -> list[tuple[str, str, SessionPause]]:
+        """(agent, session, pause) of every paused session, oldest first; entries of
+        pauses that lapsed with their session are dropped from the index."""
+        with unavailable_on_error("listing paused sessions"):
+            members = [str(m) for m in await self.client.zrange(self.keys.paused_sessions, 0, -1)]
+            pairs = [tuple(m.split("|", 1)) for m in members]
+            wanted = [(m, p) for m, p in zip(members, pairs, strict=True) if len(p) == 2]
+            if agent_id:
+                wanted = [(m, p) for m, p in wanted if p[0] == agent_id]
+            if not wanted:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for _, (agent, session) in wanted:
+                    pipe.get(self.keys.session_pause(agent, session))
+                raws = await pipe.execute()
+            lapsed = [(m, p) for (m, p), raw in zip(wanted, raws, strict=True) if not raw]
+            if lapsed:
+                # Only if still lapsed: the session may have been paused again since.
+                pause_keys = [self.keys.session_pause(a, s) for _, (a, s) in lapsed]
+                await self.client.eval(
+                    FORGET_LAPSED_PAUSES,
+                    1 + len(lapsed),
+                    self.keys.paused_sessions,
+                    *pause_keys,
+                    *[m for m, _ in lapsed],
+                )
+        return [
+            (agent, session, pause_from_json(json.loads(raw)))
+            for (_, (agent, session)), raw in zip(wanted, raws, strict=True)
+            if raw
+        ]
 
     async def session_pause(self, agent_id: str, session_id: str) -> SessionPause | None:
         with unavailable_on_error("reading the session state"):

@@ -42,7 +42,8 @@ def unbounded_keys(keys: KeySpace) -> set[str]:
         keys.audit_tree,
         keys.audit_keys,
         keys.audit_checkpoint,
-        keys.pending_holds,
+        keys.pending_holds,  # bounded by the pending holds
+        keys.paused_sessions,  # bounded by the paused sessions
     }
 
 

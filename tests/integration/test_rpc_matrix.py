@@ -37,6 +37,9 @@ ROLES: dict[str, set[str]] = {
     "Gateway.Log": {"agent"},
     "Approvals.ListHolds": {"approver"},
     "Approvals.WatchHolds": {"approver"},
+    "Approvals.ListSessions": {"approver", "admin"},
+    "Approvals.QuarantineAgent": {"admin"},
+    "Approvals.ReleaseAgent": {"admin"},
     "Approvals.Approve": {"approver"},
     "Approvals.Reject": {"approver"},
     "Approvals.ResumeSession": {"approver", "admin"},
@@ -54,7 +57,6 @@ ROLES: dict[str, set[str]] = {
 }
 NOT_BUILT_YET = {
     "Gateway.Log",
-    "Approvals.WatchHolds",
     "Alerts.List",
     "Alerts.Watch",
     "Alerts.Acknowledge",

@@ -878,3 +878,21 @@ def test_a_redaction_pattern_matching_nothing_at_all_is_refused() -> None:
 )
 def test_bad_redaction_settings_name_their_line_and_key(body: str, expected: str) -> None:
     assert parse_error(body).startswith(SOURCE + expected)
+
+
+def test_owners_quarantine_verdict_and_escalation_are_read() -> None:
+    config = parse(
+        "principals:\n"
+        "  - name: ana\n    role: approver\n    token_sha256: " + "ab" * 32 + "\n"
+        "    owns: [billing-agent, ops-agent]\n"
+        "quarantine_verdict: deny\n"
+        "holds:\n  escalation_seconds: 120\n"
+    )
+    [ana] = config.principals
+    assert ana.owns == frozenset({"billing-agent", "ops-agent"})
+    assert config.quarantine_verdict is Verdict.DENY
+    assert config.hold_escalation_seconds == 120
+    assert (Config().quarantine_verdict, Config().hold_escalation_seconds) == (Verdict.HOLD, 600)
+    assert parse_error("quarantine_verdict: allow\n") == (
+        f"{SOURCE}:1: quarantine_verdict: expected hold or deny"
+    )

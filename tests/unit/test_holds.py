@@ -18,6 +18,7 @@ from gateway.domain.holds import (
     MAX_REASON_CHARS,
     Hold,
     HoldStatus,
+    approve,
     check_reason,
     resolve,
     with_resolution_seq,
@@ -224,3 +225,28 @@ def test_reason_one_over_the_limit_is_refused() -> None:
         check_reason("r" * (MAX_REASON_CHARS + 1))
     assert caught.value.field == "reason"
     assert caught.value.why == "length 2001 exceeds the limit of 2000"
+
+
+def test_a_quorum_collects_distinct_approvals_then_resolves() -> None:
+    hold = replace(pending_hold(), approvals_required=2)
+    once = approve(hold, "ana", "ok", CREATED + 1)
+    assert (once.status, [a.approver for a in once.approvals]) == (HoldStatus.PENDING, ["ana"])
+    assert once.resolution is None
+    with pytest.raises(Conflict, match="already has your approval; it needs 1 more"):
+        approve(once, "ana", "again", CREATED + 2)
+    twice = approve(once, "bo", "ok too", CREATED + 3)
+    assert twice.status is HoldStatus.APPROVED and twice.resolution is not None
+    assert twice.resolution.decided_by == "bo"
+    assert [a.approver for a in twice.approvals] == ["ana", "bo"]
+    # The commit's seq lands on what it added: the second approval and the resolution.
+    sealed = with_resolution_seq(
+        replace(twice, approvals=(replace(twice.approvals[0], audit_seq=8), twice.approvals[1])), 9
+    )
+    assert [a.audit_seq for a in sealed.approvals] == [8, 9]
+    assert sealed.resolution is not None and sealed.resolution.audit_seq == 9
+
+
+def test_an_approval_after_expiry_is_refused_even_towards_a_quorum() -> None:
+    hold = replace(pending_hold(), approvals_required=3)
+    with pytest.raises(Conflict, match="expired"):
+        approve(hold, "ana", "late", EXPIRES + 1)

@@ -60,6 +60,7 @@ def test_doc_example_loads_and_uses_every_key() -> None:
         "deny-everything-else-in-prod",
     ]
     assert policy.rules[4].reason == "matched rule hold-other-email"
+    assert [rule.quorum for rule in policy.rules] == [1, 2, 1, 1, 1, 1, 1]
 
 
 def test_doc_table_has_rows() -> None:
@@ -291,7 +292,7 @@ HEADER = "version: 1\ndefault_verdict: allow\nrules:\n"
         pytest.param(
             HEADER + "  - name: a\n    verdict: allow\n  - name: b\n    verdcit: deny\n",
             "policy.yaml:7: rules[1].verdcit: unknown key (expected one of name, description, "
-            "verdict, reason, match)",
+            "verdict, reason, match, quorum)",
             id="unknown-rule-key",
         ),
         pytest.param(
@@ -547,3 +548,16 @@ def test_a_value_that_refers_to_itself_is_refused_with_its_line() -> None:
         load_policy(text, "policy.yaml")
     assert "refers to itself" in str(refused.value)
     assert str(refused.value).startswith("policy.yaml:10:")
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("verdict: allow\n    quorum: 2", "only a hold rule can need a quorum"),
+        ("verdict: hold\n    quorum: 11", "expected at most 10 approvers"),
+        ("verdict: hold\n    quorum: 0", "expected an integer >= 1"),
+    ],
+)
+def test_quorum_is_for_hold_rules_and_bounded(rule: str, message: str) -> None:
+    body = f"version: 1\ndefault_verdict: allow\nrules:\n  - name: r\n    {rule}\n"
+    assert load_error(body).endswith(f"rules[0].quorum: {message}")

@@ -27,6 +27,10 @@ class EventType(enum.StrEnum):
     SESSION_RESUMED = "session_resumed"
     KEY_ROTATED = "key_rotated"
     OUTCOME_REPORTED = "outcome_reported"
+    HOLD_APPROVAL_ADDED = "hold_approval_added"  # one approval of a quorum, still pending
+    SEPARATION_OF_DUTIES = "security_separation_of_duties"  # an owner deciding its agent
+    AGENT_QUARANTINED = "agent_quarantined"
+    AGENT_RELEASED = "agent_released"
 
 
 # Events that are security-relevant whatever their details say.
@@ -37,6 +41,8 @@ SECURITY_EVENT_TYPES: Final = frozenset(
         EventType.HOLD_EXPIRED,
         EventType.SESSION_RESUMED,
         EventType.KEY_ROTATED,
+        EventType.AGENT_QUARANTINED,
+        EventType.AGENT_RELEASED,
     }
 )
 # Families of events that are all security-relevant, so that events added later

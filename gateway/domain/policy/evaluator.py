@@ -21,12 +21,13 @@ class PolicyResult:
     verdict: Verdict
     matched_rules: tuple[str, ...]
     reason: str
+    quorum: int = 1  # approvers a hold needs (the matching rule's `quorum`)
 
 
 def evaluate_rules(policy: Policy, request: ActionRequest) -> PolicyResult:
     for rule in policy.rules:
         if rule_matches(rule.match, request):
-            return PolicyResult(rule.verdict, (rule.name,), rule.reason)
+            return PolicyResult(rule.verdict, (rule.name,), rule.reason, rule.quorum)
     verdict = policy.default_verdict
     return PolicyResult(verdict, (), f"no rule matched; default {verdict.name.lower()}")
 

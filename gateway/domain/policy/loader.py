@@ -43,7 +43,8 @@ _DIGITS = re.compile(r"[0-9]+")
 _VERDICTS = {"allow": Verdict.ALLOW, "hold": Verdict.HOLD, "deny": Verdict.DENY}
 
 _POLICY_KEYS = ("version", "default_verdict", "rules")
-_RULE_KEYS = ("name", "description", "verdict", "reason", "match")
+_RULE_KEYS = ("name", "description", "verdict", "reason", "match", "quorum")
+MAX_QUORUM = 10
 _MATCH_KEYS = ("action_type", "agent", "resource", "labels", "parameters")
 _PARAMETER_KEYS = ("path", "op", "value")
 
@@ -148,12 +149,22 @@ def _rule(r: YamlReader, entries: dict[str, Node], path: str) -> Rule:
     match = Match()
     if "match" in entries:
         match = _match(r, entries["match"], join(path, "match"))
+    verdict = _verdict(r, entries["verdict"], join(path, "verdict"))
+    quorum = 1
+    if "quorum" in entries:
+        where = join(path, "quorum")
+        quorum = r.integer(entries["quorum"], where, 1)
+        if verdict is not Verdict.HOLD:
+            raise r.fail(entries["quorum"], where, "only a hold rule can need a quorum")
+        if quorum > MAX_QUORUM:
+            raise r.fail(entries["quorum"], where, f"expected at most {MAX_QUORUM} approvers")
     return Rule(
         name=name,
         description=description,
-        verdict=_verdict(r, entries["verdict"], join(path, "verdict")),
+        verdict=verdict,
         reason=reason,
         match=match,
+        quorum=quorum,
     )
 
 

@@ -94,6 +94,7 @@ class Rule:
     verdict: Verdict
     reason: str
     match: Match
+    quorum: int = 1  # a hold rule: how many distinct approvers release the action
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,20 @@
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
 --          "keys": [field, value, ...] (key history changes: first key, rotations),
 --          "items": [{"entries": [line...], "kind": "none" | "decide" | "resolve" |
---                     "lift" | "outcome", and the fields of its kind (below)}]}
+--                     "create" | "remove", and the fields of its kind (below)}]}
 --
 --   decide   record, value, px (the decided record: must not exist yet);
 --            [marker, marker_value] the claim marker; [hold {key, json, status, px,
 --            pending, expires_at, hold_id}]; [pause {key, value, px}]
---   resolve  hold (status must be 'pending'), json, status, px, pending, hold_id,
---            channel (published the hold_id)
---   lift     pause (must exist): deleted
---   outcome  record (must not exist yet), value, px: an action's outcome reported
+--   resolve  hold (status must be 'pending' with approvals_before approvals), json,
+--            status, approvals, resolved (then px, pending: retention and out of
+--            the index), hold_id, channel and event (published)
+--   (a new hold publishes its event on its channel too)
+--   create   record (must not exist yet), value, px (0: no ttl); [index, member,
+--            score]: also added to that sorted set (an outcome, a quarantine)
+--   remove   record (must exist): deleted; [index, member]: also removed from that
+--            sorted set (a session's pause, a quarantine)
+--   decide's pause also has [index, member, score] (the paused-sessions index)
 --
 -- Returns {'ok'}; {'moved', seq, hash, frontier, key_id} when another writer appended
 -- first or the head names another signing key (a rotation, or a misconfigured replica);
@@ -54,12 +59,13 @@ end
 
 -- The key an item's precondition reads, and whether it holds.
 local function check(item)
-  if item.kind == 'decide' or item.kind == 'outcome' then
+  if item.kind == 'decide' or item.kind == 'create' then
     return item.record, redis.call('EXISTS', KEYS[item.record]) == 0
   elseif item.kind == 'resolve' then
-    return item.hold, redis.call('HGET', KEYS[item.hold], 'status') == 'pending'
-  elseif item.kind == 'lift' then
-    return item.pause, redis.call('EXISTS', KEYS[item.pause]) == 1
+    local state = redis.call('HMGET', KEYS[item.hold], 'status', 'approvals')
+    return item.hold, state[1] == 'pending' and (state[2] or '0') == item.approvals_before
+  elseif item.kind == 'remove' then
+    return item.record, redis.call('EXISTS', KEYS[item.record]) == 1
   end
   return nil, true
 end
@@ -77,9 +83,7 @@ local function writes(item)
     return keys
   elseif item.kind == 'resolve' then
     return {item.hold}
-  elseif item.kind == 'lift' then
-    return {item.pause}
-  elseif item.kind == 'outcome' then
+  elseif item.kind == 'remove' or item.kind == 'create' then
     return {item.record}
   end
   return {}
@@ -93,23 +97,38 @@ local function apply(item)
     end
     local hold = item.hold
     if hold then
-      redis.call('HSET', KEYS[hold.key], 'json', hold.json, 'status', hold.status)
+      redis.call('HSET', KEYS[hold.key], 'json', hold.json, 'status', hold.status, 'approvals', 0)
       redis.call('PEXPIRE', KEYS[hold.key], hold.px)
       redis.call('ZADD', KEYS[hold.pending], hold.expires_at, hold.hold_id)
+      redis.call('PUBLISH', hold.channel, hold.event)
     end
     local pause = item.pause
     if pause then
       redis.call('SET', KEYS[pause.key], pause.value, 'PX', pause.px)
+      redis.call('ZADD', KEYS[pause.index], pause.score, pause.member)
     end
   elseif item.kind == 'resolve' then
-    redis.call('HSET', KEYS[item.hold], 'json', item.json, 'status', item.status)
-    redis.call('PEXPIRE', KEYS[item.hold], item.px)
-    redis.call('ZREM', KEYS[item.pending], item.hold_id)
-    redis.call('PUBLISH', item.channel, item.hold_id)
-  elseif item.kind == 'lift' then
-    redis.call('DEL', KEYS[item.pause])
-  elseif item.kind == 'outcome' then
-    redis.call('SET', KEYS[item.record], item.value, 'PX', item.px)
+    redis.call('HSET', KEYS[item.hold], 'json', item.json, 'status', item.status,
+      'approvals', item.approvals)
+    if item.resolved then
+      redis.call('PEXPIRE', KEYS[item.hold], item.px)
+      redis.call('ZREM', KEYS[item.pending], item.hold_id)
+    end
+    redis.call('PUBLISH', item.channel, item.event)
+  elseif item.kind == 'remove' then
+    redis.call('DEL', KEYS[item.record])
+    if item.index then
+      redis.call('ZREM', KEYS[item.index], item.member)
+    end
+  elseif item.kind == 'create' then
+    if tonumber(item.px) > 0 then
+      redis.call('SET', KEYS[item.record], item.value, 'PX', item.px)
+    else
+      redis.call('SET', KEYS[item.record], item.value)
+    end
+    if item.index then
+      redis.call('ZADD', KEYS[item.index], item.score, item.member)
+    end
   end
 end
 

@@ -12,7 +12,8 @@
 -- KEYS[8] agent's stats (hash)    KEYS[9] agent's type profile (hash)
 -- KEYS[10] session's type mix     KEYS[11] agent's open tasks (zset: session by last use)
 -- KEYS[12] calls per open task (hash: session -> calls)
--- KEYS[13] session pause (optional: on a cluster it is in another slot, read apart)
+-- KEYS[13] session pause, KEYS[14] agent quarantine (optional: on a cluster they
+--          are in the {audit} slot, read apart)
 --
 -- ARGV[1] claim ttl ms   ARGV[2] action_type   ARGV[3] fingerprint
 -- ARGV[4] session history length   ARGV[5] session idle timeout ms
@@ -37,7 +38,8 @@
 --       this very call before, resent after a lost reply: then nothing is counted
 --       again). counts = {agent, session, type, bytes} in the window, this action
 --       included; stats = flat {metric, n, mean, m2, ...}; samples = flat {metric,
---       value} to judge now; mix/profile flat hashes ('' when not returned).
+--       value} to judge now; mix/profile flat hashes ('' when not returned);
+--       then the quarantine JSON or ''.
 -- Numbers that are not integers are returned as strings (Lua numbers become
 -- integer replies).
 local now = tonumber(ARGV[7])
@@ -189,12 +191,13 @@ end
 for _, i in ipairs({8, 9, 11, 12}) do
   redis.call('PEXPIRE', KEYS[i], life)
 end
-local pause = false
+local pause, quarantine = false, false
 if KEYS[13] then
   pause = redis.call('GET', KEYS[13])
   if pause then
     redis.call('PEXPIRE', KEYS[13], idle)
   end
+  quarantine = redis.call('GET', KEYS[14])
 end
 
 local stats = {}
@@ -236,4 +239,5 @@ return {
   samples,
   mix,
   profile,
+  quarantine or '',
 }
