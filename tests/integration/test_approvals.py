@@ -18,6 +18,9 @@ from google.protobuf import duration_pb2
 
 from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from gateway.domain.actions import Verdict
+from gateway.domain.audit.events import ActorType
+from gateway.domain.holds import approve as approve_hold
+from gateway.errors import Conflict
 from tests.harness import (
     GatewayLogs,
     ManualClock,
@@ -123,6 +126,31 @@ def test_concurrent_approvals_of_a_quorum_all_count(quorum: RunningGateway) -> N
     }
     kinds = [e["event_type"] for e in entries(gw)[1:]]
     assert kinds == ["hold_approval_added", "hold_approved"]
+
+
+def test_an_approval_built_on_a_stale_count_is_refused_not_lost(
+    quorum: RunningGateway,
+) -> None:
+    # Two approvals computed from the same read of the hold (the race, made exact):
+    # the second commit finds one approval more than it was built on, so it writes
+    # nothing; overwriting would lose the first approval.
+    gw = quorum
+    held = gw.agent().submit("payment", session_id="s", parameters={"amount": 3})
+    desk = gw.app.desk
+
+    async def race() -> None:
+        hold = await desk._read(held.hold_id)
+        first = approve_hold(hold, "approver-1", "ok", gw.clock())
+        second = approve_hold(hold, "approver-2", "ok", gw.clock())
+        await desk._commit(hold, first, ActorType.USER)
+        with pytest.raises(Conflict):
+            await desk._commit(hold, second, ActorType.USER)
+
+    gw.run(race())
+    [listed] = gw.approvals.ListHolds(
+        approvals_pb2.ListHoldsRequest(), metadata=gw.md("approver-1")
+    ).holds
+    assert [a.approver for a in listed.approvals] == ["approver-1"]
 
 
 def test_two_approvers_racing_on_one_hold_get_one_winner(gw: RunningGateway) -> None:
