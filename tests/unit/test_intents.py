@@ -14,7 +14,7 @@ from gateway.domain.actions import ActionRequest, Decision, Resolution, Resoluti
 from gateway.domain.audit.chain import Head, Segment, extend
 from gateway.domain.audit.entry import AuditEntry, EntryDraft
 from gateway.domain.audit.keys import Signer
-from gateway.domain.holds import Hold, HoldStatus
+from gateway.domain.holds import Hold, HoldStatus, Quarantine
 from gateway.store.intents import (
     Claim,
     DecidedRecord,
@@ -23,7 +23,10 @@ from gateway.store.intents import (
     KeyIndex,
     Lifetimes,
     LiftPause,
+    QuarantineAgent,
     RecordDecision,
+    RecordOutcome,
+    ReleaseAgent,
     ResolveHold,
     RotateKey,
 )
@@ -54,6 +57,9 @@ INTENTS: list[Intent] = [
     RecordDecision(REQUEST, CLAIM, replace(DECISION, verdict=Verdict.ALLOW, hold_id="")),
     ResolveHold(RESOLVED),
     LiftPause("agent:7", "s:1"),
+    RecordOutcome("agent:7", "act:1"),
+    QuarantineAgent(Quarantine("agent:7", "leaked key", "admin", 1000.0)),
+    ReleaseAgent("agent:7"),
     RotateKey(SIGNER),
     None,
 ]
