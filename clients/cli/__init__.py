@@ -1,8 +1,9 @@
-"""The `agentgw` command: serve, submit, holds, sessions, audit.
+"""The `agentgw` command: serve, submit, outcome, holds, sessions, agents, audit.
 
-One module per audience: `agent` (submit), `approver` (holds, sessions), `auditor`
-(audit export, keys, checkpoint, verify, prove-*) with `queries` (audit query,
-report), and `admin` (serve, keys rotate); `common` holds the connection options,
+One module per audience: `agent` (submit, outcome), `approver` (holds list, watch,
+approve, reject; sessions list, resume), `auditor` (audit export, keys, checkpoint,
+verify, prove-*) with `queries` (audit query, report), and `admin` (serve, keys
+rotate, agents quarantine|release); `common` holds the connection options,
 exit codes and output helpers. `serve` imports the server lazily; every other
 command is a gRPC client, and `audit verify` (and `audit query|report --export`)
 works offline with only the pure audit-format package.
@@ -49,5 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_commands(sub)
     approver.add_commands(sub)
     admin.add_key_commands(sub)
+    admin.add_agent_commands(sub)
     auditor.add_commands(sub)
     return parser

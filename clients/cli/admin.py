@@ -1,4 +1,5 @@
-"""`agentgw serve` and `agentgw keys rotate`: the operator's and admin's commands.
+"""`agentgw serve`, `agentgw keys rotate` and `agentgw agents quarantine|release`: the
+operator's and admin's commands.
 
 `serve` runs the gateway in this process, so it alone imports the server, and only
 when it runs (tests/unit/test_architecture.py checks that no other client code does).
@@ -11,8 +12,16 @@ import os
 import sys
 from pathlib import Path
 
-from agentgw.v1 import audit_pb2
-from clients.cli.common import EXIT_FAILED, EXIT_OK, Commands, add_client_options, audit_stub
+from agentgw.v1 import approvals_pb2, audit_pb2
+from clients.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Commands,
+    add_client_options,
+    approvals_stub,
+    audit_stub,
+    report_refusals,
+)
 
 
 def add_serve_command(sub: Commands) -> None:
@@ -40,6 +49,26 @@ def add_key_commands(sub: Commands) -> None:
         help="rotate to a key provisioned as <audit.key_dir>/<KEY_ID>.pem (default: a new one)",
     )
     rotate.set_defaults(run=run_keys_rotate)
+    # `build_parser` adds the admin's client commands through this one call.
+
+
+def add_agent_commands(sub: Commands) -> None:
+    agents = sub.add_parser("agents", help="quarantine agents (admins)").add_subparsers(
+        metavar="ACTION"
+    )
+    quarantine = add_client_options(
+        agents.add_parser(
+            "quarantine",
+            help="hold (or deny, as configured) every action of an agent until it is released",
+        )
+    )
+    quarantine.add_argument("agent")
+    quarantine.add_argument("--reason", required=True, help="recorded in the audit log")
+    quarantine.set_defaults(run=run_agent_quarantine)
+    release = add_client_options(agents.add_parser("release", help="end an agent's quarantine"))
+    release.add_argument("agent")
+    release.add_argument("--reason", required=True, help="recorded in the audit log")
+    release.set_defaults(run=run_agent_release)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -80,4 +109,31 @@ def run_keys_rotate(args: argparse.Namespace) -> int:
         "auditors: `agentgw audit verify` learns the new key from the chain; save the key "
         "set again for prove-inclusion/prove-consistency (agentgw audit keys --out keys.json)"
     )
+    return EXIT_OK
+
+
+@report_refusals
+def run_agent_quarantine(args: argparse.Namespace) -> int:
+    stub, md = approvals_stub(args)
+    record = stub.QuarantineAgent(
+        approvals_pb2.QuarantineAgentRequest(agent_id=args.agent, reason=args.reason),
+        metadata=md,
+        timeout=args.timeout,
+    )
+    print(f"quarantined {record.agent_id} (audit seq {record.audit_seq})")
+    return EXIT_OK
+
+
+@report_refusals
+def run_agent_release(args: argparse.Namespace) -> int:
+    stub, md = approvals_stub(args)
+    response = stub.ReleaseAgent(
+        approvals_pb2.ReleaseAgentRequest(agent_id=args.agent, reason=args.reason),
+        metadata=md,
+        timeout=args.timeout,
+    )
+    if response.was_quarantined:
+        print(f"released {args.agent} (audit seq {response.audit_seq})")
+    else:
+        print(f"{args.agent} was not quarantined")
     return EXIT_OK

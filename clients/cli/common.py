@@ -1,11 +1,12 @@
 """What every `agentgw` command shares: exit codes, usage errors, the connection
-options (--server, --token, --timeout and their environment variables), stubs, and
-output helpers. No command lives here.
+options (--server, --token, --timeout and their environment variables), stubs, how a
+refused call is printed, and output helpers. No command lives here.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -28,6 +29,47 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 class CliError(Exception):
     """A usage or input problem: printed, exit code 2."""
+
+
+# Refusals whose status message is written for the person who made the call (it names
+# the hold, the agent or the field and the rule): printed as they are, without the code.
+PLAIN_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+
+def describe_refusal(error: grpc.RpcError) -> str:
+    """A failed call in one line: the server's message, with the status code in front
+    unless it is one of PLAIN_REFUSALS."""
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or ""
+    if code in PLAIN_REFUSALS and details:
+        return details
+    return f"{code.name}: {details}" if details else code.name
+
+
+Command: TypeAlias = Callable[[argparse.Namespace], int]
+
+
+def report_refusals(run: Command) -> Command:
+    """Wraps a command: a failed call prints `agentgw: <describe_refusal>` on stderr and
+    exits EXIT_FAILED (instead of reaching `main`'s generic status dump)."""
+
+    @functools.wraps(run)
+    def reporting(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except grpc.RpcError as e:
+            print(f"agentgw: {describe_refusal(e)}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return reporting
 
 
 def add_client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
