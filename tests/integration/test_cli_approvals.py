@@ -5,10 +5,12 @@ that ends); and the watch table's board (events -> rows), without a terminal."""
 
 from __future__ import annotations
 
-import _thread
 import io
 import json
+import os
 import re
+import signal
+import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -32,6 +34,7 @@ from clients.cli.approver import (
 from clients.wire import python_to_struct
 from tests.harness import ManualClock, RunningGateway, test_principals, token_for, wait_for
 from tests.integration.test_approvals import QUORUM_POLICY
+from tests.processes import AGENTGW
 
 Kind = approvals_pb2.HoldEvent
 MakeGateway = Callable[..., RunningGateway]
@@ -361,18 +364,26 @@ def test_holds_watch_draws_a_live_table_and_notes_each_approval(
 
 
 @pytest.mark.parametrize("mode", [["--json"], []], ids=["json", "table"])
-def test_holds_watch_exits_quietly_on_ctrl_c(
-    gw: RunningGateway, capsys: pytest.CaptureFixture[str], mode: list[str]
-) -> None:
-    def interrupt_when_watching() -> None:
-        wait_for(lambda: gw.app.watch.watchers == 1, what="the watch to start")
-        _thread.interrupt_main()
-
-    helper = threading.Thread(target=interrupt_when_watching, daemon=True)
-    helper.start()
-    code, out, err = cli(capsys, gw, "approver-1", "holds", "watch", *mode)
-    helper.join(5)
-    assert (code, err) == (0, "")
+def test_holds_watch_exits_quietly_on_ctrl_c(gw: RunningGateway, mode: list[str]) -> None:
+    # As a user does it: the real command in its own process, and SIGINT to it.
+    env = {**os.environ, "AGENTGW_SERVER": gw.target, "AGENTGW_TOKEN": token_for("approver-1")}
+    watch = subprocess.Popen(
+        [AGENTGW, "holds", "watch", *mode],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: gw.app.watch.watchers == 1, timeout=30, what="the watch to start")
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=20)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(10)
+    assert (watch.returncode, err) == (0, "")
     assert "Traceback" not in out
     wait_for(lambda: gw.app.watch.watchers == 0, what="the watch to be cancelled")
 
