@@ -258,16 +258,11 @@ class IntentWriter:
                 "record": index(self.keys.quarantine(record.agent_id)),
                 "value": dumps(quarantine_to_json(record)),
                 "px": 0,
-                "index": index(self.keys.quarantined_agents),
-                "member": record.agent_id,
-                "score": repr(record.since),
             }
         elif isinstance(intent, ReleaseAgent):
             item |= {
                 "kind": "remove",
                 "record": index(self.keys.quarantine(intent.agent_id)),
-                "index": index(self.keys.quarantined_agents),
-                "member": intent.agent_id,
             }
         return item, []
 

@@ -89,10 +89,6 @@ class KeySpace:
     def quarantine(self, agent_id: str) -> str:
         return f"{self.prefix}:{{audit}}:quarantine:{agent_id}"
 
-    @property
-    def quarantined_agents(self) -> str:
-        return f"{self.prefix}:{{audit}}:quarantined"
-
     def escalated(self, hold_id: str) -> str:
         """That a hold pending past its escalation time was reported (once)."""
         return f"{self.prefix}:{{audit}}:escalated:{hold_id}"

@@ -327,22 +327,6 @@ class StateStore:
             done = await self.client.set(self.keys.escalated(hold.hold_id), "1", nx=True, px=ttl_ms)
         return bool(done)
 
-    async def quarantine(self, agent_id: str) -> Quarantine | None:
-        with unavailable_on_error("reading the agent's quarantine"):
-            raw = await self.client.get(self.keys.quarantine(agent_id))
-        return quarantine_from_json(json.loads(raw)) if raw else None
-
-    async def quarantined(self) -> list[Quarantine]:
-        with unavailable_on_error("listing quarantined agents"):
-            agents = await self.client.zrange(self.keys.quarantined_agents, 0, -1)
-            if not agents:
-                return []
-            async with self.client.pipeline(transaction=False) as pipe:
-                for agent_id in agents:
-                    pipe.get(self.keys.quarantine(str(agent_id)))
-                raws = await pipe.execute()
-        return [quarantine_from_json(json.loads(raw)) for raw in raws if raw]
-
     async def paused_sessions(self, agent_id: str = "") -> list[tuple[str, str, SessionPause]]:
         """(agent, session, pause) of every paused session, oldest first; entries of
         pauses that lapsed with their session are dropped from the index."""

@@ -21,8 +21,8 @@
 --            status, approvals, resolved (then px, pending: retention and out of
 --            the index), hold_id, channel and event (published)
 --   (a new hold publishes its event on its channel too)
---   create   record (must not exist yet), value, px (0: no ttl); [index, member,
---            score]: also added to that sorted set (an outcome, a quarantine)
+--   create   record (must not exist yet), value, px (0: no ttl): an outcome, a
+--            quarantine
 --   remove   record (must exist): deleted; [index, member]: also removed from that
 --            sorted set (a session's pause, a quarantine)
 --   decide's pause also has [index, member, score] (the paused-sessions index)
@@ -125,9 +125,6 @@ local function apply(item)
       redis.call('SET', KEYS[item.record], item.value, 'PX', item.px)
     else
       redis.call('SET', KEYS[item.record], item.value)
-    end
-    if item.index then
-      redis.call('ZADD', KEYS[item.index], item.score, item.member)
     end
   end
 end
