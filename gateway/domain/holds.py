@@ -129,6 +129,16 @@ def resolve(hold: Hold, status: ResolutionStatus, decided_by: str, reason: str, 
     Raises Conflict when the hold is no longer pending, or when an approver acts on a
     hold whose time has run out (it resolves as expired instead).
     """
+    _check_open(hold, status, now)
+    resolution = Resolution(
+        status=status, decided_by=decided_by, reason=reason, decided_at=now, audit_seq=0
+    )
+    return replace(hold, status=_STATUS_FOR[status], resolution=resolution)
+
+
+def _check_open(hold: Hold, status: ResolutionStatus, now: float) -> None:
+    """Conflict unless `hold` may take `status` now: it must be pending, and expired
+    exactly when its time has run out."""
     if hold.status is not HoldStatus.PENDING:
         raise Conflict(f"hold {hold.hold_id} is already {hold.status.value}")
     if status is ResolutionStatus.EXPIRED:
@@ -136,25 +146,21 @@ def resolve(hold: Hold, status: ResolutionStatus, decided_by: str, reason: str, 
             raise Conflict(f"hold {hold.hold_id} has not expired yet")
     elif now >= hold.expires_at:
         raise Conflict(f"hold {hold.hold_id} expired; it can no longer be {status.value}")
-    resolution = Resolution(
-        status=status, decided_by=decided_by, reason=reason, decided_at=now, audit_seq=0
-    )
-    return replace(hold, status=_STATUS_FOR[status], resolution=resolution)
 
 
 def approve(hold: Hold, approver: str, reason: str, now: float) -> Hold:
     """The hold with one more approval: approved once it has `approvals_required`
     distinct approvers, else still pending. The same approver counts once (Conflict)."""
-    if hold.status is HoldStatus.PENDING and any(a.approver == approver for a in hold.approvals):
+    _check_open(hold, ResolutionStatus.APPROVED, now)
+    if any(a.approver == approver for a in hold.approvals):
         raise Conflict(
             f"hold {hold.hold_id} already has your approval; it needs "
             f"{hold.approvals_required - len(hold.approvals)} more from other approvers"
         )
-    if len(hold.approvals) + 1 >= hold.approvals_required:
-        resolved = resolve(hold, ResolutionStatus.APPROVED, approver, reason, now)
-        return replace(resolved, approvals=(*hold.approvals, Approval(approver, reason, now)))
-    resolve(hold, ResolutionStatus.APPROVED, approver, reason, now)  # the same checks
-    return replace(hold, approvals=(*hold.approvals, Approval(approver, reason, now)))
+    counted = replace(hold, approvals=(*hold.approvals, Approval(approver, reason, now)))
+    if len(counted.approvals) < hold.approvals_required:
+        return counted
+    return resolve(counted, ResolutionStatus.APPROVED, approver, reason, now)
 
 
 def with_resolution_seq(hold: Hold, seq: int) -> Hold:
