@@ -182,13 +182,8 @@ class StateStore:
             if self.single_node:
                 reply = await script
             else:
-                # GETEX keeps the pause alive with the session, as observe.lua does.
-                reply, pause_json, quarantine_json = await asyncio.gather(
-                    script,
-                    self.client.getex(
-                        self.keys.session_pause(a, s), px=self.lifetimes.session_idle_ms
-                    ),
-                    self.client.get(self.keys.quarantine(a)),
+                reply, (pause_json, quarantine_json) = await asyncio.gather(
+                    script, self._audit_slot_state(a, s)
                 )
                 if reply[0] == "new":
                     reply[1], reply[10] = pause_json or "", quarantine_json or ""
@@ -202,6 +197,18 @@ class StateStore:
         pause = pause_from_json(json.loads(reply[1])) if reply[1] else None
         quarantine = quarantine_from_json(json.loads(reply[10])) if reply[10] else None
         return Observation(pause, _counters(reply), quarantine)
+
+    async def _audit_slot_state(self, agent_id: str, session_id: str) -> list[str | None]:
+        """On a cluster: the session's pause and the agent's quarantine, both in the
+        `{audit}` slot, in one round trip beside observe.lua (GETEX keeps the pause
+        alive with the session, as the script does on one node)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.getex(
+                self.keys.session_pause(agent_id, session_id), px=self.lifetimes.session_idle_ms
+            )
+            pipe.get(self.keys.quarantine(agent_id))
+            found: list[str | None] = await pipe.execute()
+        return found
 
     async def _decided_or(
         self, request: ActionRequest, claim: Claim, status: str

@@ -162,6 +162,19 @@ def test_two_gateways_decide_hold_approve_expire_and_verify_on_a_cluster(
         after = a2.submit("search", session_id="loop", action_id="after-resume")
         assert after.verdict == gateway_pb2.VERDICT_ALLOW
 
+        # A quarantine set through one gateway holds the agent on the other (the record
+        # is in the {audit} slot, read beside the agent's counting script).
+        admin = bearer(token_for("admin-1"))
+        approvals(first).QuarantineAgent(
+            approvals_pb2.QuarantineAgentRequest(agent_id="agent-2", reason="leak"), metadata=admin
+        )
+        quarantined = b2.submit("search", session_id="q", action_id="quarantined")
+        assert quarantined.reason == "the agent is quarantined: leak"
+        approvals(second).ReleaseAgent(
+            approvals_pb2.ReleaseAgentRequest(agent_id="agent-2", reason="fixed"), metadata=admin
+        )
+        assert a2.submit("search", session_id="q", action_id="released").verdict == 1
+
     # One chain, written by both gateways, verifies offline.
     entries, verify = export_and_verify(second.target, tmp_path)
     assert verify.returncode == 0, verify.output
@@ -170,7 +183,14 @@ def test_two_gateways_decide_hold_approve_expire_and_verify_on_a_cluster(
     for action_id, answer in answers.items():
         assert by_seq[answer.audit_seq]["action_id"] == action_id
     events = [e["event_type"] for e in entries]
-    for event in ("hold_approved", "hold_rejected", "hold_expired", "session_resumed"):
+    for event in (
+        "hold_approved",
+        "hold_rejected",
+        "hold_expired",
+        "session_resumed",
+        "agent_quarantined",
+        "agent_released",
+    ):
         assert events.count(event) == 1, event
     assert events.count("security_action_id_reused") == 1
 
