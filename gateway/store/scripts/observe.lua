@@ -104,6 +104,7 @@ if tonumber(ARGV[11]) > 0 then
 end
 local token = string.sub(claim, 68)
 local request_bytes = tonumber(ARGV[13])
+local counted = nil  -- the windows with this action, once it is admitted
 if fresh then
   local c = counts()
   local limits = {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])}
@@ -114,6 +115,10 @@ if fresh then
       return {'limited', names[i], c}
     end
   end
+  if limits[3] == 0 then
+    after[3] = 0  -- no window for this type
+  end
+  counted = after
 
   redis.call('SET', KEYS[1], claim, 'PX', ARGV[1])
   local keep = tonumber(ARGV[4]) - 1
@@ -208,7 +213,7 @@ for _, metric in ipairs({'actions_per_minute', 'calls_per_task', 'error_rate', '
   stats[#stats + 1] = string.format('%.17g', mean)
   stats[#stats + 1] = string.format('%.17g', m2)
 end
-local c = counts()
+local c = counted or counts()
 local calls = tonumber(redis.call('HGET', KEYS[12], ARGV[28]) or '0')
 local samples = {'actions_per_minute', tostring(c[1]), 'calls_per_task', tostring(calls)}
 -- What outcomes left to judge: the current error rate, and the tokens of the last
