@@ -26,25 +26,25 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentgw/v1/alerts.proto\x12\nagentgw.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12&\n\x08severity\x18\x03 \x01(\x0e\x32\x14.agentgw.v1.Severity\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x08\x66ired_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61\x63knowledged_by\x18\x07 \x01(\t\x12\x33\n\x0f\x61\x63knowledged_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x11ListAlertsRequest\x12\x1b\n\x13unacknowledged_only\x18\x01 \x01(\x08\"7\n\x12ListAlertsResponse\x12!\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x11.agentgw.v1.Alert\"\x14\n\x12WatchAlertsRequest\"4\n\x12\x41\x63knowledgeRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t*u\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cSEVERITY_LOW\x10\x01\x12\x13\n\x0fSEVERITY_MEDIUM\x10\x02\x12\x11\n\rSEVERITY_HIGH\x10\x03\x12\x15\n\x11SEVERITY_CRITICAL\x10\x04\x32\xcf\x01\n\x06\x41lerts\x12\x45\n\x04List\x12\x1d.agentgw.v1.ListAlertsRequest\x1a\x1e.agentgw.v1.ListAlertsResponse\x12<\n\x05Watch\x12\x1e.agentgw.v1.WatchAlertsRequest\x1a\x11.agentgw.v1.Alert0\x01\x12@\n\x0b\x41\x63knowledge\x12\x1e.agentgw.v1.AcknowledgeRequest\x1a\x11.agentgw.v1.Alertb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentgw/v1/alerts.proto\x12\nagentgw.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x03\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12&\n\x08severity\x18\x03 \x01(\x0e\x32\x14.agentgw.v1.Severity\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x08\x66ired_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61\x63knowledged_by\x18\x07 \x01(\t\x12\x33\n\x0f\x61\x63knowledged_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07subject\x18\t \x01(\t\x12\x1c\n\x14\x61\x63knowledgement_note\x18\n \x01(\t\x12\x10\n\x08\x63hannels\x18\x0b \x03(\t\x12\x12\n\nevent_type\x18\x0c \x01(\t\x12!\n\x19\x61\x63knowledgement_audit_seq\x18\r \x01(\x04\x12\x10\n\x08trace_id\x18\x0e \x01(\t\"|\n\x11ListAlertsRequest\x12\x1b\n\x13unacknowledged_only\x18\x01 \x01(\x08\x12*\n\x0cmin_severity\x18\x02 \x01(\x0e\x32\x14.agentgw.v1.Severity\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\"7\n\x12ListAlertsResponse\x12!\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x11.agentgw.v1.Alert\"@\n\x12WatchAlertsRequest\x12*\n\x0cmin_severity\x18\x01 \x01(\x0e\x32\x14.agentgw.v1.Severity\"4\n\x12\x41\x63knowledgeRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t*u\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cSEVERITY_LOW\x10\x01\x12\x13\n\x0fSEVERITY_MEDIUM\x10\x02\x12\x11\n\rSEVERITY_HIGH\x10\x03\x12\x15\n\x11SEVERITY_CRITICAL\x10\x04\x32\xcf\x01\n\x06\x41lerts\x12\x45\n\x04List\x12\x1d.agentgw.v1.ListAlertsRequest\x1a\x1e.agentgw.v1.ListAlertsResponse\x12<\n\x05Watch\x12\x1e.agentgw.v1.WatchAlertsRequest\x1a\x11.agentgw.v1.Alert0\x01\x12@\n\x0b\x41\x63knowledge\x12\x1e.agentgw.v1.AcknowledgeRequest\x1a\x11.agentgw.v1.Alertb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentgw.v1.alerts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEVERITY']._serialized_start=550
-  _globals['_SEVERITY']._serialized_end=667
+  _globals['_SEVERITY']._serialized_start=808
+  _globals['_SEVERITY']._serialized_end=925
   _globals['_ALERT']._serialized_start=103
-  _globals['_ALERT']._serialized_end=365
-  _globals['_LISTALERTSREQUEST']._serialized_start=367
-  _globals['_LISTALERTSREQUEST']._serialized_end=415
-  _globals['_LISTALERTSRESPONSE']._serialized_start=417
-  _globals['_LISTALERTSRESPONSE']._serialized_end=472
-  _globals['_WATCHALERTSREQUEST']._serialized_start=474
-  _globals['_WATCHALERTSREQUEST']._serialized_end=494
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=496
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=548
-  _globals['_ALERTS']._serialized_start=670
-  _globals['_ALERTS']._serialized_end=877
+  _globals['_ALERT']._serialized_end=503
+  _globals['_LISTALERTSREQUEST']._serialized_start=505
+  _globals['_LISTALERTSREQUEST']._serialized_end=629
+  _globals['_LISTALERTSRESPONSE']._serialized_start=631
+  _globals['_LISTALERTSRESPONSE']._serialized_end=686
+  _globals['_WATCHALERTSREQUEST']._serialized_start=688
+  _globals['_WATCHALERTSREQUEST']._serialized_end=752
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=754
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=806
+  _globals['_ALERTS']._serialized_start=928
+  _globals['_ALERTS']._serialized_end=1135
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,8 @@ Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
 @_typing.final
 class Alert(_message.Message):
+    """One firing of an alert rule for one subject (an agent, or "gateway")."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALERT_ID_FIELD_NUMBER: _builtins.int
@@ -54,17 +56,38 @@ class Alert(_message.Message):
     FIRED_AT_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGED_AT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGEMENT_NOTE_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGEMENT_AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     alert_id: _builtins.str
     rule: _builtins.str
     severity: Global___Severity.ValueType
     message: _builtins.str
+    """The rule's message template, rendered."""
     acknowledged_by: _builtins.str
+    subject: _builtins.str
+    """Whom it is about: an agent_id, or "gateway" for the gateway itself."""
+    acknowledgement_note: _builtins.str
+    event_type: _builtins.str
+    """What it was evaluated on: decision, outcome, security, hold, audit."""
+    acknowledgement_audit_seq: _builtins.int
+    """The audit entry of the acknowledgement."""
+    trace_id: _builtins.str
     @_builtins.property
-    def details(self) -> _struct_pb2.Struct: ...
+    def details(self) -> _struct_pb2.Struct:
+        """The metrics and findings the rule was evaluated on (redacted)."""
+
     @_builtins.property
     def fired_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def acknowledged_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The channels it was sent to."""
+
     def __init__(
         self,
         *,
@@ -76,10 +99,16 @@ class Alert(_message.Message):
         fired_at: _timestamp_pb2.Timestamp | None = ...,
         acknowledged_by: _builtins.str = ...,
         acknowledged_at: _timestamp_pb2.Timestamp | None = ...,
+        subject: _builtins.str = ...,
+        acknowledgement_note: _builtins.str = ...,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
+        event_type: _builtins.str = ...,
+        acknowledgement_audit_seq: _builtins.int = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "details", b"details", "fired_at", b"fired_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "alert_id", b"alert_id", "details", b"details", "fired_at", b"fired_at", "message", b"message", "rule", b"rule", "severity", b"severity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "acknowledgement_audit_seq", b"acknowledgement_audit_seq", "acknowledgement_note", b"acknowledgement_note", "alert_id", b"alert_id", "channels", b"channels", "details", b"details", "event_type", b"event_type", "fired_at", b"fired_at", "message", b"message", "rule", b"rule", "severity", b"severity", "subject", b"subject", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,15 +119,27 @@ class ListAlertsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     UNACKNOWLEDGED_ONLY_FIELD_NUMBER: _builtins.int
+    MIN_SEVERITY_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     unacknowledged_only: _builtins.bool
+    """Only alerts nobody has acknowledged yet (the active ones)."""
+    min_severity: Global___Severity.ValueType
+    """Only alerts of this severity or higher."""
+    subject: _builtins.str
+    limit: _builtins.int
+    """At most this many, newest first (default 100, at most 1000)."""
     def __init__(
         self,
         *,
         unacknowledged_only: _builtins.bool = ...,
+        min_severity: Global___Severity.ValueType = ...,
+        subject: _builtins.str = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["unacknowledged_only", b"unacknowledged_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "min_severity", b"min_severity", "subject", b"subject", "unacknowledged_only", b"unacknowledged_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -128,12 +169,17 @@ Global___ListAlertsResponse: _TypeAlias = ListAlertsResponse  # noqa: Y015
 class WatchAlertsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    MIN_SEVERITY_FIELD_NUMBER: _builtins.int
+    min_severity: Global___Severity.ValueType
+    """Only alerts of this severity or higher."""
     def __init__(
         self,
+        *,
+        min_severity: Global___Severity.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_severity", b"min_severity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentgw/v1/gateway.proto\x12\nagentgw.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x02\n\rActionRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x13\n\x0b\x61\x63tion_type\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12+\n\nparameters\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\treasoning\x18\x07 \x01(\t\x12\x35\n\x06labels\x18\x08 \x03(\x0b\x32%.agentgw.v1.ActionRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x07\x46inding\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08severity\x18\x02 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1a\n\x12recommended_action\x18\x04 \x01(\t\"\xa1\x01\n\nResolution\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.agentgw.v1.ResolutionStatus\x12\x12\n\ndecided_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\ndecided_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\taudit_seq\x18\x05 \x01(\x04\"p\n\x08\x41pproval\x12\x10\n\x08\x61pprover\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12/\n\x0b\x61pproved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\taudit_seq\x18\x04 \x01(\x04\"\xea\x02\n\x08\x44\x65\x63ision\x12\x11\n\taction_id\x18\x01 \x01(\t\x12$\n\x07verdict\x18\x02 \x01(\x0e\x32\x13.agentgw.v1.Verdict\x12%\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x13.agentgw.v1.Finding\x12\x15\n\rmatched_rules\x18\x04 \x03(\t\x12\x0f\n\x07hold_id\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nresolution\x18\x07 \x01(\x0b\x32\x16.agentgw.v1.Resolution\x12\x11\n\taudit_seq\x18\x08 \x01(\x04\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x12\n\nsession_id\x18\n \x01(\t\x12\'\n\tapprovals\x18\x0b \x03(\x0b\x32\x14.agentgw.v1.Approval\x12\x1a\n\x12\x61pprovals_required\x18\x0c \x01(\r\"2\n\x0c\x41waitRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\"\xd1\x01\n\x07Outcome\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06tokens\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04\x63ost\x18\x08 \x01(\x01\x12\x12\n\nerror_type\x18\t \x01(\tB\t\n\x07_tokens\"*\n\x15ReportOutcomeResponse\x12\x11\n\taudit_seq\x18\x01 \x01(\x04\"|\n\x08LogEvent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\'\n\x06\x66ields\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\r\n\x0bLogResponse*Y\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ALLOW\x10\x01\x12\x10\n\x0cVERDICT_DENY\x10\x02\x12\x10\n\x0cVERDICT_HOLD\x10\x03*\x94\x01\n\x10ResolutionStatus\x12!\n\x1dRESOLUTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESOLUTION_STATUS_APPROVED\x10\x01\x12\x1e\n\x1aRESOLUTION_STATUS_REJECTED\x10\x02\x12\x1d\n\x19RESOLUTION_STATUS_EXPIRED\x10\x03\x32\xfc\x01\n\x07Gateway\x12\x39\n\x06Submit\x12\x19.agentgw.v1.ActionRequest\x1a\x14.agentgw.v1.Decision\x12\x37\n\x05\x41wait\x12\x18.agentgw.v1.AwaitRequest\x1a\x14.agentgw.v1.Decision\x12G\n\rReportOutcome\x12\x13.agentgw.v1.Outcome\x1a!.agentgw.v1.ReportOutcomeResponse\x12\x34\n\x03Log\x12\x14.agentgw.v1.LogEvent\x1a\x17.agentgw.v1.LogResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentgw/v1/gateway.proto\x12\nagentgw.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x02\n\rActionRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x13\n\x0b\x61\x63tion_type\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12+\n\nparameters\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\treasoning\x18\x07 \x01(\t\x12\x35\n\x06labels\x18\x08 \x03(\x0b\x32%.agentgw.v1.ActionRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x07\x46inding\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08severity\x18\x02 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1a\n\x12recommended_action\x18\x04 \x01(\t\"\xa1\x01\n\nResolution\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.agentgw.v1.ResolutionStatus\x12\x12\n\ndecided_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\ndecided_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\taudit_seq\x18\x05 \x01(\x04\"p\n\x08\x41pproval\x12\x10\n\x08\x61pprover\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12/\n\x0b\x61pproved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\taudit_seq\x18\x04 \x01(\x04\"\xfc\x02\n\x08\x44\x65\x63ision\x12\x11\n\taction_id\x18\x01 \x01(\t\x12$\n\x07verdict\x18\x02 \x01(\x0e\x32\x13.agentgw.v1.Verdict\x12%\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x13.agentgw.v1.Finding\x12\x15\n\rmatched_rules\x18\x04 \x03(\t\x12\x0f\n\x07hold_id\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nresolution\x18\x07 \x01(\x0b\x32\x16.agentgw.v1.Resolution\x12\x11\n\taudit_seq\x18\x08 \x01(\x04\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x12\n\nsession_id\x18\n \x01(\t\x12\'\n\tapprovals\x18\x0b \x03(\x0b\x32\x14.agentgw.v1.Approval\x12\x1a\n\x12\x61pprovals_required\x18\x0c \x01(\r\x12\x10\n\x08trace_id\x18\r \x01(\t\"2\n\x0c\x41waitRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\"\xd1\x01\n\x07Outcome\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06tokens\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04\x63ost\x18\x08 \x01(\x01\x12\x12\n\nerror_type\x18\t \x01(\tB\t\n\x07_tokens\"*\n\x15ReportOutcomeResponse\x12\x11\n\taudit_seq\x18\x01 \x01(\x04\"\xca\x02\n\x08LogEvent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\'\n\x06\x66ields\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05level\x18\x06 \x01(\t\x12\x12\n\nevent_type\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12-\n\x08\x64\x65\x63ision\x18\n \x01(\x0b\x32\x19.agentgw.v1.AgentDecisionH\x00\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x16.agentgw.v1.AgentErrorH\x00\x12\x37\n\x10user_interaction\x18\x0c \x01(\x0b\x32\x1b.agentgw.v1.UserInteractionH\x00\x42\x06\n\x04kind\"W\n\rAgentDecision\x12\x0f\n\x07options\x18\x01 \x03(\t\x12\x0e\n\x06\x63hoice\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x11\n\treasoning\x18\x04 \x01(\t\"j\n\nAgentError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0bstack_trace\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x0fUserInteraction\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0binteraction\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\"\x1f\n\x0bLogResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t*Y\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ALLOW\x10\x01\x12\x10\n\x0cVERDICT_DENY\x10\x02\x12\x10\n\x0cVERDICT_HOLD\x10\x03*\x94\x01\n\x10ResolutionStatus\x12!\n\x1dRESOLUTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESOLUTION_STATUS_APPROVED\x10\x01\x12\x1e\n\x1aRESOLUTION_STATUS_REJECTED\x10\x02\x12\x1d\n\x19RESOLUTION_STATUS_EXPIRED\x10\x03\x32\xfc\x01\n\x07Gateway\x12\x39\n\x06Submit\x12\x19.agentgw.v1.ActionRequest\x1a\x14.agentgw.v1.Decision\x12\x37\n\x05\x41wait\x12\x18.agentgw.v1.AwaitRequest\x1a\x14.agentgw.v1.Decision\x12G\n\rReportOutcome\x12\x13.agentgw.v1.Outcome\x1a!.agentgw.v1.ReportOutcomeResponse\x12\x34\n\x03Log\x12\x14.agentgw.v1.LogEvent\x1a\x17.agentgw.v1.LogResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACTIONREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_ACTIONREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=1599
-  _globals['_VERDICT']._serialized_end=1688
-  _globals['_RESOLUTIONSTATUS']._serialized_start=1691
-  _globals['_RESOLUTIONSTATUS']._serialized_end=1839
+  _globals['_VERDICT']._serialized_start=2113
+  _globals['_VERDICT']._serialized_end=2202
+  _globals['_RESOLUTIONSTATUS']._serialized_start=2205
+  _globals['_RESOLUTIONSTATUS']._serialized_end=2353
   _globals['_ACTIONREQUEST']._serialized_start=136
   _globals['_ACTIONREQUEST']._serialized_end=413
   _globals['_ACTIONREQUEST_LABELSENTRY']._serialized_start=368
@@ -51,17 +51,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPROVAL']._serialized_start=671
   _globals['_APPROVAL']._serialized_end=783
   _globals['_DECISION']._serialized_start=786
-  _globals['_DECISION']._serialized_end=1148
-  _globals['_AWAITREQUEST']._serialized_start=1150
-  _globals['_AWAITREQUEST']._serialized_end=1200
-  _globals['_OUTCOME']._serialized_start=1203
-  _globals['_OUTCOME']._serialized_end=1412
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1414
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1456
-  _globals['_LOGEVENT']._serialized_start=1458
-  _globals['_LOGEVENT']._serialized_end=1582
-  _globals['_LOGRESPONSE']._serialized_start=1584
-  _globals['_LOGRESPONSE']._serialized_end=1597
-  _globals['_GATEWAY']._serialized_start=1842
-  _globals['_GATEWAY']._serialized_end=2094
+  _globals['_DECISION']._serialized_end=1166
+  _globals['_AWAITREQUEST']._serialized_start=1168
+  _globals['_AWAITREQUEST']._serialized_end=1218
+  _globals['_OUTCOME']._serialized_start=1221
+  _globals['_OUTCOME']._serialized_end=1430
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1432
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1474
+  _globals['_LOGEVENT']._serialized_start=1477
+  _globals['_LOGEVENT']._serialized_end=1807
+  _globals['_AGENTDECISION']._serialized_start=1809
+  _globals['_AGENTDECISION']._serialized_end=1896
+  _globals['_AGENTERROR']._serialized_start=1898
+  _globals['_AGENTERROR']._serialized_end=2004
+  _globals['_USERINTERACTION']._serialized_start=2006
+  _globals['_USERINTERACTION']._serialized_end=2078
+  _globals['_LOGRESPONSE']._serialized_start=2080
+  _globals['_LOGRESPONSE']._serialized_end=2111
+  _globals['_GATEWAY']._serialized_start=2356
+  _globals['_GATEWAY']._serialized_end=2608
 # @@protoc_insertion_point(module_scope)

@@ -233,6 +233,7 @@ class Decision(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     APPROVALS_FIELD_NUMBER: _builtins.int
     APPROVALS_REQUIRED_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     action_id: _builtins.str
     verdict: Global___Verdict.ValueType
     """For a held action that has been resolved this is the final verdict:
@@ -245,6 +246,11 @@ class Decision(_message.Message):
     """Human-readable reason for the verdict."""
     session_id: _builtins.str
     approvals_required: _builtins.int
+    trace_id: _builtins.str
+    """The trace this decision was made in (W3C trace id, 32 hex digits): the one in
+    the caller's `traceparent` metadata, else a new one. Log records and the audit
+    entry of the decision carry it too.
+    """
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]: ...
     @_builtins.property
@@ -272,10 +278,11 @@ class Decision(_message.Message):
         session_id: _builtins.str = ...,
         approvals: _abc.Iterable[Global___Approval] | None = ...,
         approvals_required: _builtins.int = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "resolution", b"resolution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "approvals", b"approvals", "approvals_required", b"approvals_required", "audit_seq", b"audit_seq", "expires_at", b"expires_at", "findings", b"findings", "hold_id", b"hold_id", "matched_rules", b"matched_rules", "reason", b"reason", "resolution", b"resolution", "session_id", b"session_id", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "approvals", b"approvals", "approvals_required", b"approvals_required", "audit_seq", b"audit_seq", "expires_at", b"expires_at", "findings", b"findings", "hold_id", b"hold_id", "matched_rules", b"matched_rules", "reason", b"reason", "resolution", b"resolution", "session_id", b"session_id", "trace_id", b"trace_id", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,6 +385,10 @@ Global___ReportOutcomeResponse: _TypeAlias = ReportOutcomeResponse  # noqa: Y015
 
 @_typing.final
 class LogEvent(_message.Message):
+    """One record an agent writes into the gateway's logs: a decision of its own, an
+    error, or an interaction with a user. The agent comes from the caller's token.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
@@ -385,13 +396,35 @@ class LogEvent(_message.Message):
     CATEGORY_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    USER_INTERACTION_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     session_id: _builtins.str
     category: _builtins.str
-    """decision, error, user_interaction"""
+    """decision, error or user. May be left empty when `kind` is set (it names the
+    category); must agree with it otherwise.
+    """
     message: _builtins.str
+    level: _builtins.str
+    """debug, info (the default), warning, error or critical."""
+    event_type: _builtins.str
+    """A short name of what happened, e.g. tool_selected; default: the category's."""
+    trace_id: _builtins.str
+    """Optional: the trace of the Submit this record belongs to (32 hex digits)."""
     @_builtins.property
-    def fields(self) -> _struct_pb2.Struct: ...
+    def fields(self) -> _struct_pb2.Struct:
+        """Anything else worth keeping; redacted like the audit log, long strings cut."""
+
+    @_builtins.property
+    def decision(self) -> Global___AgentDecision: ...
+    @_builtins.property
+    def error(self) -> Global___AgentError: ...
+    @_builtins.property
+    def user_interaction(self) -> Global___UserInteraction: ...
     def __init__(
         self,
         *,
@@ -400,25 +433,127 @@ class LogEvent(_message.Message):
         category: _builtins.str = ...,
         message: _builtins.str = ...,
         fields: _struct_pb2.Struct | None = ...,
+        level: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
+        decision: Global___AgentDecision | None = ...,
+        error: Global___AgentError | None = ...,
+        user_interaction: Global___UserInteraction | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "error", b"error", "fields", b"fields", "kind", b"kind", "user_interaction", b"user_interaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "category", b"category", "fields", b"fields", "message", b"message", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "category", b"category", "decision", b"decision", "error", b"error", "event_type", b"event_type", "fields", b"fields", "kind", b"kind", "level", b"level", "message", b"message", "session_id", b"session_id", "trace_id", b"trace_id", "user_interaction", b"user_interaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["decision", "error", "user_interaction"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___LogEvent: _TypeAlias = LogEvent  # noqa: Y015
+
+@_typing.final
+class AgentDecision(_message.Message):
+    """A choice the agent made: what it could do, what it chose, how sure it was."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    CHOICE_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    choice: _builtins.str
+    confidence: _builtins.float
+    """0..1"""
+    reasoning: _builtins.str
+    """Kept up to 500 characters."""
+    @_builtins.property
+    def options(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        options: _abc.Iterable[_builtins.str] | None = ...,
+        choice: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+        reasoning: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "confidence", b"confidence", "options", b"options", "reasoning", b"reasoning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___LogEvent: _TypeAlias = LogEvent  # noqa: Y015
+Global___AgentDecision: _TypeAlias = AgentDecision  # noqa: Y015
+
+@_typing.final
+class AgentError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STACK_TRACE_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    message: _builtins.str
+    stack_trace: _builtins.str
+    @_builtins.property
+    def context(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        message: _builtins.str = ...,
+        stack_trace: _builtins.str = ...,
+        context: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "message", b"message", "stack_trace", b"stack_trace", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentError: _TypeAlias = AgentError  # noqa: Y015
+
+@_typing.final
+class UserInteraction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    INTERACTION_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Who the agent dealt with (an id, not their name or address)."""
+    interaction: _builtins.str
+    """e.g. question, confirmation, feedback"""
+    content: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        interaction: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "interaction", b"interaction", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserInteraction: _TypeAlias = UserInteraction  # noqa: Y015
 
 @_typing.final
 class LogResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    trace_id: _builtins.str
+    """The trace the record was filed under."""
     def __init__(
         self,
+        *,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

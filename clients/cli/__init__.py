@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from clients.cli import admin, agent, approver, auditor
+from clients.cli import admin, agent, alerts, approver, auditor, logs
 from clients.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "CliError", "build_parser", "main"]
@@ -52,4 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_key_commands(sub)
     admin.add_agent_commands(sub)
     auditor.add_commands(sub)
+    logs.add_commands(sub)
+    alerts.add_commands(sub)
     return parser

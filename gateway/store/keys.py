@@ -8,7 +8,10 @@ Two kinds of slot (docs/operations.md has the full table):
   over the cluster.
 - `{audit}`: the audit log and every record whose change must be atomic with an
   audit entry: decided actions, holds and session pauses. One slot, so that each
-  commit is one script call on one node, also on Redis Cluster.
+  commit is one script call on one node, also on Redis Cluster. Alerts live here
+  too: an acknowledgement is committed with its audit entry, and a firing checks its
+  cooldown, records the alert and queues its deliveries in one script call.
+- `{logs}`: the structured log streams, one per category.
 
 Identifiers are validated before they get here (no braces, spaces, control
 characters or '|'), so '|' separates two identifiers in one key unambiguously.
@@ -131,3 +134,48 @@ class KeySpace:
     def audit_checkpoint(self) -> str:
         """Hash of the latest published checkpoint: size, note, key_id."""
         return f"{self.prefix}:{{audit}}:checkpoint"
+
+    # --- {audit}: alerts ----------------------------------------------------------
+
+    def alert(self, alert_id: str) -> str:
+        """Hash of one alert: json, status (active | acknowledged); TTL: retention."""
+        return f"{self.prefix}:{{audit}}:alert:{alert_id}"
+
+    @property
+    def active_alerts(self) -> str:
+        """Sorted set of unacknowledged alert ids by fired-at ms (bounded)."""
+        return f"{self.prefix}:{{audit}}:alerts:active"
+
+    @property
+    def recent_alerts(self) -> str:
+        """Sorted set of every alert id by fired-at ms, for listing (bounded)."""
+        return f"{self.prefix}:{{audit}}:alerts:recent"
+
+    def alert_cooldown(self, rule: str, subject: str) -> str:
+        """Set while a rule is cooling down for a subject (TTL: the cooldown)."""
+        return f"{self.prefix}:{{audit}}:alerts:cooldown:{rule}|{subject}"
+
+    @property
+    def alert_feed(self) -> str:
+        """Stream of fired and acknowledged alerts, for `Alerts.Watch` (bounded)."""
+        return f"{self.prefix}:{{audit}}:alerts:feed"
+
+    @property
+    def alert_deliveries(self) -> str:
+        """Sorted set of delivery ids by the ms they are due (or their lease ends)."""
+        return f"{self.prefix}:{{audit}}:alerts:deliveries"
+
+    def alert_delivery(self, delivery_id: str) -> str:
+        """Hash of one pending delivery: channel, payload, attempts (TTL: retention)."""
+        return f"{self.prefix}:{{audit}}:alerts:delivery:{delivery_id}"
+
+    @property
+    def dead_deliveries(self) -> str:
+        """Stream of deliveries that failed their last attempt (bounded)."""
+        return f"{self.prefix}:{{audit}}:alerts:dead"
+
+    # --- {logs}: structured logs --------------------------------------------------
+
+    def log_stream(self, category: str) -> str:
+        """Stream of one category's log records, trimmed to its retention and size."""
+        return f"{self.prefix}:{{logs}}:{category}"
