@@ -242,12 +242,12 @@ class App:
                 serving = reachable
                 if reachable:
                     await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-                    log.info("redis reachable again; health SERVING", extra={"category": "errors"})
+                    log.info("redis reachable again; health SERVING", extra={"category": "error"})
                 else:
                     await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
                     log.error(
                         "redis unreachable; health NOT_SERVING",
-                        extra={"category": "errors", "error": error},
+                        extra={"category": "error", "error": error},
                     )
             await self._pause(HEALTH_INTERVAL, self._draining)
 
@@ -275,7 +275,7 @@ class App:
                 await self.desk.escalate_due(self.config.hold_escalation_seconds)
                 upcoming = await self.hold_state.next_expiry()
             except StoreUnavailable as e:
-                log.warning("expiry sweep failed", extra={"category": "errors", "error": str(e)})
+                log.warning("expiry sweep failed", extra={"category": "error", "error": str(e)})
                 upcoming = None
             wait = SWEEP_MAX_WAIT if upcoming is None else upcoming - self.clock()
             await self._pause(min(max(wait, 0.01), SWEEP_MAX_WAIT))
@@ -298,7 +298,7 @@ class App:
                 )
             except StoreUnavailable as e:
                 log.warning(
-                    "checkpoint publishing failed", extra={"category": "errors", "error": str(e)}
+                    "checkpoint publishing failed", extra={"category": "error", "error": str(e)}
                 )
             await self._pause(interval)
 
@@ -310,7 +310,7 @@ class App:
             return  # a periodic task that saw stop() begin
         log.error(
             "background task ended",
-            extra={"category": "errors", "task": task.get_name(), "error": repr(error)},
+            extra={"category": "error", "task": task.get_name(), "error": repr(error)},
         )
 
     def reload_policy(self) -> bool:

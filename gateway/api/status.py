@@ -193,7 +193,7 @@ async def refuse(
     Refusals that matter to security (no or unknown token, wrong role, undecodable
     request) are warnings in category "security"; an unexpected exception is an error
     with its traceback; any other refusal (bad argument, not found, Redis down...) is
-    logged in category "errors".
+    logged in category "error".
     """
     ref = new_ref()
     extra: dict[str, Any] = {
@@ -211,9 +211,9 @@ async def refuse(
         if code in _SECURITY_CODES or isinstance(error, UndecodableRequest):
             log.warning("call refused", extra={"category": "security", **extra})
         elif code is grpc.StatusCode.UNAVAILABLE:
-            log.warning("call failed", extra={"category": "errors", **extra})
+            log.warning("call failed", extra={"category": "error", **extra})
         else:
-            log.info("call refused", extra={"category": "errors", **extra})
+            log.info("call refused", extra={"category": "error", **extra})
     elif isinstance(error, AuditError):
         # The audit library refused bytes the gateway itself stored: the log in Redis
         # is damaged. Never an answer built from it; the details are for operators.
@@ -222,7 +222,7 @@ async def refuse(
         log.error(
             "stored audit data is malformed",
             extra={
-                "category": "errors",
+                "category": "error",
                 **extra,
                 "code": code.name,
                 "error": preview(f"{type(error).__name__}: {error}", MESSAGE_LIMIT),
@@ -234,7 +234,7 @@ async def refuse(
         log.error(
             "unexpected error",
             extra={
-                "category": "errors",
+                "category": "error",
                 **extra,
                 "code": code.name,
                 "error": preview(f"{type(error).__name__}: {error}", MESSAGE_LIMIT),

@@ -248,7 +248,7 @@ class ApprovalDesk:
                 log.error(
                     "hold could not be expired",
                     exc_info=True,
-                    extra={"category": "errors", "hold_id": hold_id, "error": preview(str(e))},
+                    extra={"category": "error", "hold_id": hold_id, "error": preview(str(e))},
                 )
         return done
 
@@ -360,7 +360,7 @@ class ApprovalDesk:
         log.info(
             "hold resolved" if after.resolution is not None else "hold approval added",
             extra={
-                "category": "user_interactions" if actor_type is ActorType.USER else "decisions",
+                "category": "user" if actor_type is ActorType.USER else "decisions",
                 "hold_id": hold_id,
                 "status": after.status.value,
                 "decided_by": actor,

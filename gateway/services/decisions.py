@@ -142,7 +142,7 @@ class DecisionPipeline:
         log.info(
             "decision",
             extra={
-                "category": "decisions",
+                "category": "decision",
                 "agent_id": request.agent_id,
                 "session_id": request.session_id,
                 "action_id": request.action_id,
@@ -212,7 +212,7 @@ class DecisionPipeline:
         except Exception as e:  # best effort: the claim lapses after its TTL anyway
             log.warning(
                 "could not release an action claim",
-                extra={"category": "errors", "action_id": request.action_id, "error": str(e)},
+                extra={"category": "error", "action_id": request.action_id, "error": str(e)},
             )
 
     async def drain(self) -> None:

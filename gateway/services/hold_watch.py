@@ -82,7 +82,7 @@ class HoldWatch:
             except StoreUnavailable as e:
                 log.warning(
                     "a hold event could not be read; watchers resync",
-                    extra={"category": "errors", "hold_id": hold_id, "error": str(e)},
+                    extra={"category": "error", "hold_id": hold_id, "error": str(e)},
                 )
                 self._broadcast(_RESYNC)
                 continue

@@ -91,7 +91,7 @@ class OutcomeDesk:
         except StoreUnavailable as e:
             log.warning(
                 "outcome recorded, but not counted in the agent's baselines",
-                extra={"category": "errors", "action_id": outcome.action_id, "error": str(e)},
+                extra={"category": "error", "action_id": outcome.action_id, "error": str(e)},
             )
         if verdict is not Verdict.ALLOW:
             log.warning(

@@ -299,7 +299,7 @@ class AuditLog:
             # A resubmission then finds the claim pending and reads the decided record.
             log.warning(
                 "could not mark actions decided",
-                extra={"event": "projection_failed", "category": "errors", "error": str(e)},
+                extra={"event": "projection_failed", "category": "error", "error": str(e)},
             )
 
     async def drain(self) -> None:

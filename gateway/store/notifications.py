@@ -87,7 +87,7 @@ class ResolutionListener:
                 self.subscribed.clear()
                 log.warning(
                     "hold notifications lost; resubscribing",
-                    extra={"event": "pubsub_lost", "category": "errors", "error": str(e)},
+                    extra={"event": "pubsub_lost", "category": "error", "error": str(e)},
                 )
                 self._wake(None)
                 await asyncio.sleep(backoff)
