@@ -112,6 +112,7 @@ class Overrides:
     listen: str | None = None
     data_dir: Path | None = None
     redis_url: str | None = None
+    log_format: str | None = None  # text | json
 
 
 # --- the file: one function per top-level section ----------------------------------

@@ -1,0 +1,1 @@
+"""Alerts: rules over the events of the gateway, their firings, and how they are sent."""
