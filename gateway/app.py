@@ -30,22 +30,30 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2
+from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2, logs_pb2
 from gateway.api.auth import Authenticator
 from gateway.api.decoding import add_servicer
+from gateway.api.log_service import LogsService
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.api.status import RequireToken, Servicer, roles_of
 from gateway.config import Config
+from gateway.domain.alerts.events import audit_failure_event
 from gateway.domain.audit.keys import SigningKeys
 from gateway.domain.redaction import Redactor
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
+from gateway.services.alert_delivery import DeliveryWorker
+from gateway.services.alerting import Alerting
 from gateway.services.approvals import RECHECK_SECONDS, ApprovalDesk
 from gateway.services.decisions import DecisionPipeline
 from gateway.services.hold_watch import HoldWatch
+from gateway.services.log_shipping import AgentLogDesk, LogSearch, LogSink
 from gateway.services.outcomes import OutcomeDesk
 from gateway.services.policy_reload import PolicyReloader
 from gateway.services.quarantine import QuarantineDesk
+from gateway.services.security_events import SecurityEvents
+from gateway.store.alert_deliveries import DeliveryQueue
+from gateway.store.alerts import AlertStore
 from gateway.store.audit_log import AuditLog, ReplicaAcks
 from gateway.store.connection import (
     HOLD_POOL_SIZE,
@@ -59,6 +67,7 @@ from gateway.store.connection import (
 from gateway.store.embedded import EmbeddedRedis, find_server_binary
 from gateway.store.intents import IntentWriter, Lifetimes
 from gateway.store.keys import KeySpace
+from gateway.store.log_streams import LogStreams
 from gateway.store.notifications import ResolutionListener
 from gateway.store.state import StateStore
 
@@ -69,6 +78,7 @@ SERVICE_NAMES = (
     approvals_pb2.DESCRIPTOR.services_by_name["Approvals"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
     alerts_pb2.DESCRIPTOR.services_by_name["Alerts"].full_name,
+    logs_pb2.DESCRIPTOR.services_by_name["Logs"].full_name,
 )
 SWEEP_MAX_WAIT = 1.0
 # The health watch pings Redis this often, each ping failing after HEALTH_TIMEOUT.
@@ -121,6 +131,13 @@ class App:
             timeout=HEALTH_TIMEOUT,
             retries=0,
         )
+        # Log shipping has its own pool: it never takes the decision path's connections.
+        self.log_client = connect(
+            url,
+            name=f"agentgw:{prefix}:logs",
+            max_connections=4,
+            wait_for_connection=POOL_WAIT_SECONDS,
+        )
         replica_acks = None
         if config.redis.min_replicas_acked > 0:
             ack_timeout = config.redis.replica_ack_timeout_seconds
@@ -154,10 +171,38 @@ class App:
         )
         self.listener = ResolutionListener(self.hold_client, keys.hold_resolved_channel)
         redactor = Redactor(config.redaction)
-        self.desk = ApprovalDesk(self.hold_state, self.audit, self.listener, self.clock, redactor)
+        self.log_streams = LogStreams(self.log_client, keys, config.logs, self.clock)
+        self.log_sink = LogSink(
+            self.log_streams,
+            self.clock,
+            redactor,
+            queue_size=config.logs.queue_size,
+            level=config.log_level,
+        )
+        self._ship_logs()
+        alerts = config.alerts
+        self.deliveries = DeliveryWorker(
+            DeliveryQueue(self.hold_client, keys, self.clock, alerts.retention_seconds),
+            alerts.channel_map,
+            self.clock,
+        )
+        self.alerting = Alerting(
+            alerts,
+            AlertStore(self.hold_client, keys, alerts.retention_seconds, alerts.max_alerts),
+            self.clock,
+            redactor,
+            wake_delivery=self.deliveries.wake,
+            deliver_locally=self.deliveries.deliver_now,
+        )
+        observe = self.alerting.observe
+        self.audit.on_failure = lambda error: observe(audit_failure_event(error, self.clock()))
+        self.security = SecurityEvents(self.audit, observe, self.clock)
+        self.desk = ApprovalDesk(
+            self.hold_state, self.audit, self.listener, self.clock, redactor, observe
+        )
         self.watch = HoldWatch(self.hold_state, self.listener)
         self.pipeline = DecisionPipeline(
-            config, policy, self.state, self.audit, self.clock, redactor
+            config, policy, self.state, self.audit, self.clock, redactor, observe
         )
         self.policy = policy
 
@@ -167,6 +212,12 @@ class App:
         self._spawn(self._sweep_expired(), "hold expiry sweeper")
         self._spawn(self._recheck_waiters(), "await recheck")
         self._spawn(self._publish_checkpoints(), "checkpoint publisher")
+        self._spawn(self.log_sink.run(), "log shipping")
+        self._spawn(self._trim_logs(), "log trimming")
+        self._spawn(self.alerting.run(), "alert rules")
+        self._spawn(self.alerting.run_feed(), "alert feed")
+        self._spawn(self.deliveries.run(), "alert deliveries")
+        self._spawn(self.security.run(), "security events")
         if config.policy_file is not None:
             self._spawn(policy.watch(), "policy watcher")
         if self.embedded is not None:
@@ -179,7 +230,8 @@ class App:
                 auth,
                 self.pipeline,
                 self.desk,
-                OutcomeDesk(config, self.state, self.audit, self.clock, redactor),
+                OutcomeDesk(config, self.state, self.audit, self.clock, redactor, observe),
+                AgentLogDesk(self.log_streams, self.clock, redactor),
                 redactor,
             ),
             ApprovalsService(
@@ -190,13 +242,17 @@ class App:
                 redactor,
             ),
             AuditService(auth, self.audit, self.clock, redactor),
-            AlertsService(auth, redactor),
+            AlertsService(auth, self.alerting, self.audit, redactor),
+            LogsService(auth, LogSearch(self.log_streams), redactor),
         )
+        for servicer in servicers:
+            servicer.security = self.security
         own_methods = frozenset(
             f"/{s.service.full_name}/{m.name}" for s in servicers for m in s.service.methods
         )
         server = grpc.aio.server(
-            interceptors=[RequireToken(auth, own_methods)], options=server_options(config)
+            interceptors=[RequireToken(auth, own_methods, self.security)],
+            options=server_options(config),
         )
         for servicer in servicers:
             add_servicer(server, servicer, servicer.service, lambda m: roles_of(m) is not None)
@@ -313,6 +369,50 @@ class App:
             extra={"category": "error", "task": task.get_name(), "error": repr(error)},
         )
 
+    def _ship_logs(self) -> None:
+        """The gateway's own records go to the log streams too (at the configured
+        level; a logger nobody configured is set to it, and set back at stop)."""
+        logger = logging.getLogger("agentgw")
+        self._logger_level = logger.level
+        if logger.level == logging.NOTSET:
+            logger.setLevel(self.config.log_level)
+        logger.addHandler(self.log_sink)
+
+    async def _stop_shipping_logs(self) -> None:
+        logger = logging.getLogger("agentgw")
+        logger.removeHandler(self.log_sink)
+        if self._logger_level == logging.NOTSET:
+            logger.setLevel(logging.NOTSET)
+        try:
+            async with asyncio.timeout(5.0):
+                lost = await self.log_sink.drain()
+        except TimeoutError:
+            lost = self.log_sink.queued
+        if lost:
+            log.warning(
+                "log records not stored at stop", extra={"category": "error", "records": lost}
+            )
+
+    async def _trim_logs(self) -> None:
+        """Ages every log stream out, also those that get no new records."""
+        while not self._stopping.is_set():
+            await self._pause(self.config.logs.trim_interval_seconds)
+            try:
+                await self.log_streams.trim()
+            except StoreUnavailable as e:
+                log.warning("log trimming failed", extra={"category": "error", "error": str(e)})
+
+    async def _settle_alerts(self) -> None:
+        """At stop: records the security refusals still tallied and evaluates the
+        events still queued, so that nothing seen before the stop goes unalerted (their
+        deliveries wait in Redis for the next worker). Bounded: Redis may be gone."""
+        try:
+            async with asyncio.timeout(5.0):
+                await self.security.flush(final=True)
+                await self.alerting.drain()
+        except TimeoutError:
+            log.warning("alerts not settled at stop", extra={"category": "error"})
+
     def reload_policy(self) -> bool:
         return self.policy.reload()
 
@@ -331,19 +431,28 @@ class App:
             self.server = None
             await self.desk.drain(max(grace, 1.0))
         self._stopping.set()
-        for task in reversed(self._tasks):
-            task.cancel()
+        # A cancellation that lands inside a Redis call can be absorbed by the client
+        # (redis-py's asyncio client): cancel again until each task has ended.
+        pending = set(self._tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
         if hasattr(self, "pipeline"):
             await self.pipeline.drain()
+        if hasattr(self, "alerting"):
+            await self._settle_alerts()
+        if hasattr(self, "log_sink"):
+            await self._stop_shipping_logs()
         if hasattr(self, "audit"):
             await self.audit.drain()
         if hasattr(self, "audit_connection"):
             await self.audit_connection.aclose()
-        for name in ("audit_client", "health_client", "hold_client", "client"):
+        for name in ("audit_client", "health_client", "log_client", "hold_client", "client"):
             if hasattr(self, name):
                 await close(getattr(self, name))
         if self.embedded is not None:
@@ -398,7 +507,9 @@ def _safe_url(url: str) -> str:
 
 async def serve(config: Config, tokens: dict[str, str]) -> None:
     """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy."""
-    configure_logging(config.log_level, config.redaction)
+    configure_logging(
+        config.log_level, config.redaction, log_format=config.logs.format, file=config.logs.file
+    )
     app = App(config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,8 +19,11 @@ from typing import Any, TypeVar
 from yaml.nodes import Node
 
 from gateway.domain.actions import Verdict
+from gateway.domain.alerts.channels import resolve_secrets
+from gateway.domain.alerts.settings import AlertSettings, read_alerts
 from gateway.domain.detect.engine import DetectionSettings
 from gateway.domain.detect.settings import read_detection
+from gateway.domain.log_records import LogSettings, read_log_settings
 from gateway.domain.principals import Principal, Role, token_digest
 from gateway.domain.redaction import RedactionRules, key_word, value_pattern
 from gateway.domain.validation import Limits
@@ -92,6 +95,8 @@ class Config:
         default_factory=lambda: dict(DEFAULT_RECOMMENDATIONS)
     )
     log_level: str = "INFO"
+    logs: LogSettings = field(default_factory=LogSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     redaction: RedactionRules = field(default_factory=RedactionRules)  # added to the built-ins
     source: str = "<defaults>"
 
@@ -142,6 +147,8 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         "recommendations": _recommendations,
         "redaction": _redaction,
         "server": _server,
+        "logs": _logs,
+        "alerts": _alerts,
     }
     r = _ConfigReader(source, base_dir)
     root = r.compose(text)
@@ -408,6 +415,14 @@ def _server(r: _ConfigReader, node: Node) -> dict[str, ServerSettings]:
     return {"server": ServerSettings(**values)}
 
 
+def _logs(r: _ConfigReader, node: Node) -> dict[str, LogSettings]:
+    return {"logs": read_log_settings(r, node, r.base_dir)}
+
+
+def _alerts(r: _ConfigReader, node: Node) -> dict[str, AlertSettings]:
+    return {"alerts": read_alerts(r, node)}
+
+
 def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, dict[str, str]]:
     """Builds the effective config. Returns it with any first-run tokens (name -> token).
 
@@ -439,6 +454,15 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, d
     if redis_url:
         where = YamlReader("--redis-url" if overrides.redis_url else "AGENTGW_REDIS_URL")
         changes["redis"] = replace(config.redis, url=_check_redis_url(where, None, redis_url))
+    log_format = overrides.log_format or env.get("AGENTGW_LOG_FORMAT")
+    if log_format:
+        if log_format not in {"json", "text"}:
+            flag = "--log-format" if overrides.log_format else "AGENTGW_LOG_FORMAT"
+            raise ConfigError(f"{flag}: expected json or text")
+        changes["logs"] = replace(config.logs, format=log_format)
+    # Channel URLs and keys may come from the environment (they are secrets).
+    channels = resolve_secrets(config.alerts.channels, env, config.source)
+    changes["alerts"] = replace(config.alerts, channels=channels)
     config = replace(config, **changes)
     if not config.principals:
         raise ConfigError(f"{config.source}: principals: at least one principal is required")

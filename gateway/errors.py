@@ -32,6 +32,11 @@ class Forbidden(GatewayError):
     """The caller is known but may not do this (PERMISSION_DENIED)."""
 
 
+class RecordedRefusal(Forbidden):
+    """A refusal its service has already written to the audit log and raised an alert
+    for (a separation-of-duties violation): the wire records nothing more."""
+
+
 class NotFound(GatewayError):
     """The named object does not exist, or is not visible to the caller (NOT_FOUND)."""
 

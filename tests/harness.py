@@ -4,6 +4,7 @@ one token per role, and `wait_for` for conditions. Imported by conftest and test
 from __future__ import annotations
 
 import asyncio
+import json
 import base64
 import contextlib
 import logging
@@ -120,6 +121,10 @@ class RunningGateway:
         """The whole log as export lines (`agentgw audit export`), without newlines."""
         stream = self.audit.ReadEntries(audit_pb2.ReadEntriesRequest(), metadata=self.md(auditor))
         return [entry_from_proto(e).to_json_line() for e in stream]
+
+    def event_types(self) -> list[str]:
+        """The event type of every entry of the log, in order."""
+        return [json.loads(line)["event_type"] for line in self.export_lines()]
 
     def stop(self) -> None:
         """Stops the gateway (a second call does nothing)."""

@@ -32,6 +32,11 @@ def add_serve_command(sub: Commands) -> None:
     serve.add_argument(
         "--redis-url", help="use this Redis instead of the embedded one (env AGENTGW_REDIS_URL)"
     )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines on stderr as JSON (the default) or text for people (config logs.format)",
+    )
     serve.set_defaults(run=run_serve)
 
 
@@ -83,6 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         data_dir=args.data_dir,
         redis_url=args.redis_url,
+        log_format=args.log_format,
     )
     try:
         config, tokens = load_config(overrides, os.environ)

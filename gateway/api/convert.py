@@ -10,7 +10,7 @@ import base64
 
 from google.protobuf import timestamp_pb2
 
-from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
+from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2
 from clients.wire import python_to_struct, struct_to_python
 from gateway.domain.actions import (
     ActionRequest,
@@ -21,6 +21,7 @@ from gateway.domain.actions import (
     ResolutionStatus,
     Verdict,
 )
+from gateway.domain.alerts.model import Alert, Severity
 from gateway.domain.audit.chain import SignedCheckpoint
 from gateway.domain.audit.entry import AuditEntry, parse_timestamp
 from gateway.domain.audit.keys import TrustedKey
@@ -139,6 +140,7 @@ def decision_to_proto(d: Decision) -> gateway_pb2.Decision:
         audit_seq=d.audit_seq,
         approvals=[approval_to_proto(a) for a in d.approvals],
         approvals_required=d.approvals_required if d.hold_id else 0,
+        trace_id=d.trace_id,
     )
     if d.hold_id:
         msg.expires_at.CopyFrom(timestamp(d.expires_at))
@@ -315,3 +317,43 @@ def quarantine_to_proto(q: Quarantine) -> approvals_pb2.Quarantine:
         since=timestamp(q.since),
         audit_seq=q.audit_seq,
     )
+
+
+SEVERITY_TO_PROTO = {
+    Severity.LOW: alerts_pb2.SEVERITY_LOW,
+    Severity.MEDIUM: alerts_pb2.SEVERITY_MEDIUM,
+    Severity.HIGH: alerts_pb2.SEVERITY_HIGH,
+    Severity.CRITICAL: alerts_pb2.SEVERITY_CRITICAL,
+}
+SEVERITY_FROM_PROTO = {v: k for k, v in SEVERITY_TO_PROTO.items()}
+
+
+def severity_from_proto(value: int, field: str) -> Severity | None:
+    """None for SEVERITY_UNSPECIFIED (no filter)."""
+    if value == alerts_pb2.SEVERITY_UNSPECIFIED:
+        return None
+    try:
+        return SEVERITY_FROM_PROTO[alerts_pb2.Severity.ValueType(value)]
+    except KeyError:
+        raise InvalidRequest(field, f"unknown severity {value}") from None
+
+
+def alert_to_proto(a: Alert) -> alerts_pb2.Alert:
+    msg = alerts_pb2.Alert(
+        alert_id=a.alert_id,
+        rule=a.rule,
+        severity=SEVERITY_TO_PROTO[a.severity],
+        message=a.message,
+        subject=a.subject,
+        acknowledged_by=a.acknowledged_by,
+        acknowledgement_note=a.note,
+        channels=list(a.channels),
+        event_type=a.event_type,
+        acknowledgement_audit_seq=a.acknowledgement_audit_seq,
+        trace_id=a.trace_id,
+    )
+    msg.details.CopyFrom(python_to_struct(dict(a.data)))
+    msg.fired_at.CopyFrom(timestamp(a.fired_at))
+    if a.acknowledged:
+        msg.acknowledged_at.CopyFrom(timestamp(a.acknowledged_at))
+    return msg

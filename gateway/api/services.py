@@ -10,22 +10,27 @@ UNIMPLEMENTED, and only to a caller of the right role.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import grpc
 
 from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2
 from gateway.api import convert
 from gateway.api.auth import Authenticator
+from gateway.api.log_service import agent_log_from_proto, log_response
 from gateway.api.status import Servicer, rpc, stream_rpc
+from gateway.api.tracing import trace_id_of
 from gateway.domain.audit.entry import AuditEntry
 from gateway.domain.principals import Principal, Role
 from gateway.domain.redaction import Redactor
-from gateway.errors import InvalidRequest, NotImplementedYet
+from gateway.errors import InvalidRequest
+from gateway.services.alerting import Alerting
 from gateway.services.approvals import ApprovalDesk
 from gateway.services.audit_queries import AuditSearch
 from gateway.services.decisions import DecisionPipeline
 from gateway.services.hold_watch import HoldWatch
 from gateway.services.key_rotation import rotate_key
+from gateway.services.log_shipping import AgentLogDesk
 from gateway.services.outcomes import OutcomeDesk
 from gateway.services.quarantine import QuarantineDesk
 from gateway.store.audit_log import AuditLog
@@ -42,12 +47,14 @@ class GatewayService(Servicer):
         pipeline: DecisionPipeline,
         desk: ApprovalDesk,
         outcomes: OutcomeDesk,
+        agent_logs: AgentLogDesk,
         redactor: Redactor | None = None,
     ) -> None:
         super().__init__(auth, redactor)
         self.pipeline = pipeline
         self.desk = desk
         self.outcomes = outcomes
+        self.agent_logs = agent_logs
 
     @rpc(Role.AGENT)
     async def Submit(
@@ -56,7 +63,11 @@ class GatewayService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> gateway_pb2.Decision:
-        decision = await self.pipeline.submit(principal, convert.action_from_proto(request))
+        decision = await self.pipeline.submit(
+            principal,
+            convert.action_from_proto(request),
+            trace_id_of(context.invocation_metadata()),
+        )
         return convert.decision_to_proto(decision)
 
     @rpc(Role.AGENT)
@@ -86,7 +97,10 @@ class GatewayService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> gateway_pb2.LogResponse:
-        raise NotImplementedYet("Gateway.Log")
+        event = agent_log_from_proto(request)
+        if not event.trace_id:  # the caller's trace, as for a Submit
+            event = replace(event, trace_id=trace_id_of(context.invocation_metadata()))
+        return log_response(await self.agent_logs.record(principal, event))
 
 
 class ApprovalsService(Servicer):
@@ -318,10 +332,20 @@ class AuditService(Servicer):
 
 
 class AlertsService(Servicer):
-    """Alerts arrive with their own issue; until then every RPC answers UNIMPLEMENTED,
-    to admins (the operators) only."""
+    """Alerts for operators (admins): list, follow, acknowledge."""
 
     service = alerts_pb2.DESCRIPTOR.services_by_name["Alerts"]
+
+    def __init__(
+        self,
+        auth: Authenticator,
+        alerting: Alerting,
+        audit: AuditLog,
+        redactor: Redactor | None = None,
+    ) -> None:
+        super().__init__(auth, redactor)
+        self.alerting = alerting
+        self.audit = audit
 
     @rpc(Role.ADMIN)
     async def List(
@@ -330,7 +354,13 @@ class AlertsService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> alerts_pb2.ListAlertsResponse:
-        raise NotImplementedYet("Alerts.List")
+        alerts = await self.alerting.list_alerts(
+            active_only=request.unacknowledged_only,
+            min_severity=convert.severity_from_proto(request.min_severity, "min_severity"),
+            subject=request.subject,
+            limit=request.limit,
+        )
+        return alerts_pb2.ListAlertsResponse(alerts=[convert.alert_to_proto(a) for a in alerts])
 
     @stream_rpc(Role.ADMIN)
     async def Watch(
@@ -339,8 +369,12 @@ class AlertsService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> AsyncIterator[alerts_pb2.Alert]:
-        raise NotImplementedYet("Alerts.Watch")
-        yield alerts_pb2.Alert()  # unreachable: makes this a stream
+        min_severity = convert.severity_from_proto(request.min_severity, "min_severity")
+        alerts = await self.alerting.subscribe(min_severity)
+        # Headers once subscribed: a watcher that has them misses no later alert.
+        await context.send_initial_metadata(())
+        async for alert in alerts:
+            yield convert.alert_to_proto(alert)
 
     @rpc(Role.ADMIN)
     async def Acknowledge(
@@ -349,4 +383,7 @@ class AlertsService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> alerts_pb2.Alert:
-        raise NotImplementedYet("Alerts.Acknowledge")
+        alert = await self.alerting.acknowledge(
+            principal, request.alert_id, request.note, self.audit
+        )
+        return convert.alert_to_proto(alert)

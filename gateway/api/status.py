@@ -17,7 +17,7 @@ import logging
 import secrets
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar, NoReturn, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, ParamSpec, TypeVar, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2
 from gateway.api.auth import Authenticator, require_role
 from gateway.api.decoding import Received, open_request
 from gateway.domain.audit.errors import AuditError
+from gateway.domain.audit.events import ActorType
 from gateway.domain.principals import Principal, Role
 from gateway.domain.redaction import Redactor
 from gateway.errors import (
@@ -38,11 +39,15 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     NotImplementedYet,
+    RecordedRefusal,
     StoreUnavailable,
     Unauthenticated,
     UndecodableRequest,
     preview,
 )
+
+if TYPE_CHECKING:
+    from gateway.services.security_events import SecurityEvents
 
 log = logging.getLogger("agentgw.api")
 
@@ -82,18 +87,18 @@ def new_ref() -> str:
 
 class Servicer:
     """Base for servicers: the service they implement, the authenticator `rpc` uses,
-    and the redaction applied to every status message (a refusal may quote input)."""
+    the redaction applied to every status message (a refusal may quote input), and
+    where security refusals are recorded (set by the app)."""
 
     service: ClassVar[ServiceDescriptor]
+    security: SecurityEvents | None = None
 
     def __init__(self, auth: Authenticator, redactor: Redactor | None = None) -> None:
         self.auth = auth
         self.redactor = redactor or Redactor()
 
-    def _authorize(self, context: grpc.aio.ServicerContext, roles: frozenset[Role]) -> Principal:
-        principal = self.auth.authenticate(context.invocation_metadata())
-        require_role(principal, roles)
-        return principal
+    def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        return self.auth.authenticate(context.invocation_metadata())
 
     def _open(self, request: Received, name: str) -> Any:
         return open_request(request, self.service.methods_by_name[name].input_type)
@@ -130,7 +135,8 @@ def rpc(
         async def handler(self: S, request: Received, context: grpc.aio.ServicerContext) -> Res:
             principal: Principal | None = None
             try:
-                principal = self._authorize(context, allowed)
+                principal = self._authenticate(context)
+                require_role(principal, allowed)  # a refusal names the principal
                 message = self._open(request, name)
                 return await method(self, cast(Req, message), context, principal)
             except grpc.aio.AbortError:
@@ -138,7 +144,12 @@ def rpc(
             except Exception as e:  # every failure becomes a status
                 failure = e
             await refuse(
-                context, f"/{self.service.full_name}/{name}", principal, failure, self.redactor
+                context,
+                f"/{self.service.full_name}/{name}",
+                principal,
+                failure,
+                self.redactor,
+                self.security,
             )
 
         setattr(handler, _ROLES, allowed)
@@ -162,7 +173,8 @@ def stream_rpc(
         ) -> AsyncIterator[Any]:
             principal: Principal | None = None
             try:
-                principal = self._authorize(context, allowed)
+                principal = self._authenticate(context)
+                require_role(principal, allowed)  # a refusal names the principal
                 message = self._open(request, name)
                 async for item in method(self, message, context, principal):
                     yield item
@@ -172,7 +184,12 @@ def stream_rpc(
             except Exception as e:  # every failure becomes a status
                 failure = e
             await refuse(
-                context, f"/{self.service.full_name}/{name}", principal, failure, self.redactor
+                context,
+                f"/{self.service.full_name}/{name}",
+                principal,
+                failure,
+                self.redactor,
+                self.security,
             )
 
         setattr(handler, _ROLES, allowed)
@@ -187,6 +204,7 @@ async def refuse(
     principal: Principal | None,
     error: Exception,
     redactor: Redactor | None = None,
+    security: SecurityEvents | None = None,
 ) -> NoReturn:
     """Ends the call with the status for `error`, and logs it under a new ref.
 
@@ -210,6 +228,8 @@ async def refuse(
             extra["detail"] = preview(error.detail, MESSAGE_LIMIT)
         if code in _SECURITY_CODES or isinstance(error, UndecodableRequest):
             log.warning("call refused", extra={"category": "security", **extra})
+            if security is not None and code in _SECURITY_CODES:
+                record_refusal(security, context, rpc_path, principal, error, message)
         elif code is grpc.StatusCode.UNAVAILABLE:
             log.warning("call failed", extra={"category": "error", **extra})
         else:
@@ -245,6 +265,28 @@ async def refuse(
     raise AssertionError("abort raises")
 
 
+def record_refusal(
+    security: SecurityEvents,
+    context: grpc.aio.ServicerContext,
+    rpc_path: str,
+    principal: Principal | None,
+    error: GatewayError,
+    message: str,
+) -> None:
+    """A refused token, role or identity is a security event (audited and alerted,
+    coalesced per source); a refusal its service recorded itself is not counted twice."""
+    if isinstance(error, RecordedRefusal):
+        return
+    kind = "authentication_failed" if isinstance(error, Unauthenticated) else "permission_denied"
+    if principal is None:
+        actor_type = ActorType.SYSTEM
+    else:
+        actor_type = ActorType.AGENT if principal.role is Role.AGENT else ActorType.USER
+    security.refused(
+        kind, rpc_path, principal.name if principal else "", actor_type, context.peer(), message
+    )
+
+
 def bounded_traceback(error: BaseException) -> str:
     """The traceback of `error` with its last frames, each part cut to a bounded size
     (exception messages may quote what the caller sent)."""
@@ -275,9 +317,15 @@ class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         for m in health_pb2.DESCRIPTOR.services_by_name["Health"].methods
     )
 
-    def __init__(self, auth: Authenticator, own_methods: frozenset[str]) -> None:
+    def __init__(
+        self,
+        auth: Authenticator,
+        own_methods: frozenset[str],
+        security: SecurityEvents | None = None,
+    ) -> None:
         self.auth = auth
         self.own_methods = own_methods
+        self.security = security
 
     async def intercept_service(
         self,
@@ -289,12 +337,14 @@ class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 self.auth.authenticate(handler_call_details.invocation_metadata)
             except Unauthenticated as e:
-                return _refuse_unauthenticated(method, e)
+                return _refuse_unauthenticated(method, e, self.security)
         return await continuation(handler_call_details)
 
 
-def _refuse_unauthenticated(method: str, error: Unauthenticated) -> grpc.RpcMethodHandler:
+def _refuse_unauthenticated(
+    method: str, error: Unauthenticated, security: SecurityEvents | None
+) -> grpc.RpcMethodHandler:
     async def refuse_call(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        await refuse(context, method, None, error)
+        await refuse(context, method, None, error, security=security)
 
     return grpc.stream_stream_rpc_method_handler(refuse_call)

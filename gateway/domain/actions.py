@@ -87,6 +87,7 @@ class Decision:
     audit_seq: int = 0
     approvals: tuple[Approval, ...] = ()
     approvals_required: int = 1
+    trace_id: str = ""  # W3C trace id (32 hex) of the Submit that made it
 
 
 def request_digest(request: ActionRequest, key: bytes) -> str:

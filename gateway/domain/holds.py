@@ -55,6 +55,7 @@ class Hold:
     resolution: Resolution | None = None
     approvals: tuple[Approval, ...] = ()
     approvals_required: int = 1
+    trace_id: str = ""  # of the Submit that was held
 
     @property
     def final_verdict(self) -> Verdict:
@@ -83,6 +84,7 @@ class Hold:
             audit_seq=self.audit_seq,
             approvals=self.approvals,
             approvals_required=self.approvals_required,
+            trace_id=self.trace_id,
         )
 
 

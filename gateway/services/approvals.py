@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 from gateway.domain.actions import Decision, ResolutionStatus
+from gateway.domain.alerts.events import hold_escalated_event, security_event
+from gateway.domain.alerts.rules import AlertEvent
 from gateway.domain.audit.entry import EntryDraft, format_timestamp
 from gateway.domain.audit.events import ActorType, EventType
 from gateway.domain.holds import (
@@ -36,9 +38,9 @@ from gateway.domain.redaction import Redactor
 from gateway.domain.validation import require_identifier
 from gateway.errors import (
     Conflict,
-    Forbidden,
     InvalidRequest,
     NotFound,
+    RecordedRefusal,
     StoreUnavailable,
     preview,
 )
@@ -129,11 +131,13 @@ class ApprovalDesk:
         listener: ResolutionListener,
         clock: Callable[[], float],
         redactor: Redactor | None = None,
+        observe: Callable[[AlertEvent], None] = lambda event: None,
     ) -> None:
         self.state = state
         self.audit = audit
         self.listener = listener
         self.clock = clock
+        self.observe = observe  # alerting: never blocks
         # Approvers' reasons are free text, signed into the log: redacted like requests.
         self.redactor = redactor or Redactor()
         self.closing = False
@@ -190,8 +194,8 @@ class ApprovalDesk:
         return await self.state.paused_sessions(agent_id)
 
     async def escalate_due(self, escalation_seconds: float) -> int:
-        """Logs, once per hold across replicas, every hold pending longer than
-        `escalation_seconds` (an alert, once alerts exist); returns how many."""
+        """Raises an alert (and logs), once per hold across replicas, for every hold
+        pending longer than `escalation_seconds`; returns how many."""
         if escalation_seconds <= 0:
             return 0
         now, done = self.clock(), 0
@@ -212,6 +216,16 @@ class ApprovalDesk:
                         "approvals": len(hold.approvals),
                         "approvals_required": hold.approvals_required,
                     },
+                )
+                self.observe(
+                    hold_escalated_event(
+                        hold.request.agent_id,
+                        hold.request.session_id,
+                        hold.hold_id,
+                        hold.request.action_type,
+                        now - hold.created_at,
+                        now,
+                    )
                 )
         return done
 
@@ -318,7 +332,19 @@ class ApprovalDesk:
                 "audit_seq": entry.seq,
             },
         )
-        raise Forbidden(
+        self.observe(
+            security_event(
+                "separation_of_duties",
+                f"{principal.name} tried to {verb} hold {hold.hold_id} of its own agent",
+                self.clock(),
+                subject=hold.request.agent_id,
+                agent_id=hold.request.agent_id,
+                session_id=hold.request.session_id,
+                trace_id=hold.trace_id,
+                data={"hold_id": hold.hold_id, "actor": principal.name, "audit_seq": entry.seq},
+            )
+        )
+        raise RecordedRefusal(
             f"you own agent {hold.request.agent_id}: another approver must {verb} its actions"
         )
 

@@ -29,6 +29,8 @@ from gateway.domain.actions import (
     content_digest,
     request_content,
 )
+from gateway.domain.alerts.events import decision_event, security_event
+from gateway.domain.alerts.rules import AlertEvent
 from gateway.domain.audit.entry import AuditEntry, EntryDraft, format_timestamp
 from gateway.domain.audit.events import ActorType, EventType
 from gateway.domain.audit.keys import Signer
@@ -83,6 +85,7 @@ class DecisionPipeline:
         audit: AuditLog,
         clock: Callable[[], float],
         redactor: Redactor,
+        observe: Callable[[AlertEvent], None] = lambda event: None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -90,10 +93,13 @@ class DecisionPipeline:
         self.audit = audit
         self.clock = clock
         self.redactor = redactor
+        self.observe = observe  # alerting: never blocks
         self.digest_key = digest_key(audit.signing_keys.first)
         self._releases: set[asyncio.Task[None]] = set()
 
-    async def submit(self, principal: Principal, request: ActionRequest) -> Decision:
+    async def submit(
+        self, principal: Principal, request: ActionRequest, trace_id: str = ""
+    ) -> Decision:
         # Sizes first: nothing below looks at (or echoes) an oversized field.
         validate_request(request, self.config.limits)
         refuse_secret_identifiers(request, self.redactor)
@@ -118,21 +124,25 @@ class DecisionPipeline:
             if isinstance(observed, Seen):
                 return await self.replay(observed)
             if isinstance(observed, Reused):
-                await self.refuse_reuse(stored)
+                await self.refuse_reuse(stored, trace_id)
             if isinstance(observed, Limited):
                 decision, draft, intent = self.decide_over_quota(
-                    request, stored, claim, observed, quota, now
+                    request, stored, claim, observed, quota, now, trace_id
                 )
+                counts, admitted = observed.refusal.counts, False
             else:
                 assert isinstance(observed, Observation)
-                decision, draft, intent = self.decide(request, stored, claim, observed, now)
+                decision, draft, intent = self.decide(
+                    request, stored, claim, observed, now, trace_id
+                )
+                counts, admitted = observed.counters.rates, True
             committing = self.audit.enqueue([draft], intent)
             entries = await asyncio.shield(committing)
         except Conflict:
             # Another call decided this action_id first (this call's claim lapsed):
             # nothing was written; its decision stands, and is the answer.
             self.release_unless_committed(request, claim, marks, committing)
-            return await self.decided_elsewhere(stored, claim)
+            return await self.decided_elsewhere(stored, claim, trace_id)
         except BaseException:
             # None: cancelled or failed while claiming, so the claim may stand.
             if observed is None or isinstance(observed, Observation):
@@ -152,8 +162,10 @@ class DecisionPipeline:
                 "matched_rules": list(decision.matched_rules),
                 "hold_id": decision.hold_id,
                 "audit_seq": decision.audit_seq,
+                "trace_id": trace_id,
             },
         )
+        self.observe(decision_event(stored, decision, quota, counts, admitted, now, trace_id))
         return decision
 
     async def claim_action(
@@ -227,11 +239,12 @@ class DecisionPipeline:
         claim: Claim,
         observed: Observation,
         now: float,
+        trace_id: str = "",
     ) -> tuple[Decision, EntryDraft, RecordDecision]:
         findings = detect(stored, observed.counters, self.config.detection)
         quarantine = observed.quarantine.reason if observed.quarantine else None
         decision, draft, hold = self.verdict(
-            request, stored, findings, observed.pause is not None, now, quarantine
+            request, stored, findings, observed.pause is not None, now, quarantine, trace_id
         )
         return decision, draft, RecordDecision(request, claim, decision, hold)
 
@@ -243,6 +256,7 @@ class DecisionPipeline:
         limited: Limited,
         quota: Quota,
         now: float,
+        trace_id: str = "",
     ) -> tuple[Decision, EntryDraft, RecordDecision | None]:
         """An action over a rate limit: recorded compactly (its digest and size, not its
         content), so that a flood fills neither Redis nor the log. Refused (the
@@ -254,7 +268,9 @@ class DecisionPipeline:
             parameters={"digest": claim.digest, "bytes": quota.request_bytes},
             reasoning="",
         )
-        decision, draft, hold = self.verdict(request, compact, [finding], False, now)
+        decision, draft, hold = self.verdict(
+            request, compact, [finding], False, now, trace_id=trace_id
+        )
         if decision.verdict is Verdict.DENY:
             return decision, draft, None
         return decision, draft, RecordDecision(request, claim, decision, hold)
@@ -267,6 +283,7 @@ class DecisionPipeline:
         in_paused_session: bool,
         now: float,
         quarantine_reason: str | None = None,
+        trace_id: str = "",
     ) -> tuple[Decision, EntryDraft, Hold | None]:
         """Policy and findings combined into the decision, its entry and its hold."""
         policy_result = evaluate_rules(self.policy.current, request)
@@ -286,6 +303,7 @@ class DecisionPipeline:
             reason=outcome.reason,
             findings=tuple(findings),
             matched_rules=policy_result.matched_rules,
+            trace_id=trace_id,
         )
         hold = None
         if outcome.verdict is Verdict.HOLD:
@@ -302,6 +320,7 @@ class DecisionPipeline:
                 approvals_required=(
                     policy_result.quorum if policy_result.verdict is Verdict.HOLD else 1
                 ),
+                trace_id=trace_id,
             )
             decision = replace(
                 decision,
@@ -312,14 +331,16 @@ class DecisionPipeline:
         draft = decision_entry(stored, decision, outcome, now)  # `stored` is redacted
         return decision, draft, hold
 
-    async def decided_elsewhere(self, stored: ActionRequest, claim: Claim) -> Decision:
+    async def decided_elsewhere(
+        self, stored: ActionRequest, claim: Claim, trace_id: str = ""
+    ) -> Decision:
         """The answer when the commit found the action decided by another call: that
         decision if it was for the same request, else the reuse refusal."""
         record = await self.state.decided(stored.agent_id, stored.action_id)
         if record is None:  # lapsed since: the client's retry decides it anew
             raise InFlight(f"action_id {stored.action_id} was decided by another call; retry")
         if record.digest != claim.digest:
-            await self.refuse_reuse(stored)
+            await self.refuse_reuse(stored, trace_id)
         await self.state.mark_decided(stored, claim)
         return await self.replay(Seen(record.decision))
 
@@ -334,9 +355,10 @@ class DecisionPipeline:
                 return hold.decision()
         return seen.decision
 
-    async def refuse_reuse(self, stored: ActionRequest) -> None:
+    async def refuse_reuse(self, stored: ActionRequest, trace_id: str = "") -> None:
         """An action_id already used for other content: refused, and recorded as a
-        security event (the first decision is not returned for a different action)."""
+        security event and raised as an alert (the first decision is not returned for
+        a different action)."""
         draft = EntryDraft(
             timestamp=format_timestamp(self.clock()),
             event_type=EventType.ACTION_ID_REUSED,
@@ -348,10 +370,23 @@ class DecisionPipeline:
             details={
                 "session_id": stored.session_id,
                 "reason": "the action_id was already used for a request with other content",
+                "trace_id": trace_id,
             },
             outcome="refused",
         )
         (entry,) = await self.audit.commit([draft])
+        self.observe(
+            security_event(
+                "action_id_reused",
+                f"action_id {stored.action_id} resubmitted with other content",
+                self.clock(),
+                subject=stored.agent_id,
+                agent_id=stored.agent_id,
+                session_id=stored.session_id,
+                trace_id=trace_id,
+                data={"action_id": stored.action_id, "audit_seq": entry.seq},
+            )
+        )
         log.warning(
             "action_id reused for a different request",
             extra={
@@ -361,6 +396,7 @@ class DecisionPipeline:
                 "action_id": stored.action_id,
                 "action_type": stored.action_type,
                 "audit_seq": entry.seq,
+                "trace_id": trace_id,
             },
         )
         raise AlreadyExists(
@@ -408,6 +444,7 @@ def decision_entry(
         "hold_id": decision.hold_id,
         "hold_expires_at": format_timestamp(decision.expires_at) if decision.hold_id else "",
         "paused_session": outcome.paused_session,
+        "trace_id": decision.trace_id,
     }
     return EntryDraft(
         timestamp=format_timestamp(now),

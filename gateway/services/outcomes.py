@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from gateway.config import Config
 from gateway.domain.actions import Verdict
+from gateway.domain.alerts.events import outcome_event
+from gateway.domain.alerts.rules import AlertEvent
 from gateway.domain.audit.entry import EntryDraft, format_timestamp
 from gateway.domain.audit.events import ActorType, EventType
 from gateway.domain.outcomes import Outcome, validate_outcome
@@ -36,12 +38,14 @@ class OutcomeDesk:
         audit: AuditLog,
         clock: Callable[[], float],
         redactor: Redactor,
+        observe: Callable[[AlertEvent], None] = lambda event: None,
     ) -> None:
         self.config = config
         self.state = state
         self.audit = audit
         self.clock = clock
         self.redactor = redactor
+        self.observe = observe  # alerting: never blocks
 
     async def report(self, principal: Principal, outcome: Outcome) -> int:
         """Records the outcome; returns its audit seq."""
@@ -85,14 +89,42 @@ class OutcomeDesk:
             conflict=f"an outcome was already reported for action_id {preview(outcome.action_id)}",
         )
         try:
-            await self.state.record_outcome(
+            error_rate, counted = await self.state.record_outcome(
                 outcome.agent_id, not outcome.success, outcome.tokens, self.config.detection
+            )
+            self.observe(
+                outcome_event(
+                    outcome.agent_id,
+                    decision.session_id,
+                    outcome.action_id,
+                    outcome.success,
+                    error_rate,
+                    counted,
+                    self.clock(),
+                )
             )
         except StoreUnavailable as e:
             log.warning(
                 "outcome recorded, but not counted in the agent's baselines",
                 extra={"category": "error", "action_id": outcome.action_id, "error": str(e)},
             )
+        log.info(
+            "outcome reported",
+            extra={
+                "category": "action",
+                "event_type": "outcome_reported",
+                "agent_id": outcome.agent_id,
+                "session_id": decision.session_id,
+                "trace_id": decision.trace_id,
+                "action_id": outcome.action_id,
+                "success": outcome.success,
+                "error_type": draft.details["error_type"],
+                "result": draft.details["error"],
+                "duration_seconds": outcome.duration_seconds,
+                "tokens": outcome.tokens,
+                "audit_seq": entry.seq,
+            },
+        )
         if verdict is not Verdict.ALLOW:
             log.warning(
                 "outcome reported for an action that was not allowed",

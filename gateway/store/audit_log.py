@@ -132,6 +132,9 @@ class AuditLog:
         self._head: Head | None = None
         self._projecting: set[asyncio.Task[None]] = set()
         self.batches = 0  # counted for the benchmark and tests of group commit
+        # Called with the error whenever a batch could not be appended (the app raises
+        # an alert); the batch's callers fail closed either way.
+        self.on_failure: Callable[[str], None] = lambda error: None
 
     async def commit(
         self, drafts: list[EntryDraft], intent: Intent = None, conflict: str = "state changed"
@@ -168,7 +171,7 @@ class AuditLog:
                 except Exception as e:  # the writer must survive anything; callers fail closed
                     log.exception("audit writer failed", extra={"event": "audit_write_failed"})
                     self._head = None
-                    _fail(batch, OutcomeUnknown(f"audit log write failed: {e}"))
+                    self._failed(batch, OutcomeUnknown(f"audit log write failed: {e}"))
 
     async def _read_head(self) -> Head:
         with unavailable_on_error("reading the audit head"):
@@ -203,13 +206,13 @@ class AuditLog:
                 try:
                     self._head = await self._read_head()
                 except StoreUnavailable as e:
-                    _fail(batch, e)
+                    self._failed(batch, e)
                     return
             start = self._head
             try:
                 signer = self.signer_for(start)
             except StoreUnavailable as e:
-                _fail(batch, e)
+                self._failed(batch, e)
                 return
             grown = extend(start, [p.segment for p in batch], signer)
             head, built = grown.head, grown.entries
@@ -223,12 +226,12 @@ class AuditLog:
                 # OutcomeUnknown when the reply was lost (the append may have landed);
                 # a refusal by Redis wrote nothing (commit.lua checks before it writes).
                 self._head = None  # re-read the head next time
-                _fail(batch, e)
+                self._failed(batch, e)
                 return
             status = reply[0]
             if status == "ok" and self.replica_acks and acked < self.replica_acks.min_replicas:
                 self._head = None  # the entries may be lost in a failover: re-read
-                _fail(batch, self._too_few_replicas(acked))
+                self._failed(batch, self._too_few_replicas(acked))
                 return
             if status == "ok":
                 self._head = head
@@ -253,7 +256,13 @@ class AuditLog:
             else:  # "retry": it depends on a write earlier in this batch
                 self._queue.insert(0, culprit)
                 self._wakeup.set()
-        _fail(batch, StoreUnavailable("audit log append kept conflicting with other writers"))
+        self._failed(
+            batch, StoreUnavailable("audit log append kept conflicting with other writers")
+        )
+
+    def _failed(self, batch: list[_Pending], error: Exception) -> None:
+        _fail(batch, error)
+        self.on_failure(str(error))
 
     def _script_arguments(
         self, batch: list[_Pending], grown: Extension

@@ -1,7 +1,8 @@
 """What a commit changes besides the log: typed intents, and how commit.lua gets them.
 
 Services say what they mean (record a decision, resolve a hold, lift a session's
-pause, record an outcome, rotate the signing key); the audit writer appends the intent's entries and
+pause, record an outcome, quarantine or release an agent, acknowledge an alert,
+rotate the signing key); the audit writer appends the intent's entries and
 applies the intent in the same `commit.lua` call, which checks its precondition
 (the action not decided yet, the hold still pending, the session still paused,
 the outcome not reported yet) and
@@ -25,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.domain.actions import ActionRequest, Decision
+from gateway.domain.alerts.model import Alert, alert_to_json
 from gateway.domain.holds import Hold, HoldStatus, Quarantine, SessionPause, with_resolution_seq
 from gateway.store.keys import KeySpace
 from gateway.store.records import (
@@ -151,6 +153,15 @@ class ReleaseAgent:
 
 
 @dataclass(frozen=True)
+class AcknowledgeAlert:
+    """An alert acknowledged (`alert` as it is after): refused unless it is still
+    active, so two operators acknowledging at once get one winner."""
+
+    alert: Alert
+    feed_max: int = 10_000
+
+
+@dataclass(frozen=True)
 class RotateKey:
     """The entries are signed by the current key; every later entry by `signer`."""
 
@@ -164,6 +175,7 @@ Intent = (
     | RecordOutcome
     | QuarantineAgent
     | ReleaseAgent
+    | AcknowledgeAlert
     | RotateKey
     | None
 )
@@ -263,6 +275,17 @@ class IntentWriter:
             item |= {
                 "kind": "remove",
                 "record": index(self.keys.quarantine(intent.agent_id)),
+            }
+        elif isinstance(intent, AcknowledgeAlert):
+            alert = replace(intent.alert, acknowledgement_audit_seq=entries[0].seq)
+            item |= {
+                "kind": "acknowledge",
+                "record": index(self.keys.alert(alert.alert_id)),
+                "json": dumps(alert_to_json(alert)),
+                "index": index(self.keys.active_alerts),
+                "member": alert.alert_id,
+                "feed": index(self.keys.alert_feed),
+                "feed_max": str(intent.feed_max),
             }
         return item, []
 

@@ -118,6 +118,7 @@ def hold_to_json(h: Hold) -> dict[str, Any]:
         "resolution": resolution_to_json(h.resolution),
         "approvals": [approval_to_json(a) for a in h.approvals],
         "approvals_required": h.approvals_required,
+        "trace_id": h.trace_id,
     }
 
 
@@ -136,6 +137,7 @@ def hold_from_json(obj: Mapping[str, Any]) -> Hold:
         resolution=resolution_from_json(obj["resolution"]),
         approvals=approvals_from_json(obj.get("approvals")),
         approvals_required=int(obj.get("approvals_required", 1)),
+        trace_id=str(obj.get("trace_id", "")),
     )
 
 
@@ -152,6 +154,7 @@ def decision_to_json(d: Decision) -> dict[str, Any]:
         "resolution": resolution_to_json(d.resolution),
         "audit_seq": d.audit_seq,
         "approvals_required": d.approvals_required,
+        "trace_id": d.trace_id,
     }
 
 
@@ -168,6 +171,7 @@ def decision_from_json(obj: Mapping[str, Any]) -> Decision:
         resolution=resolution_from_json(obj["resolution"]),
         audit_seq=int(obj["audit_seq"]),
         approvals_required=int(obj.get("approvals_required", 1)),
+        trace_id=str(obj.get("trace_id", "")),
     )
 
 

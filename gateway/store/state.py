@@ -260,12 +260,14 @@ class StateStore:
 
     async def record_outcome(
         self, agent_id: str, failed: bool, tokens: int | None, settings: DetectionSettings
-    ) -> None:
-        """Feeds a reported outcome to the agent's baselines (after its audit entry)."""
+    ) -> tuple[float | None, int]:
+        """Feeds a reported outcome to the agent's baselines (after its audit entry).
+        Returns the agent's error rate over its last outcomes (None until there are
+        enough of them) and how many outcomes that rate is over."""
         anomaly = settings.anomaly
         error_rate, tokens_prior = anomaly.priors["error_rate"], anomaly.priors["tokens_per_action"]
         with unavailable_on_error("recording the outcome"):
-            await self._outcome(
+            rate, counted = await self._outcome(
                 keys=[self.keys.agent_stats(agent_id), self.keys.outcomes(agent_id)],
                 args=[
                     "1" if failed else "0",
@@ -283,6 +285,7 @@ class StateStore:
                     "1" if anomaly.enabled else "0",
                 ],
             )
+        return (float(rate) if rate else None), int(counted)
 
     async def get_hold(self, hold_id: str) -> Hold | None:
         with unavailable_on_error("reading a hold"):

@@ -76,7 +76,7 @@ class Server:
         return match.group(1)
 
     def redis_pid(self) -> int:
-        match = re.search(r'"event": "redis_started", "pid": (\d+)', self.text())
+        match = re.search(r'"event_type":"redis_started".*?"pid":(\d+)', self.text())
         assert match, self.text()
         return int(match.group(1))
 

@@ -102,7 +102,9 @@ def test_only_admins_rotate_and_a_reason_is_required(gw: RunningGateway) -> None
         rotate(gw, reason="  ")
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "reason" in (e.value.details() or "")
-    assert gw.audit_head() == 0
+    # Only the refusal of the auditor is recorded (a security event); no rotation.
+    wait_for(lambda: gw.event_types(), what="the security entry")
+    assert gw.event_types() == ["security_permission_denied"]
     assert len(gw.key_set().keys) == 1
 
 

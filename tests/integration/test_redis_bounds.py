@@ -11,6 +11,7 @@ import redis
 from agentgw.v1 import approvals_pb2, gateway_pb2
 from gateway.domain.detect.engine import DetectionSettings
 from gateway.domain.detect.rates import RateSettings
+from gateway.domain.log_records import CATEGORIES
 from gateway.store.keys import KeySpace
 from tests.harness import ManualClock, RunningGateway, wait_for
 
@@ -44,6 +45,12 @@ def unbounded_keys(keys: KeySpace) -> set[str]:
         keys.audit_checkpoint,
         keys.pending_holds,  # bounded by the pending holds
         keys.paused_sessions,  # bounded by the paused sessions
+        keys.active_alerts,  # at most alerts.max_alerts, younger than the retention
+        keys.recent_alerts,
+        keys.alert_feed,  # MAXLEN ~10,000
+        keys.alert_deliveries,  # bounded by the pending deliveries
+        keys.dead_deliveries,  # MAXLEN ~10,000
+        *(keys.log_stream(c) for c in CATEGORIES),  # trimmed by age and logs.max_records
     }
 
 

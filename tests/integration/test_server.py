@@ -56,13 +56,6 @@ def test_reflection_needs_a_token(gw: RunningGateway) -> None:
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_alerts_are_unimplemented_until_their_issue(gw: RunningGateway) -> None:
-    stub = alerts_pb2_grpc.AlertsStub(gw.channel)
-    with pytest.raises(grpc.RpcError) as e:
-        stub.List(alerts_pb2.ListAlertsRequest(), metadata=gw.md("admin-1"), timeout=5)
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 def test_policy_file_change_is_picked_up(make_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     policy = tmp_path / "policy.yaml"
     policy.write_text(ALLOW_ALL)

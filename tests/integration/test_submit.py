@@ -9,7 +9,7 @@ from google.protobuf import struct_pb2
 from agentgw.v1 import approvals_pb2, audit_pb2, gateway_pb2
 from clients.wire import struct_to_python
 from gateway.logs import JsonFormatter
-from tests.harness import RunningGateway
+from tests.harness import RunningGateway, wait_for
 
 
 def request(**fields: object) -> gateway_pb2.ActionRequest:
@@ -69,7 +69,9 @@ def test_agent_cannot_submit_as_another_agent(gw: RunningGateway) -> None:
         gw.gateway.Submit(request(agent_id="agent-2"), metadata=gw.md("agent-1"))
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "agent-2" in (e.value.details() or "")
-    assert gw.audit_head() == 0
+    # Nothing is decided; the refusal is a security event (an entry and an alert).
+    wait_for(lambda: gw.event_types(), what="the security entry")
+    assert gw.event_types() == ["security_permission_denied"]
 
 
 def test_approver_cannot_submit(gw: RunningGateway) -> None:

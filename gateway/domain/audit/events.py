@@ -31,6 +31,10 @@ class EventType(enum.StrEnum):
     SEPARATION_OF_DUTIES = "security_separation_of_duties"  # an owner deciding its agent
     AGENT_QUARANTINED = "agent_quarantined"
     AGENT_RELEASED = "agent_released"
+    ALERT_ACKNOWLEDGED = "alert_acknowledged"
+    # Security refusals, coalesced per source and window (services/security_events.py)
+    AUTHENTICATION_FAILED = "security_authentication_failed"
+    PERMISSION_DENIED = "security_permission_denied"
 
 
 # Events that are security-relevant whatever their details say.

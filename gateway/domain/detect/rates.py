@@ -91,6 +91,37 @@ def over_limit(quota: Quota, counts: RateCounts) -> str | None:
     return None
 
 
+WINDOW_LABELS = {
+    "agent": "actions per minute by this agent",
+    "session": "actions per minute in this session",
+    "type": "actions per minute of this type",
+    "bytes": "request bytes per minute by this agent",
+}
+
+
+def usage(quota: Quota, counts: RateCounts, admitted: bool = True) -> tuple[str, float]:
+    """The fullest window (as `over_limit` names it) and how full it is (1.0: at its
+    limit). `counts` include the action if it was admitted, else one more is added,
+    so that a refused action shows the window over its limit."""
+    extra = 0 if admitted else 1
+    limits = quota.limits
+    windows = (
+        ("agent", counts.agent_actions + extra, limits.actions_per_minute),
+        ("session", counts.session_actions + extra, limits.session_actions_per_minute),
+        ("type", counts.type_actions + extra, quota.type_per_minute),
+        (
+            "bytes",
+            counts.agent_bytes + extra * quota.request_bytes,
+            limits.request_bytes_per_minute,
+        ),
+    )
+    fullest, ratio = "agent", 0.0
+    for window, used, limit in windows:
+        if limit > 0 and used / limit > ratio:
+            fullest, ratio = window, used / limit
+    return fullest, ratio
+
+
 def rate_limit_finding(refusal: Refusal, quota: Quota, action_type: str) -> Finding:
     limits, counts = quota.limits, refusal.counts
     what = {

@@ -12,7 +12,7 @@
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
 --          "keys": [field, value, ...] (key history changes: first key, rotations),
 --          "items": [{"entries": [line...], "kind": "none" | "decide" | "resolve" |
---                     "create" | "remove", and the fields of its kind (below)}]}
+--                     "create" | "remove" | "acknowledge", and the fields of its kind (below)}]}
 --
 --   decide   record, value, px (the decided record: must not exist yet);
 --            [marker, marker_value] the claim marker; [hold {key, json, status, px,
@@ -26,6 +26,9 @@
 --   remove   record (must exist): deleted; [index, member]: also removed from that
 --            sorted set (a session's pause, a quarantine)
 --   decide's pause also has [index, member, score] (the paused-sessions index)
+--   acknowledge  record (an alert hash whose status must be 'active'), json: the
+--            acknowledged alert; removed from index (the active alerts) as member,
+--            and added to feed (a stream, MAXLEN ~ feed_max)
 --
 -- Returns {'ok'}; {'moved', seq, hash, frontier, key_id} when another writer appended
 -- first or the head names another signing key (a rotation, or a misconfigured replica);
@@ -66,6 +69,8 @@ local function check(item)
     return item.hold, state[1] == 'pending' and (state[2] or '0') == item.approvals_before
   elseif item.kind == 'remove' then
     return item.record, redis.call('EXISTS', KEYS[item.record]) == 1
+  elseif item.kind == 'acknowledge' then
+    return item.record, redis.call('HGET', KEYS[item.record], 'status') == 'active'
   end
   return nil, true
 end
@@ -83,7 +88,7 @@ local function writes(item)
     return keys
   elseif item.kind == 'resolve' then
     return {item.hold}
-  elseif item.kind == 'remove' or item.kind == 'create' then
+  elseif item.kind == 'remove' or item.kind == 'create' or item.kind == 'acknowledge' then
     return {item.record}
   end
   return {}
@@ -120,6 +125,11 @@ local function apply(item)
     if item.index then
       redis.call('ZREM', KEYS[item.index], item.member)
     end
+  elseif item.kind == 'acknowledge' then
+    redis.call('HSET', KEYS[item.record], 'json', item.json, 'status', 'acknowledged')
+    redis.call('ZREM', KEYS[item.index], item.member)
+    redis.call('XADD', KEYS[item.feed], 'MAXLEN', '~', item.feed_max, '*',
+      'event', 'acknowledged', 'json', item.json)
   elseif item.kind == 'create' then
     if tonumber(item.px) > 0 then
       redis.call('SET', KEYS[item.record], item.value, 'PX', item.px)
