@@ -4,9 +4,9 @@ one token per role, and `wait_for` for conditions. Imported by conftest and test
 from __future__ import annotations
 
 import asyncio
-import json
 import base64
 import contextlib
+import json
 import logging
 import threading
 import time

@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agentgw.v1 import alerts_pb2, alerts_pb2_grpc, gateway_pb2
+from agentgw.v1 import gateway_pb2
 from tests.harness import RunningGateway, wait_for
 
 ALLOW_ALL = "version: 1\ndefault_verdict: allow\nrules: []\n"
