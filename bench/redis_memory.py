@@ -58,6 +58,11 @@ FAMILY_PATTERNS = (
     ("audit head", r":\{audit\}:head$"),
     ("audit key history", r":\{audit\}:keys$"),
     ("published checkpoint", r":\{audit\}:checkpoint$"),
+    ("alert", r":\{audit\}:alert:"),
+    ("alert indexes", r":\{audit\}:alerts:(active|recent)$"),
+    ("alert cooldown", r":\{audit\}:alerts:cooldown:"),
+    ("alert feed", r":\{audit\}:alerts:feed$"),
+    ("log stream", r":\{logs\}:"),
 )
 
 
@@ -85,6 +90,8 @@ async def measure(actions: int) -> None:
         port = await app.start()
         try:
             await asyncio.to_thread(drive, f"127.0.0.1:{port}", tokens, actions)
+            await app.alerting.drain()
+            await app.log_sink.drain()
             await report(app.client, actions)
         finally:
             await app.stop(grace=1)
@@ -140,6 +147,12 @@ async def report(client: aioredis.Redis, actions: int) -> None:
         print(
             f"{name:<24} {len(sizes[name]):>6} {statistics.mean(sizes[name]):>10.0f} "
             f"{sum(sizes[name]):>10}  {ttl}"
+        )
+    async for key in client.scan_iter("*:{logs}:*"):
+        records = int(await client.xlen(str(key)))
+        usage = int(await client.memory_usage(str(key)) or 0)
+        print(
+            f"log stream {str(key).rsplit(':', 1)[1]}: {records} records, {usage / records:.0f} B each"
         )
 
 

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -75,6 +75,54 @@ def outcome_message(
     if tokens is not None:
         outcome.tokens = tokens
     return outcome
+
+
+def agent_decision(
+    choice: str,
+    options: Sequence[str] = (),
+    confidence: float = 0.0,
+    reasoning: str = "",
+    **event: Any,
+) -> gateway_pb2.LogEvent:
+    """A `Gateway.Log` record of a choice the agent made (category decision). `event`:
+    message, session_id, level, event_type, trace_id, fields (a mapping)."""
+    kind = gateway_pb2.AgentDecision(
+        options=list(options), choice=choice, confidence=confidence, reasoning=reasoning
+    )
+    return _log_event(event, decision=kind)
+
+
+def agent_error(
+    error_type: str,
+    message: str,
+    stack_trace: str = "",
+    context: Mapping[str, Any] | None = None,
+    **event: Any,
+) -> gateway_pb2.LogEvent:
+    """A `Gateway.Log` record of an error the agent met (category error)."""
+    kind = gateway_pb2.AgentError(type=error_type, message=message, stack_trace=stack_trace)
+    if context:
+        kind.context.CopyFrom(python_to_struct(json_compatible(dict(context))))
+    return _log_event(event, error=kind)
+
+
+def user_interaction(
+    user_id: str, interaction: str, content: str = "", **event: Any
+) -> gateway_pb2.LogEvent:
+    """A `Gateway.Log` record of an exchange with a user (category user)."""
+    kind = gateway_pb2.UserInteraction(user_id=user_id, interaction=interaction, content=content)
+    return _log_event(event, user_interaction=kind)
+
+
+def _log_event(event: Mapping[str, Any], **kind: Any) -> gateway_pb2.LogEvent:
+    fields = event.get("fields")
+    message = gateway_pb2.LogEvent(
+        **{k: v for k, v in event.items() if k != "fields"},
+        **kind,
+    )
+    if fields:
+        message.fields.CopyFrom(python_to_struct(json_compatible(dict(fields))))
+    return message
 
 
 def is_pending(decision: gateway_pb2.Decision) -> bool:

@@ -108,6 +108,14 @@ class _Agent:
         self.session_id = session_id or uuid.uuid4().hex
         self._metadata = bearer(token)
 
+    def _own(self, event: gateway_pb2.LogEvent) -> gateway_pb2.LogEvent:
+        """The event as this agent's, in its session unless it names one."""
+        own = gateway_pb2.LogEvent()
+        own.CopyFrom(event)
+        own.agent_id = self.agent_id
+        own.session_id = event.session_id or self.session_id
+        return own
+
     def guard(
         self,
         action_type: str,
@@ -252,6 +260,14 @@ class AgentClient(_Agent):
             outcome, metadata=self._metadata, timeout=timeout
         )
         return response.audit_seq
+
+    def log(self, event: gateway_pb2.LogEvent, timeout: float = CALL_TIMEOUT_SECONDS) -> str:
+        """Files one of the agent's own log records (`agent_decision`, `agent_error`,
+        `user_interaction` in clients/actions.py build them); returns its trace id."""
+        response: gateway_pb2.LogResponse = self.stub.Log(
+            self._own(event), metadata=self._metadata, timeout=timeout
+        )
+        return response.trace_id
 
     def _guarded(
         self, guard: Guard, fn: Callable[..., Any], signature: inspect.Signature
@@ -409,6 +425,13 @@ class AsyncAgentClient(_Agent):
             outcome, metadata=self._metadata, timeout=timeout
         )
         return response.audit_seq
+
+    async def log(self, event: gateway_pb2.LogEvent, timeout: float = CALL_TIMEOUT_SECONDS) -> str:
+        """AgentClient.log; returns the record's trace id."""
+        response: gateway_pb2.LogResponse = await self.stub.Log(
+            self._own(event), metadata=self._metadata, timeout=timeout
+        )
+        return response.trace_id
 
     def _guarded(
         self, guard: Guard, fn: Callable[..., Any], signature: inspect.Signature

@@ -386,7 +386,7 @@ class ApprovalDesk:
         log.info(
             "hold resolved" if after.resolution is not None else "hold approval added",
             extra={
-                "category": "user" if actor_type is ActorType.USER else "decisions",
+                "category": "decision",
                 "hold_id": hold_id,
                 "status": after.status.value,
                 "decided_by": actor,

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from agentgw.v1 import gateway_pb2, logs_pb2, logs_pb2_grpc
+from clients.actions import agent_decision, agent_error, user_interaction
 from clients.cli import main
 from clients.wire import python_to_struct, struct_to_python
 from tests.harness import GatewayLogs, RunningGateway, token_for, wait_for
@@ -218,3 +219,30 @@ def _until_exit(process: subprocess.Popen[str], attempts: int = 200) -> Iterator
         except subprocess.TimeoutExpired:
             yield attempt
     raise AssertionError("the CLI did not exit after its reader went away")
+
+
+def test_the_agent_client_files_decisions_errors_and_interactions(gw: RunningGateway) -> None:
+    agent = gw.agent()
+    decided = agent.log(
+        agent_decision(
+            "refund", options=["refund", "escalate"], confidence=0.8, reasoning="r" * 900
+        )
+    )
+    failed = agent.log(
+        agent_error("TimeoutError", "the CRM did not answer", context={"password": "hunter2"})
+    )
+    asked = agent.log(user_interaction("user-42", "confirmation", "yes, go ahead"))
+    by_trace = {
+        trace: query(gw, trace_id=trace, categories=["decision", "error", "user"])
+        for trace in (decided, failed, asked)
+    }
+    ((decision,), (error,), (interaction,)) = by_trace.values()
+    assert decision.category == "decision" and decision.agent_id == "agent-1"
+    assert decision.session_id == agent.session_id
+    data = struct_to_python(decision.data)["decision"]
+    assert data["choice"] == "refund" and data["confidence"] == 0.8
+    assert len(data["reasoning"]) < 600  # kept to 500 characters and a marker
+    assert error.category == "error"
+    assert "hunter2" not in str(struct_to_python(error.data))
+    assert interaction.category == "user"
+    assert struct_to_python(interaction.data)["user_interaction"]["user_id"] == "user-42"

@@ -259,4 +259,6 @@ def test_a_100_kb_identifier_gets_a_short_answer_and_a_short_log_line(
     lines = gateway_logs.lines
     assert any(ref in line for line in lines)
     assert all(len(line) < 2048 for line in lines), max(lines, key=len)[:300]
-    assert all("x" * 200 not in json.loads(line).get("error", "") for line in lines)
+    refused = [json.loads(line) for line in lines if ref in line]
+    assert refused and all("error" in r["data"] for r in refused)
+    assert all("x" * 200 not in r["data"]["error"] for r in refused)
