@@ -10,15 +10,12 @@ entry of a call share, so one id finds all three.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Sequence
+
+from gateway.domain.log_records import new_trace_id
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE = "0" * 32
-
-
-def new_trace_id() -> str:
-    return secrets.token_hex(16)
 
 
 def trace_id_of(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
@@ -32,7 +29,3 @@ def trace_id_of(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
             return m[2]
         break
     return new_trace_id()
-
-
-def valid_trace_id(value: str) -> bool:
-    return bool(re.fullmatch(r"[0-9a-f]{32}", value)) and value != _ZERO_TRACE

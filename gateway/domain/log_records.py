@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import re
+import secrets
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -364,6 +365,12 @@ def log_filter(
         until=until,
         trace_id=trace_id,
     )
+
+
+def new_trace_id() -> str:
+    """A W3C trace id (32 lowercase hex digits; all zero is invalid, and a random one
+    is never all zero in practice)."""
+    return secrets.token_hex(16)
 
 
 def check_trace_id(trace_id: str, field_name: str = "trace_id") -> None:

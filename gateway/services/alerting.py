@@ -286,14 +286,11 @@ class Alerting:
             raise Conflict(f"alert {alert_id} was acknowledged by {alert.acknowledged_by} already")
         now = self.clock()
         after = replace(alert, acknowledged_by=principal.name, acknowledged_at=now, note=note)
-        draft = EntryDraft(
-            timestamp=format_timestamp(now),
-            event_type=EventType.ALERT_ACKNOWLEDGED,
-            actor=principal.name,
-            actor_type=ActorType.USER,
-            action_id="",
-            action_type="",
-            resource="",
+        draft = EntryDraft.of_no_action(
+            now,
+            EventType.ALERT_ACKNOWLEDGED,
+            principal.name,
+            ActorType.USER,
             details={
                 "alert_id": alert_id,
                 "rule": alert.rule,

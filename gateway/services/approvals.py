@@ -405,14 +405,11 @@ class ApprovalDesk:
         pause = await self.state.session_pause(agent_id, session_id)
         if pause is None:
             return False, 0
-        draft = EntryDraft(
-            timestamp=format_timestamp(self.clock()),
-            event_type=EventType.SESSION_RESUMED,
-            actor=principal.name,
-            actor_type=ActorType.USER,
-            action_id="",
-            action_type="",
-            resource="",
+        draft = EntryDraft.of_no_action(
+            self.clock(),
+            EventType.SESSION_RESUMED,
+            principal.name,
+            ActorType.USER,
             details={
                 "agent_id": agent_id,
                 "session_id": session_id,

@@ -19,7 +19,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import secrets
 from collections.abc import AsyncIterator, Callable
 
 from gateway.domain.log_records import (
@@ -27,6 +26,7 @@ from gateway.domain.log_records import (
     LogFilter,
     LogRecord,
     agent_log_record,
+    new_trace_id,
     record_from_logging,
 )
 from gateway.domain.principals import Principal
@@ -180,12 +180,6 @@ class LogSink(logging.Handler):
             logger=log.name,
             data={"dropped": count, "queue_size": self.queue_size},
         )
-
-
-def new_trace_id() -> str:
-    """A W3C trace id (32 lowercase hex digits; all zero is invalid, and this is
-    never all zero in practice)."""
-    return secrets.token_hex(16)
 
 
 class AgentLogDesk:

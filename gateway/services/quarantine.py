@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from gateway.domain.audit.entry import EntryDraft, format_timestamp
+from gateway.domain.audit.entry import EntryDraft
 from gateway.domain.audit.events import ActorType, EventType
 from gateway.domain.holds import Quarantine, check_reason
 from gateway.domain.principals import Principal
@@ -82,14 +82,11 @@ class QuarantineDesk:
         intent: QuarantineAgent | ReleaseAgent,
         conflict: str,
     ) -> int:
-        draft = EntryDraft(
-            timestamp=format_timestamp(self.clock()),
-            event_type=event_type,
-            actor=principal.name,
-            actor_type=ActorType.USER,
-            action_id="",
-            action_type="",
-            resource="",
+        draft = EntryDraft.of_no_action(
+            self.clock(),
+            event_type,
+            principal.name,
+            ActorType.USER,
             details={"agent_id": agent_id, "reason": reason},
             outcome=outcome,
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from gateway.domain.alerts.events import security_event
 from gateway.domain.alerts.model import GATEWAY_SUBJECT
 from gateway.domain.alerts.rules import AlertEvent
-from gateway.domain.audit.entry import EntryDraft, format_timestamp
+from gateway.domain.audit.entry import EntryDraft
 from gateway.domain.audit.events import ActorType, EventType
 from gateway.errors import StoreUnavailable
 from gateway.store.audit_log import AuditLog
@@ -131,14 +131,11 @@ class SecurityEvents:
             if tally.source != OTHER
             else f"{count} call(s) refused from sources beyond the first {MAX_SOURCES}"
         )
-        draft = EntryDraft(
-            timestamp=format_timestamp(self.clock()),
-            event_type=KINDS[tally.kind],
-            actor=tally.principal or GATEWAY_SUBJECT,
-            actor_type=tally.actor_type,
-            action_id="",
-            action_type="",
-            resource="",
+        draft = EntryDraft.of_no_action(
+            self.clock(),
+            KINDS[tally.kind],
+            tally.principal or GATEWAY_SUBJECT,
+            tally.actor_type,
             details={
                 "source": tally.source,
                 "count": count,

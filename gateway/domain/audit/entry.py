@@ -110,6 +110,30 @@ class EntryDraft:
     details: Mapping[str, Any]
     outcome: str
 
+    @classmethod
+    def of_no_action(
+        cls,
+        now: float,
+        event_type: str,
+        actor: str,
+        actor_type: str,
+        details: Mapping[str, Any],
+        outcome: str,
+    ) -> EntryDraft:
+        """An entry about something other than one action (a session resumed, an agent
+        quarantined, an alert acknowledged, calls refused): no action fields."""
+        return cls(
+            timestamp=format_timestamp(now),
+            event_type=event_type,
+            actor=actor,
+            actor_type=actor_type,
+            action_id="",
+            action_type="",
+            resource="",
+            details=details,
+            outcome=outcome,
+        )
+
 
 @dataclass(frozen=True)
 class AuditEntry:
