@@ -47,6 +47,7 @@ from gateway.services.alerting import Alerting
 from gateway.services.approvals import RECHECK_SECONDS, ApprovalDesk
 from gateway.services.decisions import DecisionPipeline
 from gateway.services.hold_watch import HoldWatch
+from gateway.services.log_integrity import LogIntegrity
 from gateway.services.log_shipping import AgentLogDesk, LogSearch, LogSink
 from gateway.services.outcomes import OutcomeDesk
 from gateway.services.policy_reload import PolicyReloader
@@ -197,6 +198,7 @@ class App:
         observe = self.alerting.observe
         self.audit.on_failure = lambda error: observe(audit_failure_event(error, self.clock()))
         self.security = SecurityEvents(self.audit, observe, self.clock)
+        self.integrity = LogIntegrity(self.audit, observe, self.clock)
         self.desk = ApprovalDesk(
             self.hold_state, self.audit, self.listener, self.clock, redactor, observe
         )
@@ -218,6 +220,8 @@ class App:
         self._spawn(self.alerting.run_feed(), "alert feed")
         self._spawn(self.deliveries.run(), "alert deliveries")
         self._spawn(self.security.run(), "security events")
+        if config.audit.verify_interval_seconds > 0:
+            self._spawn(self._verify_periodically(), "audit verification")
         if config.policy_file is not None:
             self._spawn(policy.watch(), "policy watcher")
         if self.embedded is not None:
@@ -241,7 +245,7 @@ class App:
                 QuarantineDesk(self.hold_state, self.audit, self.clock, redactor),
                 redactor,
             ),
-            AuditService(auth, self.audit, self.clock, redactor),
+            AuditService(auth, self.audit, self.clock, self.integrity, redactor),
             AlertsService(auth, self.alerting, self.audit, redactor),
             LogsService(auth, LogSearch(self.log_streams), redactor),
         )
@@ -368,6 +372,19 @@ class App:
             "background task ended",
             extra={"category": "error", "task": task.get_name(), "error": repr(error)},
         )
+
+    async def _verify_periodically(self) -> None:
+        """Verifies the stored log in place every `audit.verify_interval_seconds`."""
+        while not self._stopping.is_set():
+            await self._pause(self.config.audit.verify_interval_seconds)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.integrity.verify()
+            except StoreUnavailable as e:
+                log.warning(
+                    "audit verification failed to run", extra={"category": "error", "error": str(e)}
+                )
 
     def _ship_logs(self) -> None:
         """The gateway's own records go to the log streams too (at the configured

@@ -55,6 +55,8 @@ class AuditSettings:
     signing_key_file: Path | None = None  # default: <data_dir>/audit-signing-key.pem
     key_dir: Path | None = None  # rotated keys; default: <data_dir>/audit-keys
     checkpoint_interval_seconds: float = 30.0
+    # Verify the stored log in place this often (Audit.VerifyLog); 0: only on demand.
+    verify_interval_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,15 @@ def _redis(r: _ConfigReader, node: Node) -> dict[str, RedisSettings]:
 
 def _audit(r: _ConfigReader, node: Node) -> dict[str, AuditSettings]:
     m = r.mapping(
-        node, "audit", ("checkpoint_interval_seconds", "key_dir", "origin", "signing_key_file")
+        node,
+        "audit",
+        (
+            "checkpoint_interval_seconds",
+            "key_dir",
+            "origin",
+            "signing_key_file",
+            "verify_interval_seconds",
+        ),
     )
     audit = AuditSettings()
     if "origin" in m:
@@ -305,6 +315,13 @@ def _audit(r: _ConfigReader, node: Node) -> dict[str, AuditSettings]:
             m["checkpoint_interval_seconds"], "audit.checkpoint_interval_seconds", 1
         )
         audit = replace(audit, checkpoint_interval_seconds=interval)
+    if "verify_interval_seconds" in m:
+        every = r.number(m["verify_interval_seconds"], "audit.verify_interval_seconds", 0)
+        if 0 < every < 60:
+            raise r.fail(
+                m["verify_interval_seconds"], "audit.verify_interval_seconds", "0 (off) or >= 60"
+            )
+        audit = replace(audit, verify_interval_seconds=every)
     return {"audit": audit}
 
 

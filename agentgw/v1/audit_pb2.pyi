@@ -663,3 +663,64 @@ class RotateKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateKeyResponse: _TypeAlias = RotateKeyResponse  # noqa: Y015
+
+@_typing.final
+class VerifyLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyLogRequest: _TypeAlias = VerifyLogRequest  # noqa: Y015
+
+@_typing.final
+class VerifyLogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_HASH_FIELD_NUMBER: _builtins.int
+    FAILURE_KIND_FIELD_NUMBER: _builtins.int
+    FAILURE_SEQ_FIELD_NUMBER: _builtins.int
+    FAILURE_MESSAGE_FIELD_NUMBER: _builtins.int
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    entries: _builtins.int
+    """Entries verified in order (up to the first bad one)."""
+    tree_size: _builtins.int
+    """The checkpoint the log was checked against."""
+    root_hash: _builtins.str
+    failure_kind: _builtins.str
+    """On failure: what kind (docs/audit-format.md), the first bad entry's seq (0 when
+    there is none to name), and why.
+    """
+    failure_seq: _builtins.int
+    failure_message: _builtins.str
+    audit_seq: _builtins.int
+    """On failure: the seq of the security_tampering_detected entry that records it."""
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        entries: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+        root_hash: _builtins.str = ...,
+        failure_kind: _builtins.str = ...,
+        failure_seq: _builtins.int = ...,
+        failure_message: _builtins.str = ...,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq", "entries", b"entries", "failure_kind", b"failure_kind", "failure_message", b"failure_message", "failure_seq", b"failure_seq", "ok", b"ok", "root_hash", b"root_hash", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyLogResponse: _TypeAlias = VerifyLogResponse  # noqa: Y015

@@ -74,6 +74,11 @@ class AuditStub:
                 request_serializer=agentgw_dot_v1_dot_audit__pb2.RotateKeyRequest.SerializeToString,
                 response_deserializer=agentgw_dot_v1_dot_audit__pb2.RotateKeyResponse.FromString,
                 _registered_method=True)
+        self.VerifyLog = channel.unary_unary(
+                '/agentgw.v1.Audit/VerifyLog',
+                request_serializer=agentgw_dot_v1_dot_audit__pb2.VerifyLogRequest.SerializeToString,
+                response_deserializer=agentgw_dot_v1_dot_audit__pb2.VerifyLogResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -136,6 +141,15 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyLog(self, request, context):
+        """Verify the stored log in place, from seq 1 to the head, from the gateway's first
+        key (the trust anchor) and against a fresh signed checkpoint. A failure is a
+        security event: audited and alerted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +192,11 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.RotateKey,
                     request_deserializer=agentgw_dot_v1_dot_audit__pb2.RotateKeyRequest.FromString,
                     response_serializer=agentgw_dot_v1_dot_audit__pb2.RotateKeyResponse.SerializeToString,
+            ),
+            'VerifyLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyLog,
+                    request_deserializer=agentgw_dot_v1_dot_audit__pb2.VerifyLogRequest.FromString,
+                    response_serializer=agentgw_dot_v1_dot_audit__pb2.VerifyLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +415,33 @@ class Audit:
             '/agentgw.v1.Audit/RotateKey',
             agentgw_dot_v1_dot_audit__pb2.RotateKeyRequest.SerializeToString,
             agentgw_dot_v1_dot_audit__pb2.RotateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgw.v1.Audit/VerifyLog',
+            agentgw_dot_v1_dot_audit__pb2.VerifyLogRequest.SerializeToString,
+            agentgw_dot_v1_dot_audit__pb2.VerifyLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class AuditStub:
     """Admin only: introduce a new signing key (docs/audit-format.md §4). The rotation is
     an entry signed by the old key; every later entry is signed by the new key.
     """
+    VerifyLog: _grpc.UnaryUnaryMultiCallable[_audit_pb2.VerifyLogRequest, _audit_pb2.VerifyLogResponse]
+    """Verify the stored log in place, from seq 1 to the head, from the gateway's first
+    key (the trust anchor) and against a fresh signed checkpoint. A failure is a
+    security event: audited and alerted.
+    """
 
 @_typing.type_check_only
 class AuditAsyncStub(AuditStub):
@@ -78,6 +83,11 @@ class AuditAsyncStub(AuditStub):
     RotateKey: _aio.UnaryUnaryMultiCallable[_audit_pb2.RotateKeyRequest, _audit_pb2.RotateKeyResponse]  # type: ignore[assignment]
     """Admin only: introduce a new signing key (docs/audit-format.md §4). The rotation is
     an entry signed by the old key; every later entry is signed by the new key.
+    """
+    VerifyLog: _aio.UnaryUnaryMultiCallable[_audit_pb2.VerifyLogRequest, _audit_pb2.VerifyLogResponse]  # type: ignore[assignment]
+    """Verify the stored log in place, from seq 1 to the head, from the gateway's first
+    key (the trust anchor) and against a fresh signed checkpoint. A failure is a
+    security event: audited and alerted.
     """
 
 class AuditServicer(metaclass=_abc_1.ABCMeta):
@@ -148,6 +158,17 @@ class AuditServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_pb2.RotateKeyResponse, _abc.Awaitable[_audit_pb2.RotateKeyResponse]]:
         """Admin only: introduce a new signing key (docs/audit-format.md §4). The rotation is
         an entry signed by the old key; every later entry is signed by the new key.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyLog(
+        self,
+        request: _audit_pb2.VerifyLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.VerifyLogResponse, _abc.Awaitable[_audit_pb2.VerifyLogResponse]]:
+        """Verify the stored log in place, from seq 1 to the head, from the gateway's first
+        key (the trust anchor) and against a fresh signed checkpoint. A failure is a
+        security event: audited and alerted.
         """
 
 def add_AuditServicer_to_server(servicer: AuditServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

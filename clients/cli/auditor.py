@@ -86,6 +86,14 @@ def add_commands(sub: Commands) -> None:
     verify.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(run=run_audit_verify)
+    in_place = add_client_options(
+        audit.add_parser(
+            "verify-in-place",
+            help="have the gateway verify the log it stores (a failure is audited and alerted)",
+        )
+    )
+    in_place.add_argument("--json", action="store_true", help="print the result as JSON")
+    in_place.set_defaults(run=run_audit_verify_in_place)
     inclusion = add_client_options(
         audit.add_parser("prove-inclusion", help="prove an entry is in a saved checkpoint's tree")
     )
@@ -250,6 +258,41 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         },
         args.json,
         lambda: f"FAILED {failure.kind.value}{where}: {failure.message}",
+    )
+    return EXIT_FAILED
+
+
+def run_audit_verify_in_place(args: argparse.Namespace) -> int:
+    stub, metadata = audit_stub(args)
+    result = stub.VerifyLog(audit_pb2.VerifyLogRequest(), metadata=metadata, timeout=args.timeout)
+    document = {
+        "ok": result.ok,
+        "count": result.entries,
+        "tree_size": result.tree_size,
+        "root_hash": result.root_hash,
+    }
+    if result.ok:
+        print_result(
+            document,
+            args.json,
+            lambda: (
+                f"OK: the stored log verifies ({result.entries} entries); root {result.root_hash}"
+            ),
+        )
+        return EXIT_OK
+    document |= {
+        "kind": result.failure_kind,
+        "seq": result.failure_seq or None,
+        "message": result.failure_message,
+        "audit_seq": result.audit_seq,
+    }
+    print_result(
+        document,
+        args.json,
+        lambda: (
+            f"FAILED {result.failure_kind}: {result.failure_message} "
+            f"(recorded as entry {result.audit_seq}; an alert was raised)"
+        ),
     )
     return EXIT_FAILED
 

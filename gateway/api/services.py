@@ -30,6 +30,7 @@ from gateway.services.audit_queries import AuditSearch
 from gateway.services.decisions import DecisionPipeline
 from gateway.services.hold_watch import HoldWatch
 from gateway.services.key_rotation import rotate_key
+from gateway.services.log_integrity import LogIntegrity
 from gateway.services.log_shipping import AgentLogDesk
 from gateway.services.outcomes import OutcomeDesk
 from gateway.services.quarantine import QuarantineDesk
@@ -224,6 +225,7 @@ class AuditService(Servicer):
         auth: Authenticator,
         audit: AuditLog,
         clock: Callable[[], float],
+        integrity: LogIntegrity,
         redactor: Redactor | None = None,
     ) -> None:
         super().__init__(auth, redactor)
@@ -231,6 +233,28 @@ class AuditService(Servicer):
         self.origin = audit.origin
         self.clock = clock
         self.search = AuditSearch(audit)
+        self.integrity = integrity
+
+    @rpc(Role.AUDITOR)
+    async def VerifyLog(
+        self,
+        request: audit_pb2.VerifyLogRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> audit_pb2.VerifyLogResponse:
+        report, size, seq = await self.integrity.verify(principal.name)
+        response = audit_pb2.VerifyLogResponse(
+            ok=report.ok,
+            entries=report.count,
+            tree_size=size,
+            root_hash=report.root_hash,
+            audit_seq=seq,
+        )
+        if report.failure is not None:
+            response.failure_kind = report.failure.kind.value
+            response.failure_seq = report.failure.seq or 0
+            response.failure_message = report.failure.message
+        return response
 
     @rpc(Role.AUDITOR)
     async def GetCheckpoint(

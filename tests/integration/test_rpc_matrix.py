@@ -52,6 +52,7 @@ ROLES: dict[str, set[str]] = {
     "Audit.GetInclusionProof": {"auditor"},
     "Audit.GetConsistencyProof": {"auditor"},
     "Audit.RotateKey": {"admin"},
+    "Audit.VerifyLog": {"auditor"},
     "Alerts.List": {"admin"},
     "Alerts.Watch": {"admin"},
     "Alerts.Acknowledge": {"admin"},

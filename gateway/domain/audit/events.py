@@ -35,6 +35,7 @@ class EventType(enum.StrEnum):
     # Security refusals, coalesced per source and window (services/security_events.py)
     AUTHENTICATION_FAILED = "security_authentication_failed"
     PERMISSION_DENIED = "security_permission_denied"
+    TAMPERING_DETECTED = "security_tampering_detected"  # the stored log failed verification
 
 
 # Events that are security-relevant whatever their details say.
