@@ -28,6 +28,17 @@ from tests.harness import TOKENS, token_for, wait_for
 BIN = Path(sys.executable).parent
 AGENTGW = str(BIN / "agentgw")
 
+# Runs a command with SIGINT's default disposition: a test run started in the
+# background inherits it ignored, and Python then never raises KeyboardInterrupt. Not
+# Popen's preexec_fn: forking this process (its gRPC threads) runs gRPC's fork
+# handlers in the child, which now and then abort it before it execs.
+WITH_SIGINT = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
 
 def server_binary() -> Path | None:
     """The redis-server the suite runs against (AGENTGW_TEST_REDIS_BINARY; see conftest)."""

@@ -35,7 +35,7 @@ from clients.cli.common import (
     report_refusals,
 )
 from clients.cli.common import token as token_of
-from clients.cli.logs import _quiet_stdout
+from clients.cli.logs import _one_line, _quiet_stdout
 
 SEVERITIES = ("low", "medium", "high", "critical")
 # Longest message a `list` row shows, in characters (--json has all of it).
@@ -215,7 +215,7 @@ def _watch(stream: Any, args: argparse.Namespace) -> int:
             if seen == args.max_events:
                 return EXIT_OK
     except grpc.RpcError as e:
-        if subscribed or seen:
+        if subscribed:
             message = f"the watch ended: {describe_refusal(e)}"
         else:
             message = f"could not watch alerts: {describe_refusal(e)}"
@@ -226,16 +226,18 @@ def _watch(stream: Any, args: argparse.Namespace) -> int:
 
 
 def watch_line(alert: alerts_pb2.Alert) -> str:
-    """One alert as `watch` prints it: fired, or acknowledged (with by whom)."""
+    """One alert as `watch` prints it: fired, or acknowledged (with by whom). Text with
+    line breaks or control characters is quoted as JSON, so an alert stays one line."""
     if alert.acknowledged_by:
         line = (
             f"{moment(alert.acknowledged_at)} acknowledged {alert.alert_id} "
             f"({alert.rule}, {alert.subject}) by {alert.acknowledged_by}"
         )
-        return f"{line}: {alert.acknowledgement_note}" if alert.acknowledgement_note else line
+        note = alert.acknowledgement_note
+        return f"{line}: {_one_line(note)}" if note else line
     return (
         f"{moment(alert.fired_at)} {severity_name(alert):<8} {alert.rule} {alert.subject} "
-        f"{alert.alert_id}: {alert.message}"
+        f"{alert.alert_id}: {_one_line(alert.message)}"
     )
 
 

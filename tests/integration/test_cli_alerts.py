@@ -21,7 +21,7 @@ from clients.cli import main
 from tests.harness import RunningGateway, token_for, wait_for
 from tests.integration.test_alerts import loop
 from tests.integration.test_cli_approvals import cli, json_lines
-from tests.processes import AGENTGW
+from tests.processes import AGENTGW, WITH_SIGINT
 
 LOOP_RULE = "agent_stuck_in_loop"
 UNKNOWN = "alert_" + "0" * 24
@@ -213,12 +213,9 @@ class WatchProcess:
 
     def __init__(self, gw: RunningGateway, *args: str, reader_gone: bool = False) -> None:
         env = {**os.environ, "AGENTGW_SERVER": gw.target, "AGENTGW_TOKEN": token_for("admin-1")}
-        # SIGINT's default disposition back: a test run started in the background
-        # inherits it ignored, and Python then never raises KeyboardInterrupt.
         self.process = subprocess.Popen(
-            [AGENTGW, "alerts", "watch", *args],
+            [*WITH_SIGINT, AGENTGW, "alerts", "watch", *args],
             env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -34,7 +34,7 @@ from clients.cli.approver import (
 from clients.wire import python_to_struct
 from tests.harness import ManualClock, RunningGateway, test_principals, token_for, wait_for
 from tests.integration.test_approvals import QUORUM_POLICY
-from tests.processes import AGENTGW
+from tests.processes import AGENTGW, WITH_SIGINT
 
 Kind = approvals_pb2.HoldEvent
 MakeGateway = Callable[..., RunningGateway]
@@ -365,14 +365,12 @@ def test_holds_watch_draws_a_live_table_and_notes_each_approval(
 
 @pytest.mark.parametrize("mode", [["--json"], []], ids=["json", "table"])
 def test_holds_watch_exits_quietly_on_ctrl_c(gw: RunningGateway, mode: list[str]) -> None:
-    # As a user does it: the real command in its own process, and SIGINT to it. The
-    # child gets SIGINT's default disposition back: a test run started in the
-    # background inherits it ignored, and Python then never raises KeyboardInterrupt.
+    # As a user does it: the real command in its own process, and SIGINT to it (with
+    # SIGINT's default disposition: WITH_SIGINT says why).
     env = {**os.environ, "AGENTGW_SERVER": gw.target, "AGENTGW_TOKEN": token_for("approver-1")}
     watch = subprocess.Popen(
-        [AGENTGW, "holds", "watch", *mode],
+        [*WITH_SIGINT, AGENTGW, "holds", "watch", *mode],
         env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
