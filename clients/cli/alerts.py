@@ -22,8 +22,7 @@ import grpc
 from google.protobuf import json_format, timestamp_pb2
 
 from agentgw.v1 import alerts_pb2, alerts_pb2_grpc
-from clients.agent import Metadata, bearer
-from clients.cli.approver import format_age, hold_json, positive_int
+from clients.agent import Metadata
 from clients.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -31,11 +30,15 @@ from clients.cli.common import (
     Commands,
     add_client_options,
     describe_refusal,
+    format_age,
+    message_json,
+    one_line,
+    positive_int,
     print_result,
+    quiet_stdout,
     report_refusals,
+    stub_for,
 )
-from clients.cli.common import token as token_of
-from clients.cli.logs import _one_line, _quiet_stdout
 
 SEVERITIES = ("low", "medium", "high", "critical")
 # Longest message a `list` row shows, in characters (--json has all of it).
@@ -122,8 +125,7 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 def alerts_stub(args: argparse.Namespace) -> tuple[alerts_pb2_grpc.AlertsStub, Metadata]:
-    channel = grpc.insecure_channel(args.server)
-    return alerts_pb2_grpc.AlertsStub(channel), bearer(token_of(args))
+    return stub_for(args, alerts_pb2_grpc.AlertsStub)
 
 
 def severity(name: str) -> alerts_pb2.Severity.ValueType:
@@ -155,13 +157,13 @@ def run_alerts_list(args: argparse.Namespace) -> int:
     try:
         if args.json:
             for alert in alerts:
-                print(hold_json(alert), flush=True)
+                print(message_json(alert), flush=True)
         elif not alerts:
             print("no active alerts" if args.active else "no alerts")
         else:
             print_table(alerts, time.time())
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet_stdout()
     return EXIT_OK
 
 
@@ -194,7 +196,7 @@ def run_alerts_watch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet_stdout()
         return EXIT_OK
     finally:
         stream.cancel()
@@ -210,7 +212,7 @@ def _watch(stream: Any, args: argparse.Namespace) -> int:
             which = f"{args.severity} and above" if args.severity else "all severities"
             print(f"agentgw: watching alerts ({which}); Ctrl-C to stop", file=sys.stderr)
         for alert in stream:
-            print(hold_json(alert) if args.json else watch_line(alert), flush=True)
+            print(message_json(alert) if args.json else watch_line(alert), flush=True)
             seen += 1
             if seen == args.max_events:
                 return EXIT_OK
@@ -234,10 +236,10 @@ def watch_line(alert: alerts_pb2.Alert) -> str:
             f"({alert.rule}, {alert.subject}) by {alert.acknowledged_by}"
         )
         note = alert.acknowledgement_note
-        return f"{line}: {_one_line(note)}" if note else line
+        return f"{line}: {one_line(note)}" if note else line
     return (
         f"{moment(alert.fired_at)} {severity_name(alert):<8} {alert.rule} {alert.subject} "
-        f"{alert.alert_id}: {_one_line(alert.message)}"
+        f"{alert.alert_id}: {one_line(alert.message)}"
     )
 
 

@@ -37,6 +37,9 @@ from clients.cli.common import (
     add_client_options,
     approvals_stub,
     describe_refusal,
+    format_age,
+    message_json,
+    positive_int,
     report_refusals,
 )
 from clients.wire import struct_to_python
@@ -139,23 +142,9 @@ def seconds(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return value
-
-
 def approvals_count(hold: approvals_pb2.Hold) -> str:
     """Approvals so far / approvals needed, e.g. `1/2`."""
     return f"{len(hold.approvals)}/{max(hold.approvals_required, 1)}"
-
-
-def hold_json(message: Any) -> str:
-    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
 
 
 # --- holds list ----------------------------------------------------------------------
@@ -189,7 +178,7 @@ def run_holds_list(args: argparse.Namespace) -> int:
         request.min_age.CopyFrom(_duration(args.min_age))
     if args.json:
         for hold in list_holds(stub, md, request, args.timeout):
-            print(hold_json(hold), flush=True)
+            print(message_json(hold), flush=True)
         return EXIT_OK
     holds = list(list_holds(stub, md, request, args.timeout))
     if not holds:
@@ -382,18 +371,6 @@ def _truncated(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def format_age(seconds: float) -> str:
-    """A duration as the table shows it: 7s, 2m05s, 1h02m, 3d04h."""
-    s = max(int(seconds), 0)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def row_cells(row: HoldRow, now: float) -> tuple[str, ...]:
     """The cells of one row, in WATCH_COLUMNS order, at time `now`."""
     return (
@@ -525,7 +502,7 @@ def run_sessions_list(args: argparse.Namespace) -> int:
     )
     if args.json:
         for session in response.sessions:
-            print(hold_json(session))
+            print(message_json(session))
         return EXIT_OK
     if not response.sessions:
         print("no paused sessions")

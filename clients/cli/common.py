@@ -6,15 +6,17 @@ refused call is printed, and output helpers. No command lives here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO, TypeAlias
+from typing import Any, TextIO, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from agentgw.v1 import approvals_pb2_grpc, audit_pb2_grpc
 from clients.agent import Metadata, bearer
@@ -95,14 +97,63 @@ def token(args: argparse.Namespace) -> str:
     return value
 
 
+Stub = TypeVar("Stub")
+
+
+def stub_for(
+    args: argparse.Namespace, stub_class: Callable[[grpc.Channel], Stub]
+) -> tuple[Stub, Metadata]:
+    """A stub of `stub_class` on a channel to --server, and the caller's metadata."""
+    return stub_class(grpc.insecure_channel(args.server)), bearer(token(args))
+
+
 def approvals_stub(args: argparse.Namespace) -> tuple[approvals_pb2_grpc.ApprovalsStub, Metadata]:
-    channel = grpc.insecure_channel(args.server)
-    return approvals_pb2_grpc.ApprovalsStub(channel), bearer(token(args))
+    return stub_for(args, approvals_pb2_grpc.ApprovalsStub)
 
 
 def audit_stub(args: argparse.Namespace) -> tuple[audit_pb2_grpc.AuditStub, Metadata]:
-    channel = grpc.insecure_channel(args.server)
-    return audit_pb2_grpc.AuditStub(channel), bearer(token(args))
+    return stub_for(args, audit_pb2_grpc.AuditStub)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def message_json(message: Any) -> str:
+    """A protobuf message as one line of JSON (proto field names; unset fields left out)."""
+    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+
+
+def format_age(seconds: float) -> str:
+    """A duration as tables show it: 7s, 2m05s, 1h02m, 3d04h."""
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def one_line(text: str) -> str:
+    """Text that fits one output line: as it is, or as a JSON string if it has line
+    breaks or other unprintable characters."""
+    return text if text.isprintable() else json.dumps(text, ensure_ascii=False)
+
+
+def quiet_stdout() -> None:
+    """The reader went away (`| head`): point stdout at /dev/null, so that the
+    interpreter's last flush at exit does not fail with a traceback."""
+    # OSError, ValueError: stdout is no file (captured, in tests).
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def output(path: Path | None) -> TextIO:

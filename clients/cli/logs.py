@@ -10,22 +10,25 @@ are checked by the gateway, which names the field it refuses.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
-
 from agentgw.v1 import logs_pb2, logs_pb2_grpc
-from clients.agent import Metadata, bearer
-from clients.cli.common import EXIT_OK, CliError, Commands, add_client_options, report_refusals
-from clients.cli.common import token as token_of
+from clients.agent import Metadata
+from clients.cli.common import (
+    EXIT_OK,
+    CliError,
+    Commands,
+    add_client_options,
+    one_line,
+    quiet_stdout,
+    report_refusals,
+    stub_for,
+)
 from clients.wire import struct_to_python
 from gateway.domain.audit.query import micros_from_text
 from gateway.errors import InvalidRequest
@@ -66,8 +69,7 @@ def add_commands(sub: Commands) -> None:
 
 
 def logs_stub(args: argparse.Namespace) -> tuple[logs_pb2_grpc.LogsStub, Metadata]:
-    channel = grpc.insecure_channel(args.server)
-    return logs_pb2_grpc.LogsStub(channel), bearer(token_of(args))
+    return stub_for(args, logs_pb2_grpc.LogsStub)
 
 
 def parse_time(flag: str, text: str, now: float) -> float:
@@ -113,7 +115,7 @@ def run_logs(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet_stdout()
     finally:
         stream.cancel()
     return EXIT_OK
@@ -154,7 +156,7 @@ def table_row(msg: logs_pb2.LogRecord) -> str:
     data = struct_to_python(msg.data)
     row = (
         f"{format_time(msg):<24} {msg.level:<8} {msg.category:<11} {msg.event_type:<24} "
-        f"{msg.agent_id or '-':<16} {msg.session_id or '-':<12} {_one_line(msg.message)}"
+        f"{msg.agent_id or '-':<16} {msg.session_id or '-':<12} {one_line(msg.message)}"
     )
     if msg.trace_id:
         row += f" trace={msg.trace_id}"
@@ -167,15 +169,3 @@ def format_time(msg: logs_pb2.LogRecord) -> str:
     ms = msg.timestamp.ToMilliseconds()
     moment = datetime.fromtimestamp(ms // 1000, UTC)
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
-
-
-def _one_line(text: str) -> str:
-    return text if text.isprintable() else json.dumps(text, ensure_ascii=False)
-
-
-def _quiet_stdout() -> None:
-    """The reader went away (`| head`): point stdout at /dev/null, so that the
-    interpreter's last flush at exit does not fail with a traceback."""
-    # OSError, ValueError: stdout is no file (captured, in tests).
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -15,8 +15,9 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,7 +116,8 @@ def test_readme_walkthrough(server: tuple[Server, int], tmp_path: Path) -> None:
         "AGENTGW_SERVER": f"127.0.0.1:{port}",
     }
     placeholders = {
-        f"<{name} token>": srv.token(name) for name in ("demo-agent", "approver", "auditor")
+        f"<{name} token>": srv.token(name)
+        for name in ("demo-agent", "approver", "auditor", "admin")
     }
     waiting: subprocess.Popen[str] | None = None
     results: list[tuple[str, subprocess.CompletedProcess[str]]] = []
@@ -146,9 +148,23 @@ def test_readme_walkthrough(server: tuple[Server, int], tmp_path: Path) -> None:
                 what="the hold",
             )
             continue
-        done = subprocess.run(
-            shlex.split(line), env=env, cwd=tmp_path, text=True, capture_output=True, timeout=60
-        )
+
+        def run(line: str = line) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                shlex.split(line), env=env, cwd=tmp_path, text=True, capture_output=True, timeout=60
+            )
+
+        done = run()
+        if line.startswith("agentgw alerts list"):  # the alert fires just after the answer
+
+            def listed(run: Callable[[], Any] = run) -> Any:
+                found = run()
+                return found if "alert_" in found.stdout else None
+
+            done = wait_for(listed, what="the loop alert")
+            match = re.search(r"^(alert_[0-9a-f]+)", done.stdout, flags=re.M)
+            assert match and "agent_stuck_in_loop" in done.stdout, done.stdout
+            placeholders["<alert id>"] = match.group(1)
         results.append((line, done))
         if line.startswith("agentgw holds list"):
             match = re.search(r"^(hold_[0-9a-f]+)", done.stdout, flags=re.M)
@@ -173,8 +189,14 @@ def test_readme_walkthrough(server: tuple[Server, int], tmp_path: Path) -> None:
     assert "OK: 3 entries verified" in verifies[0].stdout
     assert verifies[1].returncode == 1
     assert "edited" in verifies[1].stdout and "line 1" in verifies[1].stdout
+    loop = [d for c, d in by_command if c == ["submit", "read_file"]]
+    assert [d.returncode for d in loop] == [0, 0, 0, 0, 3]  # the fifth is held: a loop
+    acked = next(d for c, d in by_command if c == ["alerts", "ack"])
+    assert "acknowledged" in acked.stdout and "by admin" in acked.stdout
+    logged = next(d for c, d in by_command if c == ["logs", "--category"])
+    assert logged.stdout.count("demo-agent") >= 6, logged.stdout  # search, send_email, 5 reads
     for line, done in results:
-        if not line.startswith("agentgw audit verify"):
+        if not line.startswith(("agentgw audit verify", "agentgw submit read_file")):
             assert done.returncode == 0, f"{line}: {done.stderr}"
 
 

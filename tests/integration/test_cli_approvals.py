@@ -27,10 +27,10 @@ from clients.cli.approver import (
     Board,
     apply_event,
     board_after,
-    format_age,
     hold_table,
     row_cells,
 )
+from clients.cli.common import format_age
 from clients.wire import python_to_struct
 from tests.harness import ManualClock, RunningGateway, test_principals, token_for, wait_for
 from tests.integration.test_approvals import QUORUM_POLICY
