@@ -37,7 +37,7 @@ from gateway.api.log_service import LogsService
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.api.status import RequireToken, Servicer, roles_of
 from gateway.config import Config
-from gateway.domain.alerts.events import audit_failure_event
+from gateway.domain.alerts.events import audit_failure_event, store_unavailable_event
 from gateway.domain.audit.keys import SigningKeys
 from gateway.domain.redaction import Redactor
 from gateway.errors import ConfigError, StoreUnavailable
@@ -235,7 +235,7 @@ class App:
                 self.pipeline,
                 self.desk,
                 OutcomeDesk(config, self.state, self.audit, self.clock, redactor, observe),
-                AgentLogDesk(self.log_streams, self.clock, redactor),
+                AgentLogDesk(self.log_streams, self.clock, redactor, config.limits),
                 redactor,
             ),
             ApprovalsService(
@@ -309,6 +309,7 @@ class App:
                         "redis unreachable; health NOT_SERVING",
                         extra={"category": "error", "error": error},
                     )
+                    self.alerting.observe(store_unavailable_event(error, self.clock()))
             await self._pause(HEALTH_INTERVAL, self._draining)
 
     async def _recheck_waiters(self) -> None:

@@ -18,6 +18,7 @@ from agentgw.v1 import gateway_pb2, logs_pb2
 from clients.wire import python_to_struct, struct_to_python
 from gateway.api.auth import Authenticator
 from gateway.api.status import Servicer, stream_rpc
+from gateway.domain.audit.query import micros_from_unix
 from gateway.domain.log_records import (
     AgentLogEvent,
     LogFilter,
@@ -64,7 +65,7 @@ def log_query_from_proto(request: logs_pb2.LogQuery) -> tuple[LogFilter, int]:
     limit = request.limit or DEFAULT_LIMIT
     if limit > MAX_LIMIT:
         raise InvalidRequest("limit", f"{limit} exceeds the limit of {MAX_LIMIT}")
-    until = _seconds(request.until) if request.HasField("until") else None
+    until = _seconds(request.until, "until") if request.HasField("until") else None
     if request.follow and until is not None:
         raise InvalidRequest("until", "cannot be combined with follow")
     flt = log_filter(
@@ -72,15 +73,17 @@ def log_query_from_proto(request: logs_pb2.LogQuery) -> tuple[LogFilter, int]:
         agent_id=request.agent_id,
         session_id=request.session_id,
         min_level=request.min_level,
-        since=_seconds(request.since) if request.HasField("since") else None,
+        since=_seconds(request.since, "since") if request.HasField("since") else None,
         until=until,
         trace_id=request.trace_id,
     )
     return flt, limit
 
 
-def _seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
+def _seconds(ts: timestamp_pb2.Timestamp, field: str) -> float:
+    """A query time, checked as the audit queries check theirs (1970 to 9999, nanos
+    in range): anything else is INVALID_ARGUMENT naming the field."""
+    return micros_from_unix(field, ts.seconds, ts.nanos) / 1e6
 
 
 def log_record_to_proto(record: LogRecord) -> logs_pb2.LogRecord:

@@ -41,8 +41,11 @@ AGENT_CATEGORIES = ("decision", "error", "user")
 KIND_CATEGORY = MappingProxyType(
     {"decision": "decision", "error": "error", "user_interaction": "user"}
 )
+# Every event type an agent files starts with this, so that no agent record reads as
+# one of the gateway's own (a `decision` record of the decision path, say).
+AGENT_EVENT_PREFIX = "agent."
 AGENT_EVENT_TYPE = MappingProxyType(
-    {"decision": "decision", "error": "error", "user": "user_interaction"}
+    {"decision": "agent.decision", "error": "agent.error", "user": "agent.user_interaction"}
 )
 # Level names and their ranks (those of Python's logging).
 LEVELS = MappingProxyType({"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50})
@@ -434,6 +437,13 @@ def agent_log_record(
             f"must be at most {limits.max_action_type_chars} characters, starting with a"
             " letter or digit, of A-Z a-z 0-9 . _ : / -",
         )
+    for name, value in (("session_id", event.session_id), ("event_type", event.event_type)):
+        if value and redactor.looks_secret(value):  # as Submit's identifiers
+            raise InvalidRequest(
+                name,
+                "looks like a credential (token, key or password); identifiers are "
+                "recorded as they are, so they must not carry secrets",
+            )
     if event.trace_id:
         check_trace_id(event.trace_id)
     if len(event.message) > MAX_AGENT_MESSAGE_CHARS:
@@ -449,7 +459,7 @@ def agent_log_record(
         timestamp=now,
         category=category,
         level=level,
-        event_type=event.event_type or AGENT_EVENT_TYPE[category],
+        event_type=_agent_event_type(event.event_type) or AGENT_EVENT_TYPE[category],
         message=cut(redactor.text(event.message), RESULT_CHARS),
         agent_id=event.agent_id,
         session_id=event.session_id,
@@ -457,6 +467,12 @@ def agent_log_record(
         logger=AGENT_LOGGER,
         data=safe_data(data, redactor),
     )
+
+
+def _agent_event_type(event_type: str) -> str:
+    if not event_type or event_type.startswith(AGENT_EVENT_PREFIX):
+        return event_type
+    return AGENT_EVENT_PREFIX + event_type
 
 
 def _agent_category(event: AgentLogEvent) -> str:

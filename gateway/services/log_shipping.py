@@ -31,6 +31,7 @@ from gateway.domain.log_records import (
 )
 from gateway.domain.principals import Principal
 from gateway.domain.redaction import Redactor
+from gateway.domain.validation import Limits
 from gateway.errors import StoreUnavailable
 from gateway.store.log_streams import LogPage, LogStreams
 
@@ -187,16 +188,26 @@ class AgentLogDesk:
     call, not through the sink's queue), so an error reaches the agent."""
 
     def __init__(
-        self, streams: LogStreams, clock: Callable[[], float], redactor: Redactor | None = None
+        self,
+        streams: LogStreams,
+        clock: Callable[[], float],
+        redactor: Redactor | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.streams = streams
         self.clock = clock
         self.redactor = redactor or Redactor()
+        self.limits = limits or Limits()
 
     async def record(self, principal: Principal, event: AgentLogEvent) -> str:
         """Files the record; returns its trace id (a new one when none was given)."""
         record = agent_log_record(
-            principal.name, event, self.clock(), self.redactor, default_trace_id=new_trace_id()
+            principal.name,
+            event,
+            self.clock(),
+            self.redactor,
+            default_trace_id=new_trace_id(),
+            limits=self.limits,
         )
         await self.streams.append([record])
         return record.trace_id

@@ -125,7 +125,9 @@ class SecurityEvents:
                 del self._tallies[key]
 
     async def _record(self, tally: _Tally) -> bool:
-        count = tally.count - tally.recorded
+        # A snapshot: refusals counted while the entry is written go in the next one.
+        counted = tally.count
+        count = counted - tally.recorded
         description = (
             f"{count} call(s) refused ({tally.message})"
             if tally.source != OTHER
@@ -153,7 +155,7 @@ class SecurityEvents:
                 extra={"category": "error", "kind": tally.kind, "error": str(e)},
             )
             return False
-        tally.recorded = tally.count
+        tally.recorded = counted
         self.observe(
             security_event(
                 tally.kind,

@@ -1,4 +1,5 @@
-"""The structured log in Redis: one stream per category, trimmed by age and size.
+"""The structured log in Redis: one stream per category (and one per category agents
+write to, for what they file), trimmed by age and size.
 
 Each entry holds one record's JSON (`record_to_json`) in its field `record`, under an
 id made from the record's timestamp in ms (`scripts/log_append.lua`), so a stream is
@@ -24,6 +25,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from gateway.domain.log_records import (
+    AGENT_CATEGORIES,
+    AGENT_LOGGER,
     CATEGORIES,
     LogFilter,
     LogRecord,
@@ -53,6 +56,27 @@ class LogPage:
     more: bool = False
 
 
+# One stream per category for the gateway's own records, and one per category for
+# what agents file (`Gateway.Log`), so that no agent can flood the gateway's records
+# about it out of a stream bounded by count. A query of a category reads both.
+AGENT_STREAM_PREFIX = "agent."
+STREAMS = (*CATEGORIES, *(AGENT_STREAM_PREFIX + c for c in AGENT_CATEGORIES))
+
+
+def stream_of(record: LogRecord) -> str:
+    if record.logger == AGENT_LOGGER:
+        return AGENT_STREAM_PREFIX + record.category
+    return record.category
+
+
+def category_of(stream: str) -> str:
+    return stream.removeprefix(AGENT_STREAM_PREFIX)
+
+
+def streams_of(categories: Sequence[str]) -> list[str]:
+    return [s for s in STREAMS if category_of(s) in categories]
+
+
 def id_parts(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -76,27 +100,29 @@ class LogStreams:
         """Stores the records (one script call) and returns their stream ids."""
         if not records:
             return []
-        unknown = {r.category for r in records} - set(CATEGORIES)
+        unknown = {stream_of(r) for r in records} - set(STREAMS)
         if unknown:
-            raise ValueError(f"unknown log categories: {sorted(unknown)}")
-        touched = [c for c in CATEGORIES if any(r.category == c for r in records)]
+            raise ValueError(f"unknown log streams: {sorted(unknown)}")
+        touched = [s for s in STREAMS if any(stream_of(r) == s for r in records)]
         return await self._run(touched, records, self.clock())
 
     async def trim(self, now: float | None = None) -> None:
         """Trims every category's stream to its retention at `now` (default: the
         clock) and to its size."""
-        await self._run(list(CATEGORIES), (), self.clock() if now is None else now)
+        await self._run(list(STREAMS), (), self.clock() if now is None else now)
 
-    async def _run(
-        self, categories: list[str], records: Sequence[LogRecord], now: float
-    ) -> list[str]:
-        index = {c: i for i, c in enumerate(categories, start=1)}
+    async def _run(self, streams: list[str], records: Sequence[LogRecord], now: float) -> list[str]:
+        index = {s: i for i, s in enumerate(streams, start=1)}
         args: list[Any] = [math.floor(now * 1000)]
-        for c in categories:
-            args += [round(self.settings.retention_seconds[c] * 1000), self.settings.max_records[c]]
+        for stream in streams:
+            category = category_of(stream)
+            args += [
+                round(self.settings.retention_seconds[category] * 1000),
+                self.settings.max_records[category],
+            ]
         for r in records:
-            args += [index[r.category], timestamp_ms(r.timestamp), record_to_json(r)]
-        keys = [self.keys.log_stream(c) for c in categories]
+            args += [index[stream_of(r)], timestamp_ms(r.timestamp), record_to_json(r)]
+        keys = [self.keys.log_stream(s) for s in streams]
         with unavailable_on_error("writing log records"):
             ids = await self._append(keys=keys, args=args)
         return [str(i) for i in ids]
@@ -110,42 +136,42 @@ class LogStreams:
         oldest first. `last_ids` are the streams' newest ids when the query ran: a
         follow that resumes there misses nothing written since."""
         after = after_ids or {}
+        streams = streams_of(flt.categories)
         with unavailable_on_error("reading log records"):
             found = await asyncio.gather(
-                *(self._newest(c, flt, limit, after.get(c)) for c in flt.categories)
+                *(self._newest(s, flt, limit, after.get(s)) for s in streams)
             )
-        last_ids = {c: top for c, (top, _) in zip(flt.categories, found, strict=True)}
-        merged = sorted(
-            (r for _, records in found for r in records), key=lambda r: _order(r.id, r.category)
-        )
+        last_ids = {s: top for s, (top, _) in zip(streams, found, strict=True)}
+        merged = sorted((r for _, records in found for r in records), key=_order)
         return LogPage(tuple(merged[-limit:] if limit else ()), last_ids)
 
     async def read_after(self, flt: LogFilter, after_ids: Mapping[str, str]) -> LogPage:
         """What was written after `after_ids` (a category not named: from its start),
         up to SCAN_CHUNK entries per category; the records that match, by id."""
+        streams = streams_of(flt.categories)
         with unavailable_on_error("reading log records"):
             reads = await asyncio.gather(
                 *(
-                    self._range(c, f"({after_ids.get(c, START_ID)}", "+", SCAN_CHUNK)
-                    for c in flt.categories
+                    self._range(s, f"({after_ids.get(s, START_ID)}", "+", SCAN_CHUNK)
+                    for s in streams
                 )
             )
         last_ids = dict(after_ids)
         batches = []
-        for category, entries in zip(flt.categories, reads, strict=True):
+        for stream, entries in zip(streams, reads, strict=True):
             if entries:
-                last_ids[category] = entries[-1].id
+                last_ids[stream] = entries[-1].id
             batches.append([r for r in entries if flt.matches(r)])
-        merged = heapq.merge(*batches, key=lambda r: _order(r.id, r.category))
+        merged = heapq.merge(*batches, key=_order)
         more = any(len(entries) == SCAN_CHUNK for entries in reads)
         return LogPage(tuple(merged), last_ids, more)
 
     async def _newest(
-        self, category: str, flt: LogFilter, limit: int, after: str | None
+        self, stream: str, flt: LogFilter, limit: int, after: str | None
     ) -> tuple[str, list[LogRecord]]:
         """The stream's newest id, and up to `limit` matching records, newest first,
         of at most SCAN_LIMIT entries read backwards from there."""
-        key = self.keys.log_stream(category)
+        key = self.keys.log_stream(stream)
         newest = cast(list[Any], await self.client.xrevrange(key, "+", "-", count=1))
         if not newest:
             return after or START_ID, []
@@ -158,7 +184,7 @@ class LogStreams:
         scanned = 0
         while scanned < SCAN_LIMIT and len(found) < limit:
             count = min(SCAN_CHUNK, SCAN_LIMIT - scanned)
-            entries = await self._range(category, lower, upper, count, reverse=True)
+            entries = await self._range(stream, lower, upper, count, reverse=True)
             found += [r for r in entries if flt.matches(r)][: limit - len(found)]
             scanned += len(entries)
             if len(entries) < count:
@@ -167,14 +193,14 @@ class LogStreams:
         return top, found
 
     async def _range(
-        self, category: str, lower: str, upper: str, count: int, reverse: bool = False
+        self, stream: str, lower: str, upper: str, count: int, reverse: bool = False
     ) -> list[LogRecord]:
-        key = self.keys.log_stream(category)
+        key = self.keys.log_stream(stream)
         if reverse:
             reply = await self.client.xrevrange(key, upper, lower, count=count)
         else:
             reply = await self.client.xrange(key, lower, upper, count=count)
-        return [_entry_record(category, str(i), f) for i, f in cast(list[Any], reply)]
+        return [_entry_record(category_of(stream), str(i), f) for i, f in cast(list[Any], reply)]
 
 
 def _lower_bound(since: float | None, after: str | None) -> str:
@@ -187,9 +213,9 @@ def _lower_bound(since: float | None, after: str | None) -> str:
     return lower
 
 
-def _order(entry_id: str, category: str) -> tuple[int, int, int]:
-    ms, seq = id_parts(entry_id)
-    return ms, seq, CATEGORIES.index(category)
+def _order(record: LogRecord) -> tuple[int, int, int]:
+    ms, seq = id_parts(record.id)
+    return ms, seq, STREAMS.index(stream_of(record))
 
 
 def _entry_record(category: str, entry_id: str, fields: Mapping[str, str]) -> LogRecord:

@@ -11,8 +11,8 @@ import redis
 from agentgw.v1 import approvals_pb2, gateway_pb2
 from gateway.domain.detect.engine import DetectionSettings
 from gateway.domain.detect.rates import RateSettings
-from gateway.domain.log_records import CATEGORIES
 from gateway.store.keys import KeySpace
+from gateway.store.log_streams import STREAMS
 from tests.harness import ManualClock, RunningGateway, wait_for
 
 RETENTION = 3600.0
@@ -50,7 +50,7 @@ def unbounded_keys(keys: KeySpace) -> set[str]:
         keys.alert_feed,  # MAXLEN ~10,000
         keys.alert_deliveries,  # bounded by the pending deliveries
         keys.dead_deliveries,  # MAXLEN ~10,000
-        *(keys.log_stream(c) for c in CATEGORIES),  # trimmed by age and logs.max_records
+        *(keys.log_stream(s) for s in STREAMS),  # trimmed by age and logs.max_records
     }
 
 

@@ -116,9 +116,7 @@ def test_the_gateways_own_records_never_show_one_in_either_format(value: Any) ->
 CHANNELS = (
     Channel(name="w", type=ChannelType.WEBHOOK, url="http://127.0.0.1:1/w"),
     Channel(name="s", type=ChannelType.SLACK, url="http://127.0.0.1:1/s"),
-    Channel(
-        name="p", type=ChannelType.PAGERDUTY, url="http://127.0.0.1:1/p", routing_key="rk0123"
-    ),
+    Channel(name="p", type=ChannelType.PAGERDUTY, url="http://127.0.0.1:1/p", routing_key="rk0123"),
 )
 
 

@@ -248,7 +248,7 @@ def test_an_agent_decision_is_redacted_cut_and_filed_as_the_agent() -> None:
     assert (r.category, r.level, r.event_type, r.logger) == (
         "decision",
         "info",
-        "decision",
+        "agent.decision",  # never reads as the gateway's own `decision` record
         "agent",
     )
     assert (r.agent_id, r.session_id, r.timestamp, r.trace_id) == ("agent-1", "s-1", NOW, "f" * 32)
@@ -263,8 +263,9 @@ def test_an_agent_gives_its_own_trace_level_and_event_type() -> None:
     r = filed(
         agent_event(category="error", level="ERROR", event_type="tool_failed", trace_id=TRACE)
     )
-    assert (r.level, r.event_type, r.trace_id) == ("error", "tool_failed", TRACE)
-    assert filed(agent_event(kind="user_interaction", category="")).event_type == "user_interaction"
+    assert (r.level, r.event_type, r.trace_id) == ("error", "agent.tool_failed", TRACE)
+    interaction = filed(agent_event(kind="user_interaction", category=""))
+    assert interaction.event_type == "agent.user_interaction"
 
 
 def test_an_agent_logs_only_as_itself() -> None:

@@ -139,3 +139,14 @@ def audit_failure_event(error: str, now: float) -> AlertEvent:
         time=now,
         data={"kind": "append_failed", "error": error},
     )
+
+
+def store_unavailable_event(error: str, now: float) -> AlertEvent:
+    """Redis stopped answering the gateway's health probe: every decision fails
+    closed until it answers again."""
+    return AlertEvent(
+        event_type="store",
+        subject=GATEWAY_SUBJECT,
+        time=now,
+        data={"kind": "unreachable", "error": error},
+    )

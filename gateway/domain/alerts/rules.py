@@ -36,7 +36,7 @@ def _empty() -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class AlertEvent:
-    event_type: str  # decision | outcome | security | hold | audit
+    event_type: str  # decision | outcome | security | hold | audit | store
     subject: str  # an agent_id, or "gateway"
     time: float
     agent_id: str = ""
@@ -206,6 +206,13 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         message="hold {data.hold_id} of {subject} ({data.action_type}) pending for "
         "{metrics.pending_seconds:.0f} s",
         category="decision",
+    ),
+    AlertRule(
+        name="store_unavailable",
+        condition=_when("Redis does not answer", event_type="store"),
+        severity=Severity.CRITICAL,
+        cooldown_seconds=300,
+        message="Redis is unreachable ({data.error}); every decision fails closed",
     ),
     AlertRule(
         name="audit_append_failed",
