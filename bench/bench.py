@@ -302,8 +302,8 @@ def redis_version(gateway: ServerProcess) -> str:
             if '"embedded redis started"' not in line:
                 continue
             with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                return f"{Path(record.get('binary', 'redis')).name} {record.get('version', '?')}"
+                data = json.loads(line).get("data", {})
+                return f"{Path(data.get('binary', 'redis')).name} {data.get('version', '?')}"
     return "unknown"
 
 

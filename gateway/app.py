@@ -333,7 +333,9 @@ class App:
         while not self._stopping.is_set():
             try:
                 await self.desk.expire_due()
-                await self.desk.escalate_due(self.config.hold_escalation_seconds)
+                await self.desk.escalate_due(
+                    self.config.hold_escalation_seconds, self.config.hold_ttl_seconds
+                )
                 upcoming = await self.hold_state.next_expiry()
             except StoreUnavailable as e:
                 log.warning("expiry sweep failed", extra={"category": "error", "error": str(e)})

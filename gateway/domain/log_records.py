@@ -72,10 +72,12 @@ DEFAULT_MAX_RECORDS = 1_000_000
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
 _PLACEHOLDER = re.compile(r"%(\([^)]*\))?[-#0 +]*(\*|\d+)?(\.(\*|\d+))?[a-zA-Z%]")
+_BUILT = "_agentgw_record"  # the LogRecord built of a logging call, kept on it
 _STANDARD = {
     *vars(logging.LogRecord("", 0, "", 0, "", None, None)),
     "message",
     "asctime",
+    _BUILT,
     "taskName",
 }
 # Extras that are fields of the record, not data. `event` is the older name of
@@ -255,7 +257,20 @@ def record_from_logging(
     above, else "performance"; an unknown one is treated the same and kept in
     `data.category`. No event type: the message template in snake_case. `now`
     replaces the time the record was made (the gateway's clock).
+
+    Built once per call and redaction rules: every output (stderr, the file, the
+    streams) of one call shares the record, so its data is redacted and cut once.
     """
+    cached = record.__dict__.get(_BUILT)
+    if cached is not None and cached[0] is redactor.rules:
+        built: LogRecord = cached[1]
+    else:
+        built = _build(record, redactor)
+        record.__dict__[_BUILT] = (redactor.rules, built)
+    return built if now is None else replace(built, timestamp=now)
+
+
+def _build(record: logging.LogRecord, redactor: Redactor) -> LogRecord:
     extras = {k: v for k, v in vars(record).items() if k not in _STANDARD}
     fields = {k: extras.pop(k) for k in _FIELDS if k in extras}
     category = fields.get("category")
@@ -279,7 +294,7 @@ def record_from_logging(
         else event_type_of(redactor.text(str(record.msg)))
     )
     return LogRecord(
-        timestamp=record.created if now is None else now,
+        timestamp=record.created,
         category=str(category),
         level=level_name(record.levelno),
         event_type=event_type or str(category),

@@ -44,6 +44,7 @@ WATCH_QUEUE = 1_000  # alerts waiting for one slow watcher before it is dropped
 FEED_POLL_SECONDS = 0.2
 RULE_ERROR_EVERY = 60.0  # a broken rule's error is logged at most this often
 NOTE_LIMIT = 1_000
+COOLING_KEPT = 10_000  # (rule, subject) cooldowns remembered locally
 LEVELS = {
     Severity.LOW: logging.INFO,
     Severity.MEDIUM: logging.WARNING,
@@ -74,6 +75,8 @@ class Alerting:
         self._queue: asyncio.Queue[AlertEvent] = asyncio.Queue(QUEUE_SIZE)
         self._rule_errors: dict[str, float] = {}
         self._local_cooldowns: dict[tuple[str, str], float] = {}
+        # Cooldowns Redis reported, until they end: matches in them need no call.
+        self._cooling: dict[tuple[str, str], float] = {}
         self._watchers: set[asyncio.Queue[Alert | None]] = set()
         self._watched = asyncio.Event()  # someone watches
         self._following = asyncio.Event()  # the feed is followed from a known point
@@ -137,17 +140,29 @@ class Alerting:
         )
 
     async def _fire(self, alert: Alert, match: Match) -> bool:
+        key = (alert.rule, alert.subject)
+        if alert.fired_at < self._cooling.get(key, 0.0):
+            return False  # known to be cooling down (Redis said so): no call needed
         remote = [c for c in alert.channels if c != LOG_CHANNEL]
         try:
             cooling = await self.store.fire(alert, match.rule.cooldown_seconds, remote)
         except StoreUnavailable as e:
             return await self._fire_locally(alert, match, str(e))
         if cooling is not None:
+            self._remember_cooling(key, cooling.until)
             return False
         self._log(alert, match)
         if remote:
             self.wake_delivery()
         return True
+
+    def _remember_cooling(self, key: tuple[str, str], until: float) -> None:
+        if len(self._cooling) >= COOLING_KEPT:
+            now = self.clock()
+            self._cooling = {k: t for k, t in self._cooling.items() if t > now}
+            if len(self._cooling) >= COOLING_KEPT:
+                self._cooling.clear()
+        self._cooling[key] = until
 
     async def _fire_locally(self, alert: Alert, match: Match, error: str) -> bool:
         key = (alert.rule, alert.subject)

@@ -143,6 +143,7 @@ class ApprovalDesk:
         self.closing = False
         self._holds = FreshReads(state.get_hold)
         self._expiring: dict[str, asyncio.Task[Hold]] = {}
+        self._escalated_through = float("-inf")  # escalate_due's holds up to this expiry
 
     def close(self) -> None:
         """Ends every Await with UNAVAILABLE so agents retry elsewhere during shutdown."""
@@ -193,15 +194,23 @@ class ApprovalDesk:
             require_identifier("agent_id", agent_id, 128)
         return await self.state.paused_sessions(agent_id)
 
-    async def escalate_due(self, escalation_seconds: float) -> int:
+    async def escalate_due(self, escalation_seconds: float, hold_ttl: float) -> int:
         """Raises an alert (and logs), once per hold across replicas, for every hold
-        pending longer than `escalation_seconds`; returns how many."""
+        pending longer than `escalation_seconds`; returns how many.
+
+        Reads only the holds that may have become due since the last call: those
+        expiring (created + `hold_ttl`) by now - escalation + ttl and after the last
+        hold this replica escalated or found escalated."""
         if escalation_seconds <= 0:
             return 0
         now, done = self.clock(), 0
-        for hold in await self.state.pending_holds():
+        candidates = await self.state.holds_expiring(
+            self._escalated_through, now - escalation_seconds + hold_ttl
+        )
+        for expiry, hold in candidates:
             if now - hold.created_at < escalation_seconds:
-                continue
+                break  # created later than its expiry says (the TTL changed): next time
+            self._escalated_through = expiry
             if await self.state.mark_escalated(hold):
                 done += 1
                 log.warning(

@@ -28,6 +28,14 @@ FEED_BATCH = 100
 
 
 @dataclass(frozen=True)
+class Cooling:
+    """The rule is cooling down for the subject: since `alert_id`, until `until`."""
+
+    alert_id: str
+    until: float
+
+
+@dataclass(frozen=True)
 class FeedEvent:
     """One event of the feed: 'fired' or 'acknowledged', with the alert as it was."""
 
@@ -52,10 +60,10 @@ class AlertStore:
 
     async def fire(
         self, alert: Alert, cooldown_seconds: float, deliver_to: Sequence[str]
-    ) -> str | None:
+    ) -> Cooling | None:
         """Records `alert` unless its rule is cooling down for its subject; returns
-        None if it fired, else the id of the alert that started the cooldown.
-        `deliver_to`: the channels besides `log` that get a delivery."""
+        None if it fired, else the cooldown it is in. `deliver_to`: the channels
+        besides `log` that get a delivery."""
         k = self.keys
         text = json.dumps(alert_to_json(alert), separators=(",", ":"), ensure_ascii=False)
         fired_ms = int(alert.fired_at * 1000)
@@ -91,7 +99,7 @@ class AlertStore:
         with unavailable_on_error("recording an alert"):
             reply = await self._fire(keys=keys, args=args)
         status = [str(x) for x in reply]
-        return None if status[0] == "fired" else status[1]
+        return None if status[0] == "fired" else Cooling(status[1], int(status[2]) / 1000)
 
     async def get(self, alert_id: str) -> Alert | None:
         with unavailable_on_error("reading an alert"):

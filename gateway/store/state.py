@@ -10,6 +10,7 @@ import asyncio
 import enum
 import json
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -306,6 +307,28 @@ class StateStore:
                     pipe.hget(self.keys.hold(hold_id), "json")
                 raws = await pipe.execute()
         return [hold_from_json(json.loads(raw)) for raw in raws if raw]
+
+    async def holds_expiring(self, after: float, until: float) -> list[tuple[float, Hold]]:
+        """Pending holds (with their expiry) expiring after `after` and by `until`,
+        soonest first."""
+        with unavailable_on_error("listing holds"):
+            scored = cast(
+                list[tuple[str, float]],
+                await self.client.zrangebyscore(
+                    self.keys.pending_holds, f"({after!r}", repr(until), withscores=True
+                ),
+            )
+            if not scored:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for hold_id, _ in scored:
+                    pipe.hget(self.keys.hold(str(hold_id)), "json")
+                raws = await pipe.execute()
+        return [
+            (float(score), hold_from_json(json.loads(raw)))
+            for (_, score), raw in zip(scored, raws, strict=True)
+            if raw
+        ]
 
     async def expired_hold_ids(self, now: float, limit: int = 100) -> list[str]:
         with unavailable_on_error("finding expired holds"):

@@ -303,3 +303,15 @@ def test_trace_ids_from_traceparent_reach_the_decision_entry_and_log(
         metadata=bad,
     )
     assert len(other.trace_id) == 32 and other.trace_id not in (trace, "0" * 32)
+
+
+def test_a_hold_pending_past_its_escalation_time_raises_an_alert(
+    make_gateway: Callable[..., RunningGateway],
+) -> None:
+    gw = make_gateway(hold_escalation_seconds=30)
+    held = gw.agent().submit("send_email", session_id="s")
+    gw.clock.advance(31)
+    (alert,) = wait_for(lambda: of_rule(gw, "hold_escalated"), what="the escalation alert")
+    assert alert.subject == "agent-1" and alert.severity == alerts_pb2.SEVERITY_MEDIUM
+    assert struct_to_python(alert.details)["hold_id"] == held.hold_id
+    assert alert.message.startswith(f"hold {held.hold_id} of agent-1 (send_email) pending for")

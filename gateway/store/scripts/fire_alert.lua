@@ -10,7 +10,8 @@
 -- ARGV[7] feed length at most   ARGV[8] fields per delivery (n)
 -- ARGV[9..] per delivery: its id, then its n field/value strings (n even)
 --
--- Returns {'fired'}, or {'cooling', <id of the alert that started the cooldown>}.
+-- Returns {'fired'}, or {'cooling', <id of the alert that started the cooldown>,
+-- <the ms it ends>}.
 -- The cooldown ends at the gateway's time (ARGV[4] + cooldown), not only when the
 -- key expires, so that replicas agree on it as their clocks do.
 local cooldown = tonumber(ARGV[1])
@@ -19,8 +20,9 @@ if cooldown > 0 then
   local current = redis.call('GET', KEYS[1])
   if current then
     local bar = string.find(current, '|', 1, true)
-    if fired < tonumber(string.sub(current, 1, bar - 1)) then
-      return {'cooling', string.sub(current, bar + 1)}
+    local ends = string.sub(current, 1, bar - 1)
+    if fired < tonumber(ends) then
+      return {'cooling', string.sub(current, bar + 1), ends}
     end
   end
   redis.call('SET', KEYS[1], string.format('%d|%s', fired + cooldown, ARGV[2]), 'PX', cooldown)
