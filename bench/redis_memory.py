@@ -151,9 +151,8 @@ async def report(client: aioredis.Redis, actions: int) -> None:
     async for key in client.scan_iter("*:{logs}:*"):
         records = int(await client.xlen(str(key)))
         usage = int(await client.memory_usage(str(key)) or 0)
-        print(
-            f"log stream {str(key).rsplit(':', 1)[1]}: {records} records, {usage / records:.0f} B each"
-        )
+        stream = str(key).rsplit(":", 1)[1]
+        print(f"log stream {stream}: {records} records, {usage / max(records, 1):.0f} B each")
 
 
 def main() -> None:
