@@ -450,6 +450,9 @@ class App:
             await self.server.stop(grace)
             self.server = None
             await self.desk.drain(max(grace, 1.0))
+        if hasattr(self, "alerting"):
+            # While the audit writer still runs: the refusals' entries go through it.
+            await self._settle_alerts()
         self._stopping.set()
         # A cancellation that lands inside a Redis call can be absorbed by the client
         # (redis-py's asyncio client): cancel again until each task has ended.
@@ -464,8 +467,6 @@ class App:
         self._tasks.clear()
         if hasattr(self, "pipeline"):
             await self.pipeline.drain()
-        if hasattr(self, "alerting"):
-            await self._settle_alerts()
         if hasattr(self, "log_sink"):
             await self._stop_shipping_logs()
         if hasattr(self, "audit"):

@@ -3,6 +3,7 @@ operators list, watch and acknowledge them (audited), and security events raise 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -315,3 +316,20 @@ def test_a_hold_pending_past_its_escalation_time_raises_an_alert(
     assert alert.subject == "agent-1" and alert.severity == alerts_pb2.SEVERITY_MEDIUM
     assert struct_to_python(alert.details)["hold_id"] == held.hold_id
     assert alert.message.startswith(f"hold {held.hold_id} of agent-1 (send_email) pending for")
+
+
+def test_refusals_still_tallied_at_stop_are_recorded_then(
+    gw: RunningGateway, raw: Any, key_prefix: str
+) -> None:
+    for _ in range(5):
+        with pytest.raises(grpc.RpcError):
+            gw.gateway.Submit(gateway_pb2.ActionRequest(), metadata=bearer("not-a-token"))
+    wait_for(lambda: entries(gw, "security_authentication_failed"), what="the first entry")
+    gw.stop()  # within the window: the other four are still only counted
+    lines = [json.loads(x) for x in raw.lrange(f"{key_prefix}:{{audit}}:entries", 0, -1)]
+    counts = [
+        line["details"]["count"]
+        for line in lines
+        if line["event_type"] == "security_authentication_failed"
+    ]
+    assert sum(counts) == 5 and len(counts) == 2, counts
