@@ -23,7 +23,7 @@ from gateway.domain.alerts.channels import resolve_secrets
 from gateway.domain.alerts.settings import AlertSettings, read_alerts
 from gateway.domain.detect.engine import DetectionSettings
 from gateway.domain.detect.settings import read_detection
-from gateway.domain.log_records import LogSettings, read_log_settings
+from gateway.domain.log_settings import LogSettings, read_log_settings
 from gateway.domain.principals import Principal, Role, token_digest
 from gateway.domain.redaction import RedactionRules, key_word, value_pattern
 from gateway.domain.validation import Limits

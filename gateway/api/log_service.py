@@ -18,14 +18,9 @@ from agentgw.v1 import gateway_pb2, logs_pb2
 from clients.wire import python_to_struct, struct_to_python
 from gateway.api.auth import Authenticator
 from gateway.api.status import Servicer, stream_rpc
+from gateway.domain.agent_logs import AgentLogEvent
 from gateway.domain.audit.query import micros_from_unix
-from gateway.domain.log_records import (
-    AgentLogEvent,
-    LogFilter,
-    LogRecord,
-    log_filter,
-    timestamp_ms,
-)
+from gateway.domain.log_records import LogFilter, LogRecord, log_filter, timestamp_ms
 from gateway.domain.principals import Principal, Role
 from gateway.domain.redaction import Redactor
 from gateway.errors import InvalidRequest

@@ -4,12 +4,13 @@ A record is what the gateway keeps of one event: when, which category (action,
 decision, error, security, performance, user), the level, a short event type, the
 message, the agent, session and trace it belongs to, which logger wrote it, and
 `data`. This module builds records from the gateway's own `logging` calls
-(`record_from_logging`) and from an agent's `Gateway.Log` call (`agent_log_record`),
-and it is the one place where a record's data is redacted (the audit log's rules,
-`Redactor`) and then cut to size (`truncate`), so that the stderr line, the JSON
-Lines file and the stored record all hold the same, safe text. It also holds the
-stored JSON form, the query filter and the `logs:` section of the config. Pure: no
-grpc, no redis; time comes in as a value.
+(`record_from_logging`; an agent's `Gateway.Log` records are built in
+`agent_logs.py` with the same functions), and it is the one place where a record's
+data is redacted (the audit log's rules, `Redactor`) and then cut to size
+(`truncate`), so that the stderr line, the JSON Lines file and the stored record
+all hold the same, safe text. It also holds the stored JSON form and the query
+filter; the `logs:` section of the config is `log_settings.py`. Pure: no grpc, no
+redis; time comes in as a value.
 """
 
 from __future__ import annotations
@@ -23,30 +24,15 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from yaml.nodes import Node
-
 from gateway.domain.redaction import Redactor
-from gateway.domain.validation import ACTION_TYPE, Limits, require_identifier
-from gateway.domain.yaml_reader import YamlReader, join
-from gateway.errors import Forbidden, InvalidRequest, preview
+from gateway.errors import InvalidRequest, preview
 
 CATEGORIES = ("action", "decision", "error", "security", "performance", "user")
 # What an agent may file through `Gateway.Log`; the rest is the gateway's own.
 AGENT_CATEGORIES = ("decision", "error", "user")
-# The `kind` oneof of a LogEvent names its category, and the default event type.
-KIND_CATEGORY = MappingProxyType(
-    {"decision": "decision", "error": "error", "user_interaction": "user"}
-)
-# Every event type an agent files starts with this, so that no agent record reads as
-# one of the gateway's own (a `decision` record of the decision path, say).
-AGENT_EVENT_PREFIX = "agent."
-AGENT_EVENT_TYPE = MappingProxyType(
-    {"decision": "agent.decision", "error": "agent.error", "user": "agent.user_interaction"}
-)
 # Level names and their ranks (those of Python's logging).
 LEVELS = MappingProxyType({"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50})
 AGENT_LOGGER = "agent"
@@ -60,14 +46,7 @@ EXCEPTION_CHARS = 4000
 IDENTIFIER_CHARS = 128
 EVENT_TYPE_CHARS = 64
 MAX_DEPTH = 32
-# What an agent may send: a message this long (it is kept to RESULT_CHARS).
-MAX_AGENT_MESSAGE_CHARS = 10_000
 
-DAY = 86400.0
-DEFAULT_RETENTION_DAYS = MappingProxyType(
-    {"action": 30, "decision": 90, "error": 365, "security": 730, "performance": 30, "user": 90}
-)
-DEFAULT_MAX_RECORDS = 1_000_000
 
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
@@ -395,236 +374,3 @@ def check_trace_id(trace_id: str, field_name: str = "trace_id") -> None:
     """A W3C trace id: 32 lowercase hex digits, not all zero."""
     if not _TRACE_ID.fullmatch(trace_id) or trace_id == "0" * 32:
         raise InvalidRequest(field_name, "must be 32 lowercase hex digits, not all zero")
-
-
-# --- an agent's own records (Gateway.Log) -------------------------------------------
-
-
-@dataclass(frozen=True)
-class AgentLogEvent:
-    """A `LogEvent` as sent. `kind` is which of its oneof was set ("" when none) and
-    `details` that part's values (for "error", `context` is a mapping)."""
-
-    agent_id: str
-    session_id: str = ""
-    category: str = ""
-    message: str = ""
-    fields: Mapping[str, Any] = field(default_factory=dict)
-    level: str = ""
-    event_type: str = ""
-    trace_id: str = ""
-    kind: str = ""
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-
-def agent_log_record(
-    principal_name: str,
-    event: AgentLogEvent,
-    now: float,
-    redactor: Redactor,
-    default_trace_id: str = "",
-    limits: Limits | None = None,
-) -> LogRecord:
-    """The record an agent files, checked: agents log only as themselves, in
-    decision, error or user, with bounded sizes. Its data (`fields`, and the kind's
-    values under the kind's name, e.g. `data.decision.reasoning`) is redacted then
-    cut like the gateway's own; it is filed under the logger "agent"."""
-    limits = limits or Limits()
-    require_identifier("agent_id", event.agent_id, limits.max_id_chars)
-    if event.agent_id != principal_name:  # as `authorize_agent` of services/decisions.py
-        raise Forbidden(
-            f"agent_id '{event.agent_id}' does not match the authenticated agent '{principal_name}'"
-        )
-    if event.session_id:
-        require_identifier("session_id", event.session_id, limits.max_id_chars)
-    category = _agent_category(event)
-    level = event.level.lower() or "info"
-    if level not in LEVELS:
-        raise InvalidRequest(
-            "level", f"unknown level '{preview(event.level)}' (expected {', '.join(LEVELS)})"
-        )
-    if event.event_type and (
-        len(event.event_type) > limits.max_action_type_chars
-        or not ACTION_TYPE.fullmatch(event.event_type)
-    ):
-        raise InvalidRequest(
-            "event_type",
-            f"must be at most {limits.max_action_type_chars} characters, starting with a"
-            " letter or digit, of A-Z a-z 0-9 . _ : / -",
-        )
-    for name, value in (("session_id", event.session_id), ("event_type", event.event_type)):
-        if value and redactor.looks_secret(value):  # as Submit's identifiers
-            raise InvalidRequest(
-                name,
-                "looks like a credential (token, key or password); identifiers are "
-                "recorded as they are, so they must not carry secrets",
-            )
-    if event.trace_id:
-        check_trace_id(event.trace_id)
-    if len(event.message) > MAX_AGENT_MESSAGE_CHARS:
-        raise InvalidRequest(
-            "message",
-            f"length {len(event.message)} exceeds the limit of {MAX_AGENT_MESSAGE_CHARS}",
-        )
-    _check_details(event, limits)
-    data: dict[str, Any] = dict(event.fields)
-    if event.kind:
-        data[event.kind] = dict(event.details)
-    return LogRecord(
-        timestamp=now,
-        category=category,
-        level=level,
-        event_type=_agent_event_type(event.event_type) or AGENT_EVENT_TYPE[category],
-        message=cut(redactor.text(event.message), RESULT_CHARS),
-        agent_id=event.agent_id,
-        session_id=event.session_id,
-        trace_id=event.trace_id or default_trace_id,
-        logger=AGENT_LOGGER,
-        data=safe_data(data, redactor),
-    )
-
-
-def _agent_event_type(event_type: str) -> str:
-    if not event_type or event_type.startswith(AGENT_EVENT_PREFIX):
-        return event_type
-    return AGENT_EVENT_PREFIX + event_type
-
-
-def _agent_category(event: AgentLogEvent) -> str:
-    from_kind = KIND_CATEGORY.get(event.kind, "")
-    if event.category and event.category not in AGENT_CATEGORIES:
-        raise InvalidRequest(
-            "category",
-            f"'{preview(event.category)}' is not one an agent may log"
-            f" (expected {', '.join(AGENT_CATEGORIES)})",
-        )
-    if event.category and from_kind and event.category != from_kind:
-        raise InvalidRequest(
-            "category", f"'{event.category}' does not match {event.kind} (category {from_kind})"
-        )
-    category = event.category or from_kind
-    if not category:
-        raise InvalidRequest(
-            "category", "is required (decision, error or user) unless a kind is set"
-        )
-    return category
-
-
-def _check_details(event: AgentLogEvent, limits: Limits) -> None:
-    _check_size("fields", event.fields, limits)
-    _check_size(event.kind or "details", event.details, limits)
-    confidence = event.details.get("confidence", 0.0)
-    if event.kind == "decision" and not (
-        isinstance(confidence, int | float) and 0.0 <= confidence <= 1.0
-    ):
-        raise InvalidRequest("decision.confidence", "must be a number from 0 to 1")
-    reasoning = event.details.get("reasoning", "")
-    if isinstance(reasoning, str) and len(reasoning) > limits.max_reasoning_chars:
-        raise InvalidRequest(
-            f"{event.kind}.reasoning",
-            f"length {len(reasoning)} exceeds the limit of {limits.max_reasoning_chars}",
-        )
-
-
-def _check_size(path: str, value: Mapping[str, Any], limits: Limits) -> None:
-    size = _size(path, value, 1, limits)
-    if size > limits.max_parameters_bytes:
-        raise InvalidRequest(
-            path, f"size {size} bytes exceeds the limit of {limits.max_parameters_bytes}"
-        )
-
-
-def _size(path: str, value: Any, depth: int, limits: Limits) -> int:
-    """An upper bound of the JSON size; checks depth and finiteness on the way."""
-    if depth > limits.max_parameter_depth:
-        raise InvalidRequest(
-            path, f"depth {depth} exceeds the limit of {limits.max_parameter_depth}"
-        )
-    if isinstance(value, Mapping):
-        return 2 + sum(
-            len(str(k)) * 6 + 3 + _size(f"{path}.{preview(str(k), 32)}", v, depth + 1, limits)
-            for k, v in value.items()
-        )
-    if isinstance(value, list | tuple):
-        return 2 + sum(1 + _size(f"{path}[{i}]", v, depth + 1, limits) for i, v in enumerate(value))
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidRequest(path, "must be a finite number")
-    if isinstance(value, str):
-        return len(value) * 6 + 2
-    return 24
-
-
-# --- the `logs:` section of the config -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    """How long (seconds) and how many records each category's stream keeps, the
-    stderr format, the optional JSON Lines file, the shipping queue's bound (records
-    waiting for Redis), and how often every stream is trimmed."""
-
-    retention_seconds: Mapping[str, float] = field(
-        default_factory=lambda: MappingProxyType(
-            {c: days * DAY for c, days in DEFAULT_RETENTION_DAYS.items()}
-        )
-    )
-    max_records: Mapping[str, int] = field(
-        default_factory=lambda: MappingProxyType(dict.fromkeys(CATEGORIES, DEFAULT_MAX_RECORDS))
-    )
-    format: str = "json"
-    file: Path | None = None
-    queue_size: int = 10_000
-    trim_interval_seconds: float = 300.0
-
-
-LOG_KEYS = (
-    "format",
-    "file",
-    "retention_days",
-    "max_records",
-    "queue_size",
-    "trim_interval_seconds",
-)
-
-
-def read_log_settings(r: YamlReader, node: Node, base_dir: Path | None = None) -> LogSettings:
-    """`logs:`; every key optional, a category left out keeps its default:
-
-    logs:
-      format: json                # stderr: json | text (--log-format overrides)
-      file: logs/agentgw.jsonl    # also write JSON Lines here (relative: base_dir)
-      retention_days: {action: 30, decision: 90, error: 365, security: 730,
-                       performance: 30, user: 90}
-      max_records: {action: 1000000, ...}   # per category; the oldest go first
-      queue_size: 10000           # records waiting for Redis before some are dropped
-      trim_interval_seconds: 300  # every stream is trimmed this often
-    """
-    m = r.mapping(node, "logs", LOG_KEYS)
-    settings = LogSettings()
-    changes: dict[str, Any] = {}
-    if "format" in m:
-        changes["format"] = r.string(m["format"], "logs.format")
-        if changes["format"] not in ("json", "text"):
-            raise r.fail(m["format"], "logs.format", "expected json or text")
-    if "file" in m:
-        path = Path(r.string(m["file"], "logs.file")).expanduser()
-        changes["file"] = base_dir / path if base_dir and not path.is_absolute() else path
-    if "retention_days" in m:
-        where = "logs.retention_days"
-        days = r.mapping(m["retention_days"], where, CATEGORIES)
-        retention = dict(settings.retention_seconds)
-        for name, value in days.items():
-            retention[name] = r.number(value, join(where, name), 0.01) * DAY
-        changes["retention_seconds"] = MappingProxyType(retention)
-    if "max_records" in m:
-        where = "logs.max_records"
-        counts = dict(settings.max_records)
-        for name, value in r.mapping(m["max_records"], where, CATEGORIES).items():
-            counts[name] = r.integer(value, join(where, name), 1)
-        changes["max_records"] = MappingProxyType(counts)
-    if "queue_size" in m:
-        changes["queue_size"] = r.integer(m["queue_size"], "logs.queue_size", 100)
-    if "trim_interval_seconds" in m:
-        where = "logs.trim_interval_seconds"
-        changes["trim_interval_seconds"] = r.number(m["trim_interval_seconds"], where, 1)
-    return replace(settings, **changes)

@@ -42,6 +42,7 @@ log = logging.getLogger("agentgw.alerts")
 QUEUE_SIZE = 10_000  # events waiting for evaluation
 WATCH_QUEUE = 1_000  # alerts waiting for one slow watcher before it is dropped
 FEED_POLL_SECONDS = 0.2
+FOLLOW_TIMEOUT = 10.0  # a watcher waits this long for the feed to be followed
 RULE_ERROR_EVERY = 60.0  # a broken rule's error is logged at most this often
 NOTE_LIMIT = 1_000
 COOLING_KEPT = 10_000  # (rule, subject) cooldowns remembered locally
@@ -217,7 +218,10 @@ class Alerting:
         self._watchers.add(queue)
         self._watched.set()
         try:
-            await asyncio.wait_for(self._following.wait(), 10)
+            await asyncio.wait_for(self._following.wait(), FOLLOW_TIMEOUT)
+        except TimeoutError:
+            self._unsubscribe(queue)
+            raise StoreUnavailable("the alert feed cannot be read (Redis); watch again") from None
         except BaseException:
             self._unsubscribe(queue)
             raise

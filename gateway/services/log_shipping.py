@@ -21,14 +21,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from gateway.domain.log_records import (
-    AgentLogEvent,
-    LogFilter,
-    LogRecord,
-    agent_log_record,
-    new_trace_id,
-    record_from_logging,
-)
+from gateway.domain.agent_logs import AgentLogEvent, agent_log_record
+from gateway.domain.log_records import LogFilter, LogRecord, new_trace_id, record_from_logging
 from gateway.domain.principals import Principal
 from gateway.domain.redaction import Redactor
 from gateway.domain.validation import Limits

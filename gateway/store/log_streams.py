@@ -30,11 +30,11 @@ from gateway.domain.log_records import (
     CATEGORIES,
     LogFilter,
     LogRecord,
-    LogSettings,
     record_from_json,
     record_to_json,
     timestamp_ms,
 )
+from gateway.domain.log_settings import LogSettings
 from gateway.store.connection import load_script, unavailable_on_error
 from gateway.store.keys import KeySpace
 

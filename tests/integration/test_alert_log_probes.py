@@ -642,7 +642,8 @@ def test_an_agent_flood_cannot_evict_the_gateways_own_records(
 ) -> None:
     from dataclasses import replace
 
-    from gateway.domain.log_records import CATEGORIES, LogSettings
+    from gateway.domain.log_records import CATEGORIES
+    from gateway.domain.log_settings import LogSettings
 
     settings = replace(LogSettings(), max_records=dict.fromkeys(CATEGORIES, 200))
     gw = make_gateway(logs=settings)
@@ -663,7 +664,8 @@ def test_a_flood_of_log_calls_keeps_the_stream_at_its_bound(
 ) -> None:
     from dataclasses import replace
 
-    from gateway.domain.log_records import CATEGORIES, LogSettings
+    from gateway.domain.log_records import CATEGORIES
+    from gateway.domain.log_settings import LogSettings
 
     settings = replace(LogSettings(), max_records=dict.fromkeys(CATEGORIES, 300))
     gw = make_gateway(logs=settings)

@@ -23,14 +23,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.log_records import (
-    CATEGORIES,
-    DAY,
-    LogRecord,
-    LogSettings,
-    log_filter,
-    record_from_logging,
-)
+from gateway.domain.log_records import CATEGORIES, LogRecord, log_filter, record_from_logging
+from gateway.domain.log_settings import DAY, LogSettings
 from gateway.domain.redaction import Redactor
 from gateway.logs import JsonFormatter, TextFormatter
 from gateway.services.log_shipping import LogSearch, LogSink

@@ -11,13 +11,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.domain.agent_logs import AgentLogEvent, agent_log_record
 from gateway.domain.alerts.channels import Channel, ChannelType, channel_payload
 from gateway.domain.alerts.model import Alert, Severity, new_alert_id
-from gateway.domain.log_records import (
-    AgentLogEvent,
-    agent_log_record,
-    record_to_json,
-)
+from gateway.domain.log_records import record_to_json
 from gateway.domain.redaction import Redactor
 from gateway.logs import JsonFormatter, TextFormatter
 

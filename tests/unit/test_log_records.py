@@ -10,26 +10,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.domain.agent_logs import MAX_AGENT_MESSAGE_CHARS, AgentLogEvent, agent_log_record
 from gateway.domain.log_records import (
     CATEGORIES,
-    DAY,
     LEVELS,
-    MAX_AGENT_MESSAGE_CHARS,
     REASONING_CHARS,
     RESULT_CHARS,
-    AgentLogEvent,
     LogRecord,
-    LogSettings,
-    agent_log_record,
     event_type_of,
     level_name,
     log_filter,
-    read_log_settings,
     record_from_json,
     record_from_logging,
     record_to_json,
     truncate,
 )
+from gateway.domain.log_settings import DAY, LogSettings, read_log_settings
 from gateway.domain.redaction import REDACTED, Redactor
 from gateway.domain.yaml_reader import YamlReader
 from gateway.errors import ConfigError, Forbidden, InvalidRequest
