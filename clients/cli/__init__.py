@@ -1,9 +1,10 @@
-"""The `agentgw` command: serve, submit, outcome, holds, sessions, agents, audit.
+"""The `agentgw` command: serve, submit, outcome, holds, sessions, agents, audit, logs, alerts.
 
 One module per audience: `agent` (submit, outcome), `approver` (holds list, watch,
 approve, reject; sessions list, resume), `auditor` (audit export, keys, checkpoint,
-verify, prove-*) with `queries` (audit query, report), and `admin` (serve, keys
-rotate, agents quarantine|release); `common` holds the connection options,
+verify, verify-in-place, prove-*) with `queries` (audit query, report), `admin`
+(serve, keys rotate, agents quarantine|release), `logs` (query and follow the log
+streams) and `alerts` (list, watch, ack); `common` holds the connection options,
 exit codes and output helpers. `serve` imports the server lazily; every other
 command is a gRPC client, and `audit verify` (and `audit query|report --export`)
 works offline with only the pure audit-format package.
