@@ -183,7 +183,14 @@ def test_cancelled_calls_retried_at_once_are_decided_at_most_once(
             async def cancelled_then_retried(i: int) -> None:
                 nonlocal cancelled_in_flight
                 kind = "send_email" if i % 3 == 0 else "search"
-                action = request(action_id=f"c-{i}", action_type=kind, session_id=f"s{i}")
+                # Inputs of their own: one input in 10 sessions in a row would be a
+                # cross-session loop, and a held search (the flake this once had).
+                action = request(
+                    action_id=f"c-{i}",
+                    action_type=kind,
+                    session_id=f"s{i}",
+                    parameters={"q": f"weather {i}"},
+                )
                 deadline = random.uniform(0.001, 1.5 * COMMIT_DELAY)
                 try:
                     await stub.Submit(action, metadata=md1, timeout=deadline)
