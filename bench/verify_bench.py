@@ -6,7 +6,8 @@ Generates an export of `--entries` signed entries with realistic decision detail
 the multi-core figure), then runs `agentgw audit verify` (the CLI's `run_audit_verify`,
 in this process) with 1 and N workers. Prints verifies/s and entries/s, and the ratio
 the design target (docs/design.md) is about: >= 85 % of raw x cores. It measures; it
-never asserts. See docs/benchmark.md, "Verify".
+never asserts. `measure` is what `bench/bench.py` calls for its `verify` figures. See
+docs/benchmark.md, "Verify".
 
     .venv/bin/python bench/verify_bench.py [--entries 100000] [--workers N] [--repeat K]
                                            [--json FILE]
@@ -24,6 +25,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from gateway.domain.audit.entry import (  # noqa: E402
 from gateway.domain.audit.keys import KeySet, Signer  # noqa: E402
 
 ORIGIN = "bench.agentgw.example/audit"
+DEFAULT_SECONDS = 2.0
 ACTION_TYPES = ("search", "read_file", "list_directory", "fetch_url", "send_email", "delete_file")
 
 
@@ -143,48 +146,49 @@ def cli_verify(export: Path, keys: Path, workers: int) -> tuple[float, dict[str,
     return elapsed, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=100_000)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seconds", type=float, default=2.0, help="raw verify loop length")
-    parser.add_argument("--repeat", type=int, default=1, help="report the best of N runs")
-    parser.add_argument("--export", type=Path, help="reuse (or keep) this export file")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON")
-    args = parser.parse_args()
-    cores = max(1, args.workers)
-
+def measure(
+    entries: int,
+    workers: int,
+    *,
+    seconds: float = DEFAULT_SECONDS,
+    repeat: int = 1,
+    export: Path | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Writes (or reuses) an export, measures raw Ed25519 and `audit verify`, returns the
+    figures (best of `repeat` for each). `bench/bench.py` calls this too."""
+    cores = max(1, workers)
     with tempfile.TemporaryDirectory(prefix="agentgw-verify-bench-") as tmp:
         signer = Signer.from_seed(b"\x07" * 32)
         keys = Path(tmp) / "keys.json"
         keys.write_text(KeySet.for_signer(ORIGIN, signer).to_json(), encoding="utf-8")
-        export = args.export or Path(tmp) / "audit.jsonl"
+        export = export or Path(tmp) / "audit.jsonl"
         if not export.exists():
-            print(f"generating {args.entries} entries ...", file=sys.stderr)
-            write_export(export, args.entries, signer)
+            progress(f"generating {entries} entries ...")
+            write_export(export, entries, signer)
         size = export.stat().st_size
         with export.open("rb") as lines:
             count = sum(1 for _ in lines)
 
-        # Best of --repeat for every figure alike: on a shared machine the best run is
+        # Best of `repeat` for every figure alike: on a shared machine the best run is
         # the one least disturbed by other work.
         raw_one = raw_all = 0.0
         one_s = all_s = float("inf")
-        for run in range(1, args.repeat + 1):
-            print(f"run {run}: raw Ed25519 verify ...", file=sys.stderr)
-            raw_one = max(raw_one, raw_verifies_per_second(1, args.seconds))
+        for run in range(1, repeat + 1):
+            progress(f"run {run}: raw Ed25519 verify ...")
+            raw_one = max(raw_one, raw_verifies_per_second(1, seconds))
             if cores > 1:
-                raw_all = max(raw_all, raw_verifies_per_second(cores, args.seconds))
-            print(f"run {run}: agentgw audit verify --workers 1 ...", file=sys.stderr)
+                raw_all = max(raw_all, raw_verifies_per_second(cores, seconds))
+            progress(f"run {run}: agentgw audit verify --workers 1 ...")
             one_s = min(one_s, cli_verify(export, keys, 1)[0])
             if cores > 1:
-                print(f"run {run}: agentgw audit verify --workers {cores} ...", file=sys.stderr)
+                progress(f"run {run}: agentgw audit verify --workers {cores} ...")
                 all_s = min(all_s, cli_verify(export, keys, cores)[0])
         if cores == 1:
             raw_all, all_s = raw_one, one_s
 
     one_rate, all_rate = count / one_s, count / all_s
-    results = {
+    return {
         "machine": {
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -193,7 +197,7 @@ def main() -> None:
         "entries": count,
         "export_bytes": size,
         "workers": cores,
-        "repeat": args.repeat,
+        "repeat": repeat,
         "raw_verifies_per_s_one_core": round(raw_one),
         "raw_verifies_per_s_times_cores": round(raw_one * cores),
         "raw_verifies_per_s_all_cores_measured": round(raw_all),
@@ -203,18 +207,52 @@ def main() -> None:
         "ratio_n_workers_vs_raw_times_cores": round(all_rate / (raw_one * cores), 3),
         "ratio_n_workers_vs_raw_all_cores_measured": round(all_rate / raw_all, 3),
     }
-    print(f"export: {count} entries, {size / count:.0f} bytes/entry")
-    print(f"raw Ed25519 verify, 1 core:           {raw_one:10.0f} /s")
-    print(f"raw Ed25519 verify x {cores} cores:         {raw_one * cores:10.0f} /s")
-    print(f"raw Ed25519 verify, {cores} processes:      {raw_all:10.0f} /s (measured)")
-    print(f"audit verify, 1 worker:               {one_rate:10.0f} entries/s")
-    print(f"audit verify, {cores} workers:              {all_rate:10.0f} entries/s")
-    print(f"1 worker / raw 1 core:                {one_rate / raw_one:10.1%}")
-    print(f"{cores} workers / (raw 1 core x {cores}):       {all_rate / (raw_one * cores):10.1%}")
-    print(f"{cores} workers / raw {cores} processes:        {all_rate / raw_all:10.1%}")
-    print("target: >= 85 % of raw x cores")
+
+
+def format_figures(figures: dict[str, Any]) -> str:
+    count, cores = figures["entries"], figures["workers"]
+    raw_one = figures["raw_verifies_per_s_one_core"]
+    raw_all = figures["raw_verifies_per_s_all_cores_measured"]
+    one_rate = figures["verify_entries_per_s_1_worker"]
+    all_rate = figures["verify_entries_per_s_n_workers"]
+    return "\n".join(
+        [
+            f"export: {count} entries, {figures['export_bytes'] / count:.0f} bytes/entry",
+            f"raw Ed25519 verify, 1 core:           {raw_one:10.0f} /s",
+            f"raw Ed25519 verify x {cores} cores:         {raw_one * cores:10.0f} /s",
+            f"raw Ed25519 verify, {cores} processes:      {raw_all:10.0f} /s (measured)",
+            f"audit verify, 1 worker:               {one_rate:10.0f} entries/s",
+            f"audit verify, {cores} workers:              {all_rate:10.0f} entries/s",
+            f"1 worker / raw 1 core:                {one_rate / raw_one:10.1%}",
+            f"{cores} workers / (raw 1 core x {cores}):       {all_rate / (raw_one * cores):10.1%}",
+            f"{cores} workers / raw {cores} processes:        {all_rate / raw_all:10.1%}",
+            "target: >= 85 % of raw x cores",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--seconds", type=float, default=DEFAULT_SECONDS, help="raw verify loop length"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="report the best of N runs")
+    parser.add_argument("--export", type=Path, help="reuse (or keep) this export file")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    args = parser.parse_args()
+    figures = measure(
+        args.entries,
+        args.workers,
+        seconds=args.seconds,
+        repeat=args.repeat,
+        export=args.export,
+        progress=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    print(format_figures(figures))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from types import ModuleType
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
+CPU_KEYS = {"gateway", "redis", "echo", "load"}
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +30,68 @@ def bench() -> ModuleType:
 
 
 @pytest.mark.timeout(60)
-def test_benchmark_measures_both_targets_at_each_concurrency(bench: ModuleType) -> None:
-    settings = bench.Settings(concurrencies=(1, 4), requests=20, warmup=5)
+def test_benchmark_alternates_echo_and_gateway_rounds(bench: ModuleType) -> None:
+    settings = bench.Settings(concurrencies=(1, 4), requests=20, warmup=5, rounds=2)
     report = asyncio.run(bench.run_benchmark(settings))
 
-    measured = {(r.target, r.concurrency): r for r in report.results}
-    assert set(measured) == {(t, c) for t in ("echo", "gateway") for c in (1, 4)}
+    # A B A B within each concurrency, in the order measured.
+    order = [(r.concurrency, r.round, r.target) for r in report.results]
+    assert order == [(c, n, t) for c in (1, 4) for n in (1, 2) for t in ("echo", "gateway")]
     for result in report.results:
         assert result.requests == 20
         assert result.errors == {}
         assert sum(result.verdicts.values()) == 20
         assert result.decisions_per_s > 0
         assert 0 < result.p50_ms <= result.p99_ms
+        if sys.platform == "linux":
+            assert set(result.cpu_seconds) == CPU_KEYS
+            assert all(v is not None and v >= 0 for v in result.cpu_seconds.values())
     # The default policy holds the suspicious part of the mix; echo allows everything.
-    assert measured[("gateway", 1)].verdicts.get("HOLD", 0) > 0
-    assert measured[("echo", 1)].verdicts == {"ALLOW": 20}
-    assert [c.concurrency for c in report.comparisons] == [1, 4]
+    gateway_c1 = [r for r in report.results if r.target == "gateway" and r.concurrency == 1]
+    assert all(r.verdicts.get("HOLD", 0) > 0 for r in gateway_c1)
+    assert all(r.verdicts == {"ALLOW": 20} for r in report.results if r.target == "echo")
 
-    table = bench.format_report(report)
-    assert "echo" in table and "gateway" in table
+    assert [s.concurrency for s in report.summaries] == [1, 4]
+    for summary in report.summaries:
+        assert summary.rounds == 2 and len(summary.ratios) == 2
+        assert summary.ratio_min <= summary.ratio <= summary.ratio_max
+        assert min(summary.ratios) == summary.ratio_min
+        assert set(summary.cpu_us_per_request) >= CPU_KEYS
+
+    text = bench.format_report(report)
+    assert "echo" in text and "gateway" in text and "median of 2" in text
+
+
+@pytest.mark.timeout(90)
+def test_benchmark_json_flag_ends_stdout_with_the_summary(tmp_path: Path) -> None:
+    full = tmp_path / "bench.json"
+    command = [sys.executable, str(BENCH), "--requests", "10", "--warmup", "2"]
+    command += ["--rounds", "3", "--concurrency", "1", "2", "--json", "--json-file", str(full)]
+    command += ["--verify-entries", "200", "--verify-seconds", "0.05"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert set(summary) == {"c1", "c2", "verify"}
+    for key in ("c1", "c2"):
+        figures = summary[key]
+        for name in ("echo_rps", "gateway_rps", "ratio", "added_p50_ms", "added_p99_ms"):
+            assert isinstance(figures[name], float), name
+        assert figures["rounds"] == 3 and len(figures["ratios"]) == 3
+        assert figures["ratio_min"] <= figures["ratio"] <= figures["ratio_max"]
+        assert set(figures["cpu_us_per_request"]) >= CPU_KEYS
+    assert set(summary["verify"]) >= {"raw_per_core", "workers_1_ratio", "workers_n_ratio"}
+    assert summary["verify"]["entries"] == 200
+    assert json.loads(full.read_text())["summary"] == summary
+
+
+@pytest.mark.timeout(60)
+def test_benchmark_without_verify_nulls_its_key(bench: ModuleType) -> None:
+    options = bench.parse_args(["--json", "--no-verify", "--rounds", "1"])
+    assert options.json_line and not options.verify
+    assert options.settings.rounds == 1
+    report = bench.Report(machine={}, settings={}, mix={}, results=[])
+    assert bench.summary_line(report) == {"verify": None}
 
 
 @pytest.mark.timeout(60)
