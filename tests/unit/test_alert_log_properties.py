@@ -1,6 +1,7 @@
 """Property: no value under a sensitive key, however deep, however the key is cased,
 ever appears in a log record (an agent's `Gateway.Log` record, the gateway's own
-records in the JSON and text formats) or an alert's channel payloads."""
+records in the JSON and text formats), an alert's channel payloads or an audit entry's
+details."""
 
 from __future__ import annotations
 
@@ -134,3 +135,24 @@ def test_an_alert_payload_never_shows_one(value: Any) -> None:
     )
     for channel in CHANNELS:
         assert MARK not in json.dumps(channel_payload(channel, alert))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(plain_key, structures(), max_size=5), structures())
+def test_an_audit_entry_never_shows_one_in_its_details(
+    parameters: dict[str, Any], labels_source: Any
+) -> None:
+    """The decision's audit entry is built from the redacted request (as the decision
+    path does), and its signed bytes carry no planted secret."""
+    from gateway.domain.actions import ActionRequest, Decision, Verdict
+    from gateway.domain.verdicts import VerdictOutcome
+    from gateway.services.decisions import decision_entry
+
+    labels = {"note": json.dumps(labels_source)[:200], "session_token": MARK + "label"}
+    request = ActionRequest(
+        "a-1", "agent-1", "s-1", "db.query", "orders", parameters, "reasoning", labels
+    )
+    stored = redactor.request(request)
+    decision = Decision("a-1", "s-1", Verdict.ALLOW, "ok", trace_id="f" * 32)
+    draft = decision_entry(stored, decision, VerdictOutcome(Verdict.ALLOW, False, "ok"), 1.0)
+    assert not has_secret(draft.details), draft.details
