@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from agentgw.v1 import approvals_pb2, audit_pb2
 from clients.cli.common import (
@@ -76,9 +78,23 @@ def add_agent_commands(sub: Commands) -> None:
     release.set_defaults(run=run_agent_release)
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Runs the server on uvloop where it is installed (a faster event loop), else on
+    asyncio's own loop; AGENTGW_EVENT_LOOP=asyncio picks asyncio's."""
     import asyncio
 
+    if os.environ.get("AGENTGW_EVENT_LOOP", "") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
+def run_serve(args: argparse.Namespace) -> int:
     from gateway.app import serve
     from gateway.config import Overrides, load_config
     from gateway.errors import GatewayError
@@ -92,7 +108,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     try:
         config, tokens = load_config(overrides, os.environ)
-        asyncio.run(serve(config, tokens))
+        run_event_loop(serve(config, tokens))
     except GatewayError as e:
         print(f"agentgw: {e}", file=sys.stderr)
         return EXIT_FAILED

@@ -81,7 +81,7 @@ def test_every_path_the_architecture_page_names_exists() -> None:
 CLIENTS_MAY_IMPORT = ("gateway.domain.audit", "gateway.errors")
 # `agentgw serve` runs the server in-process: the one function that imports it, lazily.
 SERVE_FUNCTION = ("clients/cli/admin.py", "run_serve")
-SERVE_IMPORTS = {"asyncio", "gateway.app", "gateway.config", "gateway.errors"}
+SERVE_IMPORTS = {"gateway.app", "gateway.config", "gateway.errors"}
 
 
 def test_clients_import_only_the_pure_audit_format_and_the_stubs() -> None:
