@@ -461,9 +461,10 @@ class App:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A task that ended with an error was reported when it ended (_report_task_end);
+        # stopping goes on (e.g. a Redis client's transport error leaking out of a
+        # reconnect the cancellation interrupted, as redis-py issues 3546 and 4287).
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if hasattr(self, "pipeline"):
             await self.pipeline.drain()

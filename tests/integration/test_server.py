@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -10,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agentgw.v1 import gateway_pb2
-from tests.harness import RunningGateway, wait_for
+from tests.harness import GatewayLogs, RunningGateway, wait_for
 
 ALLOW_ALL = "version: 1\ndefault_verdict: allow\nrules: []\n"
 DENY_SEARCH = """version: 1
@@ -102,3 +104,25 @@ def test_a_gateway_stopped_right_after_it_starts_stops(gateway_config) -> None: 
         gw = RunningGateway(gateway_config, ManualClock())
         gw.stop()  # fails (times out) if a background task outlives stop()
         assert all(task.done() for task in gw.app._tasks) and not gw.app._tasks
+
+
+def test_stop_completes_when_a_background_task_fails_as_it_is_cancelled(
+    make_gateway: Callable[..., RunningGateway], gateway_logs: GatewayLogs
+) -> None:
+    # As redis-py can leak a transport AttributeError out of a reconnect that a
+    # cancellation interrupts: the task ends with that error instead of cancelled.
+    gw = make_gateway()
+
+    async def failing_on_cancel() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise AttributeError("'NoneType' object has no attribute 'writelines'") from None
+
+    async def spawn() -> None:
+        gw.app._spawn(failing_on_cancel(), "a task that fails as it is cancelled")
+
+    gw.run(spawn())
+    gw.stop()  # would raise the AttributeError
+    ended = [r for r in gateway_logs.records if r.getMessage() == "background task ended"]
+    assert [r.task for r in ended] == ["a task that fails as it is cancelled"]
