@@ -75,8 +75,9 @@ class Alerting:
         self.dropped = 0  # events the full queue refused
         self._queue: asyncio.Queue[AlertEvent] = asyncio.Queue(QUEUE_SIZE)
         self._rule_errors: dict[str, float] = {}
-        self._local_cooldowns: dict[tuple[str, str], float] = {}
-        # Cooldowns Redis reported, until they end: matches in them need no call.
+        # (rule, subject) -> until when it is known to cool down: as Redis reported, or
+        # as this replica set it for an alert fired without Redis. Matches before then
+        # need no Redis call. Bounded by COOLING_KEPT.
         self._cooling: dict[tuple[str, str], float] = {}
         self._watchers: set[asyncio.Queue[Alert | None]] = set()
         self._watched = asyncio.Event()  # someone watches
@@ -143,7 +144,7 @@ class Alerting:
     async def _fire(self, alert: Alert, match: Match) -> bool:
         key = (alert.rule, alert.subject)
         if alert.fired_at < self._cooling.get(key, 0.0):
-            return False  # known to be cooling down (Redis said so): no call needed
+            return False  # known to be cooling down: no call needed
         remote = [c for c in alert.channels if c != LOG_CHANNEL]
         try:
             cooling = await self.store.fire(alert, match.rule.cooldown_seconds, remote)
@@ -166,10 +167,9 @@ class Alerting:
         self._cooling[key] = until
 
     async def _fire_locally(self, alert: Alert, match: Match, error: str) -> bool:
+        # Without Redis the cooldown is this replica's, and at least a minute.
         key = (alert.rule, alert.subject)
-        if self.clock() < self._local_cooldowns.get(key, 0.0):
-            return False
-        self._local_cooldowns[key] = self.clock() + max(match.rule.cooldown_seconds, 60.0)
+        self._remember_cooling(key, alert.fired_at + max(match.rule.cooldown_seconds, 60.0))
         self._log(alert, match, stored=False, error=error)
         self._publish(alert)
         remote = [c for c in alert.channels if c != LOG_CHANNEL]
