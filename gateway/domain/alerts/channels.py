@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from yaml.nodes import Node
 
-from gateway.domain.alerts.model import Alert, Severity
+from gateway.domain.alerts.model import Alert, Severity, alert_to_json
 from gateway.domain.audit.entry import format_timestamp
 from gateway.domain.redaction import Redactor
 from gateway.domain.yaml_reader import YamlReader, join
@@ -258,18 +258,26 @@ def _redacted(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+WEBHOOK_FIELDS = (
+    "alert_id",
+    "rule",
+    "severity",
+    "subject",
+    "message",
+    "event_type",
+    "data",
+    "trace_id",
+)
+
+
 def _webhook(alert: Alert) -> dict[str, Any]:
+    """The alert's JSON form (the acknowledgement fields aside), its time as RFC 3339
+    (`fired_at`) and unix seconds (`time`)."""
+    document = alert_to_json(alert)
     return {
-        "alert_id": alert.alert_id,
-        "rule": alert.rule,
-        "severity": alert.severity.value,
-        "subject": alert.subject,
-        "message": alert.message,
+        **{name: document[name] for name in WEBHOOK_FIELDS},
         "fired_at": format_timestamp(alert.fired_at),
         "time": alert.fired_at,
-        "event_type": alert.event_type,
-        "data": dict(alert.data),
-        "trace_id": alert.trace_id,
     }
 
 
