@@ -100,6 +100,16 @@ class Servicer:
     def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         return self.auth.authenticate(context.invocation_metadata())
 
+    async def _refuse(
+        self,
+        context: grpc.aio.ServicerContext,
+        name: str,
+        principal: Principal | None,
+        error: Exception,
+    ) -> NoReturn:
+        path = f"/{self.service.full_name}/{name}"
+        await refuse(context, path, principal, error, self.redactor, self.security)
+
     def _open(self, request: Received, name: str) -> Any:
         return open_request(request, self.service.methods_by_name[name].input_type)
 
@@ -143,14 +153,7 @@ def rpc(
                 raise
             except Exception as e:  # every failure becomes a status
                 failure = e
-            await refuse(
-                context,
-                f"/{self.service.full_name}/{name}",
-                principal,
-                failure,
-                self.redactor,
-                self.security,
-            )
+            await self._refuse(context, name, principal, failure)
 
         setattr(handler, _ROLES, allowed)
         return handler
@@ -183,14 +186,7 @@ def stream_rpc(
                 raise
             except Exception as e:  # every failure becomes a status
                 failure = e
-            await refuse(
-                context,
-                f"/{self.service.full_name}/{name}",
-                principal,
-                failure,
-                self.redactor,
-                self.security,
-            )
+            await self._refuse(context, name, principal, failure)
 
         setattr(handler, _ROLES, allowed)
         return handler
