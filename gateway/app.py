@@ -132,6 +132,16 @@ class App:
             timeout=HEALTH_TIMEOUT,
             retries=0,
         )
+        # On a cluster, the claim markers that follow a commit go to the agents' own
+        # masters in one pipeline, and a redis-py cluster pipeline that meets a dead
+        # master closes every connection of its client: on a client of their own, a
+        # master going down costs the markers, never the calls in flight on the others.
+        self.projection_client = connect(
+            url,
+            name=f"agentgw:{prefix}:projections",
+            max_connections=4,
+            wait_for_connection=POOL_WAIT_SECONDS,
+        )
         # Log shipping has its own pool: it never takes the decision path's connections.
         self.log_client = connect(
             url,
@@ -169,6 +179,7 @@ class App:
             config.audit.origin,
             self.clock,
             replica_acks,
+            projection_client=self.projection_client,
         )
         self.listener = ResolutionListener(self.hold_client, keys.hold_resolved_channel)
         redactor = Redactor(config.redaction)
@@ -474,7 +485,8 @@ class App:
             await self.audit.drain()
         if hasattr(self, "audit_connection"):
             await self.audit_connection.aclose()
-        for name in ("audit_client", "health_client", "log_client", "hold_client", "client"):
+        clients = ("audit_client", "health_client", "log_client", "projection_client")
+        for name in (*clients, "hold_client", "client"):
             if hasattr(self, name):
                 await close(getattr(self, name))
         if self.embedded is not None:

@@ -154,11 +154,14 @@ _PARAM_VALUE = re.compile(r"[^&#\s\"'<>]*")
 _SEPARATOR = re.compile(r"(?::=|=>|[:=])[ \t]*")
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_.-")
 _NAME_WINDOW = 256  # how far back a name may start
+# A quote left open (text cut off inside the value: `{"password": "hunt`) runs to the
+# end of its line, as the cut-off object does in _closing_bracket.
+_OPEN_TO_EOL = r"\\?(?=\n|\Z)"
 _QUOTED = (
-    r"\"(?P<dq>(?:[^\"\\\n]|\\.)*)\""
-    r"|'(?P<sq>(?:[^'\\\n]|\\.)*)'"
+    rf"\"(?P<dq>(?:[^\"\\\n]|\\.)*)(?:\"|{_OPEN_TO_EOL})"
+    rf"|'(?P<sq>(?:[^'\\\n]|\\.)*)(?:'|{_OPEN_TO_EOL})"
     # JSON inside a JSON string: {\"password\": \"...\"}
-    r"|\\\"(?P<eq>(?:[^\"\\\n]|\\[^\"])*)\\\""
+    rf"|\\\"(?P<eq>(?:[^\"\\\n]|\\[^\"])*)(?:\\\"|{_OPEN_TO_EOL})"
 )
 _ASSIGNED_VALUE = re.compile(
     # `Authorization: Bearer x` keeps its scheme.

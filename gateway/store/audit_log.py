@@ -117,8 +117,13 @@ class AuditLog:
         origin: str,
         clock: Callable[[], float],
         replica_acks: ReplicaAcks | None = None,
+        *,
+        projection_client: aioredis.Redis | None = None,
     ) -> None:
         self.client = client
+        # Where the claim markers of a commit are written (see App.start): `client`
+        # unless the app gives them a client of their own.
+        self.projection_client = projection_client or client
         self.replica_acks = replica_acks
         self.intents = intents
         self.keys = intents.keys
@@ -300,7 +305,7 @@ class AuditLog:
     async def _write_projections(self, projections: list[Projection]) -> None:
         try:
             with unavailable_on_error("marking actions decided"):
-                async with self.client.pipeline(transaction=False) as pipe:
+                async with self.projection_client.pipeline(transaction=False) as pipe:
                     for p in projections:
                         pipe.set(p.key, p.value, px=p.px)
                     await pipe.execute()

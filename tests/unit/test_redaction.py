@@ -430,6 +430,25 @@ def test_named_values_in_free_text_are_redacted(text: str, expected: str) -> Non
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Text cut off inside the quoted value (a truncated JSON document, a log line
+        # cut at a limit): the open value runs to the end of the text or its line.
+        ('{"user": {"client_secret": "QQ0000', f'{{"user": {{"client_secret": "{REDACTED}'),
+        ("{'api_key': 'abc", f"{{'api_key': '{REDACTED}"),
+        ('{\\"token\\": \\"abc', f'{{\\"token\\": \\"{REDACTED}'),
+        ('password: "abc\nnext: 1', f'password: "{REDACTED}\nnext: 1'),
+        ('"password": "abc\\', f'"password": "{REDACTED}\\'),
+        ('--token "abc', f'--token "{REDACTED}'),
+    ],
+)
+def test_a_quoted_value_cut_off_before_its_closing_quote_is_redacted(
+    text: str, expected: str
+) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "The author checked the shipping address; in my opinion it is fine.",
