@@ -93,8 +93,16 @@ def timestamp_ms(seconds: float) -> int:
 def format_timestamp(seconds: float) -> str:
     """ISO 8601 in UTC to the millisecond: 2026-11-25T05:55:27.123Z."""
     ms = timestamp_ms(seconds)
-    moment = datetime.fromtimestamp(ms // 1000, UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    whole = ms // 1000
+    second, text = _LAST_SECOND
+    if whole != second:
+        text = f"{datetime.fromtimestamp(whole, UTC):%Y-%m-%dT%H:%M:%S}"
+        _LAST_SECOND[:] = whole, text
+    return f"{text}.{ms % 1000:03d}Z"
+
+
+# The last second formatted: records come many to a second.
+_LAST_SECOND: list[Any] = [None, ""]
 
 
 def parse_timestamp(text: str) -> float:
@@ -172,14 +180,17 @@ def _cut_tail(text: str, limit: int) -> str:
 def truncate(value: Any, limit: int = RESULT_CHARS) -> Any:
     """A copy with every string cut to `limit`, and to REASONING_CHARS under a key
     whose name contains "reasoning" (and anywhere inside its value)."""
-    if isinstance(value, str):
-        return cut(value, limit)
-    if isinstance(value, Mapping):
+    kind = type(value)  # exact types first: isinstance(x, Mapping) is slow
+    if kind is str:
+        return value if len(value) <= limit else cut(value, limit)
+    if kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {
             k: truncate(v, REASONING_CHARS if "reasoning" in str(k).lower() else limit)
             for k, v in value.items()
         }
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return [truncate(v, limit) for v in value]
     return value
 
@@ -187,13 +198,16 @@ def truncate(value: Any, limit: int = RESULT_CHARS) -> Any:
 def jsonable(value: Any, depth: int = 0) -> Any:
     """A copy JSON can encode: string keys, lists, finite numbers; anything else as
     its text (which redaction then reads like any text)."""
-    if value is None or isinstance(value, bool | int | str):
+    kind = type(value)  # exact types first: isinstance(x, Mapping) is slow
+    if kind is str or kind is int or kind is bool or value is None:
         return value
-    if isinstance(value, float):
+    if kind is float or isinstance(value, float):
         return value if math.isfinite(value) else str(value)
+    if isinstance(value, bool | int | str):  # subclasses (an IntEnum, a StrEnum)
+        return value
     if depth >= MAX_DEPTH:
         return "[too deep]"
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v, depth + 1) for v in value]

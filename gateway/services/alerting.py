@@ -109,7 +109,14 @@ class Alerting:
 
     async def handle(self, event: AlertEvent) -> list[Alert]:
         """Evaluates one event and fires its matches; returns the alerts that fired."""
-        evaluation = evaluate(self.settings.rules, event)
+        now, subject = self.clock(), event.subject
+        # A rule known to be cooling down for the subject is not evaluated (on a busy
+        # gateway most events meet only such rules), and no alert is built for it.
+        evaluation = evaluate(
+            self.settings.rules,
+            event,
+            skip=lambda rule: now < self._cooling.get((rule.name, subject), 0.0),
+        )
         for error in evaluation.errors:
             self._rule_error(error)
         fired = []

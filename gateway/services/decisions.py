@@ -120,23 +120,26 @@ class DecisionPipeline:
         observed: Observation | Seen | Reused | Limited | None = None
         committing: asyncio.Future[list[AuditEntry]] | None = None
         try:
-            observed = await self.claim_action(stored, claim, marks, quota)
+            # The audit writer may wait for this call's entry to append it with others.
+            with self.audit.preparing():
+                observed = await self.claim_action(stored, claim, marks, quota)
+                if isinstance(observed, Limited):
+                    decision, draft, intent = self.decide_over_quota(
+                        request, stored, claim, observed, quota, now, trace_id
+                    )
+                    counts, admitted = observed.refusal.counts, False
+                    committing = self.audit.enqueue([draft], intent)
+                elif isinstance(observed, Observation):
+                    decision, draft, intent = self.decide(
+                        request, stored, claim, observed, now, trace_id
+                    )
+                    counts, admitted = observed.counters.rates, True
+                    committing = self.audit.enqueue([draft], intent)
             if isinstance(observed, Seen):
                 return await self.replay(observed)
             if isinstance(observed, Reused):
                 await self.refuse_reuse(stored, trace_id)
-            if isinstance(observed, Limited):
-                decision, draft, intent = self.decide_over_quota(
-                    request, stored, claim, observed, quota, now, trace_id
-                )
-                counts, admitted = observed.refusal.counts, False
-            else:
-                assert isinstance(observed, Observation)
-                decision, draft, intent = self.decide(
-                    request, stored, claim, observed, now, trace_id
-                )
-                counts, admitted = observed.counters.rates, True
-            committing = self.audit.enqueue([draft], intent)
+            assert committing is not None
             entries = await asyncio.shield(committing)
         except Conflict:
             # Another call decided this action_id first (this call's claim lapsed):

@@ -25,9 +25,10 @@ failover.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -69,6 +70,11 @@ from gateway.store.intents import Intent, IntentWriter, KeyIndex, Projection, Ro
 log = logging.getLogger("agentgw.audit")
 
 MAX_BATCH = 256
+# Group commit: while commits are being prepared (a decision between its claim and
+# its enqueue), the writer waits for them this long at most before it appends, so
+# that one script call appends many entries. Never at concurrency 1: a lone commit
+# has nothing in preparation beside it and is appended at once.
+GATHER_SECONDS = 0.002
 # Losing the race to another replica means that replica appended: the log as a whole
 # progresses, so a batch keeps retrying (for at most this long) rather than giving
 # up after a fixed number of lost races, which busy replicas can exceed.
@@ -136,7 +142,11 @@ class AuditLog:
         self._wakeup = asyncio.Event()
         self._head: Head | None = None
         self._projecting: set[asyncio.Task[None]] = set()
+        self._preparing = 0  # commits in preparation (see `preparing`)
+        self._awaited = 0  # of those, how many the writer still waits for
+        self._gathered: asyncio.Future[None] | None = None  # set while it waits
         self.batches = 0  # counted for the benchmark and tests of group commit
+        self.gathers = 0  # times the writer waited for commits in preparation
         # Called with the error whenever a batch could not be appended (the app raises
         # an alert); the batch's callers fail closed either way.
         self.on_failure: Callable[[str], None] = lambda error: None
@@ -162,7 +172,47 @@ class AuditLog:
         future: asyncio.Future[list[AuditEntry]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(drafts, intent, conflict, future))
         self._wakeup.set()
+        if len(self._queue) >= MAX_BATCH:
+            self._end_gathering()
         return future
+
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Around the work that ends in `enqueue` (or in nothing to commit): while it
+        runs, the writer may wait for it (GATHER_SECONDS at most) to join a batch."""
+        self._preparing += 1
+        try:
+            yield
+        finally:
+            self._preparing -= 1
+            self._awaited -= 1
+            if self._awaited <= 0:
+                self._end_gathering()
+
+    async def _gather(self) -> None:
+        """Waits until as many commits as were in preparation have come (or given up),
+        the batch is full, or GATHER_SECONDS have passed."""
+        if not self._preparing or len(self._queue) >= MAX_BATCH:
+            return
+        loop = asyncio.get_running_loop()
+        self.gathers += 1
+        self._awaited = self._preparing
+        self._gathered = loop.create_future()
+        timer = loop.call_later(GATHER_SECONDS, self._end_gathering)
+        try:
+            await self._gathered
+        finally:
+            timer.cancel()
+            self._gathered = None
+
+    @property
+    def gathering(self) -> bool:
+        """The writer is waiting for commits in preparation."""
+        return self._gathered is not None and not self._gathered.done()
+
+    def _end_gathering(self) -> None:
+        if self._gathered is not None and not self._gathered.done():
+            self._gathered.set_result(None)
 
     async def run(self) -> None:
         """The writer task (owned by the app). Cancel it after the queue is drained."""
@@ -170,6 +220,7 @@ class AuditLog:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                await self._gather()
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 try:
                     await self._write(batch)
@@ -222,11 +273,11 @@ class AuditLog:
             grown = extend(start, [p.segment for p in batch], signer)
             head, built = grown.head, grown.entries
             keys, payload, projections = self._script_arguments(batch, grown)
+            args: list[str | int] = [start.seq, payload, start.key_id, head.seq, head.hash]
+            args += _entry_lines(built)
             try:
                 with unavailable_on_error("appending to the audit log"):
-                    reply, acked = await self._append(
-                        keys, [start.seq, payload, start.key_id, head.seq, head.hash]
-                    )
+                    reply, acked = await self._append(keys, args)
             except StoreUnavailable as e:
                 # OutcomeUnknown when the reply was lost (the append may have landed);
                 # a refusal by Redis wrote nothing (commit.lua checks before it writes).
@@ -272,7 +323,8 @@ class AuditLog:
     def _script_arguments(
         self, batch: list[_Pending], grown: Extension
     ) -> tuple[list[str], str, list[Projection]]:
-        """KEYS and the JSON argument of commit.lua, and the writes that follow it."""
+        """KEYS and the JSON argument of commit.lua, and the writes that follow it
+        (the entry lines go as arguments of their own: see `_entry_lines`)."""
         index = KeyIndex(self.keys)
         items, projections = [], []
         for pending, entries in zip(batch, grown.entries, strict=True):
@@ -524,6 +576,12 @@ def parse_key_history(fields: dict[str, str]) -> tuple[TrustedKey, ...]:
         except (ValueError, KeyError, TypeError, KeyFileError) as e:
             raise StoreUnavailable(f"audit key history: key {key_id} is malformed: {e}") from e
     return tuple(sorted(keys, key=lambda key: key.first_seq))
+
+
+def _entry_lines(built: Sequence[Sequence[AuditEntry]]) -> list[str | int]:
+    """The batch's entry lines in order: commit.lua's ARGV[6..]. Each line is the
+    export form that was hashed and signed, passed as it is (never re-encoded)."""
+    return [entry.to_json_line() for entries in built for entry in entries]
 
 
 def _fail(batch: list[_Pending], error: Exception) -> None:

@@ -229,7 +229,7 @@ class IntentWriter:
         self, intent: Intent, entries: Sequence[AuditEntry], index: KeyIndex
     ) -> tuple[dict[str, Any], list[Projection]]:
         """The script item for `intent` (whose entries are `entries`, seq known)."""
-        item: dict[str, Any] = {"entries": [e.to_json_line() for e in entries], "kind": "none"}
+        item: dict[str, Any] = {"kind": "none"}
         if isinstance(intent, RecordDecision):
             return self._decision(item, intent, entries[0].seq, index)
         if isinstance(intent, ResolveHold):

@@ -196,6 +196,24 @@ def test_one_broken_rule_never_stops_the_others() -> None:
     assert [e.split(":")[0] for e in evaluation.errors] == ["broken", "missing_field"]
 
 
+def test_skipped_rules_are_not_evaluated_at_all() -> None:
+    """A rule cooling down for the subject is skipped before its condition runs: no
+    match, no message rendered, and not even its evaluation error."""
+    broken = AlertRule("broken", CelCondition.compile("metrics.nope > 1.0"), Severity.LOW, 0, "x")
+    rules = (broken, *DEFAULT_RULES)
+    event = a_decision((loop_finding(),))
+    seen: list[str] = []
+
+    def cooling(rule: AlertRule) -> bool:
+        seen.append(rule.name)
+        return rule.name in ("broken", "agent_stuck_in_loop")
+
+    evaluation = evaluate(rules, event, skip=cooling)
+    assert evaluation.matches == () and evaluation.errors == ()
+    assert seen == [r.name for r in rules]
+    assert [m.rule.name for m in evaluate(rules, event).matches] == ["agent_stuck_in_loop"]
+
+
 # --- the alerts: section ------------------------------------------------------------------
 
 

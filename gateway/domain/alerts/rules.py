@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -84,11 +84,19 @@ class Evaluation:
     errors: tuple[str, ...]  # "<rule>: <why>", one per broken rule or template
 
 
-def evaluate(rules: Sequence[AlertRule], event: AlertEvent) -> Evaluation:
+def evaluate(
+    rules: Sequence[AlertRule],
+    event: AlertEvent,
+    skip: Callable[[AlertRule], bool] | None = None,
+) -> Evaluation:
+    """The rules `event` matches, with their messages. Rules for which `skip` holds
+    (cooling down for the event's subject) are not evaluated at all."""
     activation = event.activation()
     matches: list[Match] = []
     errors: list[str] = []
     for rule in rules:
+        if skip is not None and skip(rule):
+            continue
         try:
             if not rule.condition.matches(activation):
                 continue

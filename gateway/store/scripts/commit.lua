@@ -8,11 +8,13 @@
 --           decision's claim marker on a single node (store/intents.py).
 -- ARGV[1] the head seq the batch was built on   ARGV[3] the head key_id it was signed for
 -- ARGV[4], ARGV[5] the seq and entry hash of the batch's last entry
+-- ARGV[6..] the batch's entry lines, in order (arguments of their own, so that no
+--          line is escaped into, and parsed out of, the JSON below)
 -- ARGV[2] JSON {"head": {"seq", "hash", "frontier", "key_id"},
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
 --          "keys": [field, value, ...] (key history changes: first key, rotations),
---          "items": [{"entries": [line...], "kind": "none" | "decide" | "resolve" |
---                     "create" | "remove" | "acknowledge", and the fields of its kind (below)}]}
+--          "items": [{"kind": "none" | "decide" | "resolve" | "create" | "remove" |
+--                     "acknowledge", and the fields of its kind (below)}]}
 --
 --   decide   record, value, px (the decided record: must not exist yet);
 --            [marker, marker_value] the claim marker; [hold {key, json, status, px,
@@ -153,14 +155,8 @@ for i, item in ipairs(batch.items) do
     touched[written] = true
   end
 end
-local lines = {}
-for _, item in ipairs(batch.items) do
-  for _, line in ipairs(item.entries) do
-    lines[#lines + 1] = line
-  end
-end
-for first = 1, #lines, 256 do
-  redis.call('RPUSH', KEYS[2], unpack(lines, first, math.min(first + 255, #lines)))
+for first = 6, #ARGV, 256 do
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, first, math.min(first + 255, #ARGV)))
 end
 for _, item in ipairs(batch.items) do
   apply(item)
