@@ -40,8 +40,9 @@ from clients.actions import (
     require_allowed,
     run_outcome,
 )
+from clients.transport import Tls, open_aio_channel, open_channel
 
-__all__ = ["ActionDenied", "AgentClient", "ApprovalTimeout", "AsyncAgentClient", "bearer"]
+__all__ = ["ActionDenied", "AgentClient", "ApprovalTimeout", "AsyncAgentClient", "Tls", "bearer"]
 
 Metadata = tuple[tuple[str, str], ...]
 T = TypeVar("T")
@@ -57,7 +58,9 @@ CALL_TIMEOUT_SECONDS = 10.0
 
 
 def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
+    """The call metadata of `token`; none for "" (a principal known by its client
+    certificate under mTLS)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 def retry_delay(error: grpc.RpcError, attempt: int, attempts: int) -> float | None:
@@ -158,10 +161,11 @@ class AgentClient(_Agent):
         channel: grpc.Channel | None = None,
         *,
         session_id: str | None = None,
+        tls: Tls | None = None,
     ) -> None:
         super().__init__(token, agent_id, session_id)
         self._own_channel = channel is None
-        self.channel = channel or grpc.insecure_channel(target)
+        self.channel = channel or open_channel(target, tls)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
 
     def submit(
@@ -334,10 +338,11 @@ class AsyncAgentClient(_Agent):
         channel: grpc.aio.Channel | None = None,
         *,
         session_id: str | None = None,
+        tls: Tls | None = None,
     ) -> None:
         super().__init__(token, agent_id, session_id)
         self._own_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(target)
+        self.channel = channel or open_aio_channel(target, tls)
         # GatewayAsyncStub exists in the .pyi only: what GatewayStub is on an aio channel.
         stub = gateway_pb2_grpc.GatewayStub(self.channel)
         self.stub = cast("gateway_pb2_grpc.GatewayAsyncStub", stub)

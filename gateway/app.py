@@ -36,6 +36,7 @@ from gateway.api.decoding import add_servicer
 from gateway.api.log_service import LogsService
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.api.status import RequireToken, Servicer, roles_of
+from gateway.api.tls import CertificateFiles, check_cleartext, server_credentials
 from gateway.config import Config
 from gateway.domain.alerts.events import audit_failure_event, store_unavailable_event
 from gateway.domain.audit.keys import SigningKeys
@@ -92,6 +93,7 @@ class App:
         self.config = config
         self.clock = clock
         self.embedded: EmbeddedRedis | None = None
+        self.certificates: CertificateFiles | None = None  # with TLS
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,6 +104,10 @@ class App:
     async def start(self) -> int:
         """Starts everything; returns the bound port."""
         config = self.config
+        # Transport first: a refused or unreadable setup starts nothing.
+        check_cleartext(config)
+        if config.tls.enabled:
+            self.certificates = CertificateFiles(config.tls)
         policy = PolicyReloader(config.policy_file)
         url = config.redis.url
         if url is None:
@@ -277,7 +283,11 @@ class App:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            self.port = server.add_insecure_port(config.listen)
+            if self.certificates is not None:
+                credentials = server_credentials(self.certificates)
+                self.port = server.add_secure_port(config.listen, credentials)
+            else:
+                self.port = server.add_insecure_port(config.listen)
         except RuntimeError as e:
             raise ConfigError(f"listen: cannot bind {config.listen}: {e}") from e
         await server.start()
@@ -447,6 +457,12 @@ class App:
     def reload_policy(self) -> bool:
         return self.policy.reload()
 
+    def reload(self) -> None:
+        """SIGHUP: the policy now, the TLS certificates at the next handshake."""
+        self.reload_policy()
+        if self.certificates is not None:
+            self.certificates.reload()
+
     async def stop(self, grace: float = 10.0) -> None:
         self._draining.set()
         if self._health_watch is not None:
@@ -540,7 +556,7 @@ def _safe_url(url: str) -> str:
 
 
 async def serve(config: Config, tokens: dict[str, str]) -> None:
-    """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy."""
+    """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy and the TLS certificates."""
     configure_logging(
         config.log_level, config.redaction, log_format=config.logs.format, file=config.logs.file
     )
@@ -551,7 +567,7 @@ async def serve(config: Config, tokens: dict[str, str]) -> None:
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     try:
         port = await app.start()
-        loop.add_signal_handler(signal.SIGHUP, app.reload_policy)
+        loop.add_signal_handler(signal.SIGHUP, app.reload)
         host = config.listen.rpartition(":")[0]
         print(f"agentgw listening on {host}:{port}", file=sys.stderr, flush=True)
         if tokens:

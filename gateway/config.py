@@ -73,6 +73,25 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """The server's certificate (the `tls:` section, --tls-cert/--tls-key): TLS when
+    both are set; with `client_ca_file`, clients must present a certificate it
+    signed (mTLS), which may also name their principal (`client_certificate`)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca_file is not None
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
     data_dir: Path = DEFAULT_DATA_DIR
@@ -81,6 +100,10 @@ class Config:
     redis: RedisSettings = field(default_factory=RedisSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    # Serve cleartext on a non-loopback address (--insecure): tokens then travel in
+    # the clear, so it must be asked for.
+    insecure: bool = False
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     limits: Limits = field(default_factory=Limits)
     hold_ttl_seconds: float = 900.0
@@ -120,6 +143,10 @@ class Overrides:
     data_dir: Path | None = None
     redis_url: str | None = None
     log_format: str | None = None  # text | json
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
 
 
 # --- the file: one function per top-level section ----------------------------------
@@ -149,6 +176,7 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         "recommendations": _recommendations,
         "redaction": _redaction,
         "server": _server,
+        "tls": _tls,
         "logs": _logs,
         "alerts": _alerts,
     }
@@ -221,9 +249,18 @@ def _principals(r: _ConfigReader, node: Node) -> dict[str, tuple[Principal, ...]
     out: list[Principal] = []
     seen_names: set[str] = set()
     seen_tokens: set[str] = set()
+    seen_certificates: set[str] = set()
     for key, item in r.sequence(node, "principals"):
-        keys = ("name", "role", "token_sha256")
-        m = r.mapping(item, key, (*keys, "owns"), required=keys)
+        keys = ("name", "role")
+        m = r.mapping(
+            item, key, (*keys, "token_sha256", "client_certificate", "owns"), required=keys
+        )
+        if "token_sha256" not in m and "client_certificate" not in m:
+            raise r.fail(
+                item,
+                key,
+                "needs token_sha256, client_certificate (with tls.client_ca_file) or both",
+            )
         name = r.string(m["name"], f"{key}.name")
         if not _NAME.fullmatch(name):
             raise r.fail(m["name"], f"{key}.name", "expected 1-128 of A-Z a-z 0-9 . _ : @ / -")
@@ -236,26 +273,55 @@ def _principals(r: _ConfigReader, node: Node) -> dict[str, tuple[Principal, ...]
                 f"{key}.role",
                 f"unknown role '{role_text}' (expected agent, approver, auditor or admin)",
             ) from None
-        digest = r.string(m["token_sha256"], f"{key}.token_sha256").lower()
-        if not _HEX64.fullmatch(digest):
-            raise r.fail(
-                m["token_sha256"],
-                f"{key}.token_sha256",
-                "expected 64 hex characters (SHA-256 of the token)",
-            )
+        digest = ""
+        if "token_sha256" in m:
+            digest = r.string(m["token_sha256"], f"{key}.token_sha256").lower()
+            if not _HEX64.fullmatch(digest):
+                raise r.fail(
+                    m["token_sha256"],
+                    f"{key}.token_sha256",
+                    "expected 64 hex characters (SHA-256 of the token)",
+                )
+            if digest in seen_tokens:
+                raise r.fail(
+                    m["token_sha256"],
+                    f"{key}.token_sha256",
+                    "the same token is used by two principals",
+                )
+        certificate = ""
+        if "client_certificate" in m:
+            certificate = r.string(m["client_certificate"], f"{key}.client_certificate")
+            if not certificate.strip() or certificate != certificate.strip():
+                raise r.fail(
+                    m["client_certificate"],
+                    f"{key}.client_certificate",
+                    "expected the certificate's common name or a subject alternative name",
+                )
+            if certificate in seen_certificates:
+                raise r.fail(
+                    m["client_certificate"],
+                    f"{key}.client_certificate",
+                    "the same certificate name is used by two principals",
+                )
+            seen_certificates.add(certificate)
         if name in seen_names:
             raise r.fail(m["name"], f"{key}.name", f"duplicate principal '{name}'")
-        if digest in seen_tokens:
-            raise r.fail(
-                m["token_sha256"], f"{key}.token_sha256", "the same token is used by two principals"
-            )
         owns: frozenset[str] = frozenset()
         if "owns" in m:
             owned = r.sequence(m["owns"], f"{key}.owns")
             owns = frozenset(r.string(agent, path) for path, agent in owned)
         seen_names.add(name)
-        seen_tokens.add(digest)
-        out.append(Principal(name=name, role=role, token_sha256=digest, owns=owns))
+        if digest:
+            seen_tokens.add(digest)
+        out.append(
+            Principal(
+                name=name,
+                role=role,
+                token_sha256=digest,
+                owns=owns,
+                client_certificate=certificate,
+            )
+        )
     return {"principals": tuple(out)}
 
 
@@ -432,6 +498,13 @@ def _server(r: _ConfigReader, node: Node) -> dict[str, ServerSettings]:
     return {"server": ServerSettings(**values)}
 
 
+def _tls(r: _ConfigReader, node: Node) -> dict[str, TlsSettings]:
+    m = r.mapping(node, "tls", sorted(f.name for f in fields(TlsSettings)))
+    return {
+        "tls": TlsSettings(**{name: r.path(m[name], f"tls.{name}") for name in m}),
+    }
+
+
 def _logs(r: _ConfigReader, node: Node) -> dict[str, LogSettings]:
     return {"logs": read_log_settings(r, node, r.base_dir)}
 
@@ -477,12 +550,23 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, d
             flag = "--log-format" if overrides.log_format else "AGENTGW_LOG_FORMAT"
             raise ConfigError(f"{flag}: expected json or text")
         changes["logs"] = replace(config.logs, format=log_format)
+    changes["tls"] = TlsSettings(
+        cert_file=overrides.tls_cert or _env_path(env, "AGENTGW_TLS_CERT") or config.tls.cert_file,
+        key_file=overrides.tls_key or _env_path(env, "AGENTGW_TLS_KEY") or config.tls.key_file,
+        client_ca_file=(
+            overrides.tls_client_ca
+            or _env_path(env, "AGENTGW_TLS_CLIENT_CA")
+            or config.tls.client_ca_file
+        ),
+    )
+    changes["insecure"] = overrides.insecure or env.get("AGENTGW_INSECURE", "") in TRUE_WORDS
     # Channel URLs and keys may come from the environment (they are secrets).
     channels = resolve_secrets(config.alerts.channels, env, config.source)
     changes["alerts"] = replace(config.alerts, channels=channels)
     config = replace(config, **changes)
     if not config.principals:
         raise ConfigError(f"{config.source}: principals: at least one principal is required")
+    check_tls(config)
     if config.redis.url is None and config.redis.min_replicas_acked:
         # The private server has no replicas: every append would wait for nothing.
         raise ConfigError(
@@ -490,6 +574,31 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, d
             "replicas; set redis.url to a Redis with replicas, or leave it at 0"
         )
     return config, tokens
+
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def check_tls(config: Config) -> None:
+    """The TLS settings hang together: a certificate with its key, a client CA only
+    with them, and principals named by certificates only under mTLS."""
+    tls = config.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError(
+            "tls: the certificate and its key go together: give both --tls-cert and --tls-key "
+            "(tls.cert_file and tls.key_file) or neither"
+        )
+    if tls.client_ca_file is not None and not tls.enabled:
+        raise ConfigError(
+            "tls.client_ca_file: client certificates need TLS: give --tls-cert and --tls-key too"
+        )
+    by_certificate = [p.name for p in config.principals if p.client_certificate]
+    if by_certificate and not tls.mutual:
+        raise ConfigError(
+            f"{config.source}: principals: {', '.join(by_certificate)} name a "
+            "client_certificate, which only mTLS can check: set tls.client_ca_file "
+            "(--tls-client-ca)"
+        )
 
 
 def _env_path(env: Mapping[str, str], name: str) -> Path | None:

@@ -39,6 +39,21 @@ def add_serve_command(sub: Commands) -> None:
         choices=("text", "json"),
         help="log lines on stderr as JSON (the default) or text for people (config logs.format)",
     )
+    tls = serve.add_argument_group("TLS (config tls:)")
+    tls.add_argument(
+        "--tls-cert", type=Path, help="the server's PEM certificate chain (env AGENTGW_TLS_CERT)"
+    )
+    tls.add_argument("--tls-key", type=Path, help="its PEM private key (env AGENTGW_TLS_KEY)")
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates signed by this CA: mTLS (env AGENTGW_TLS_CLIENT_CA)",
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve cleartext on a non-loopback address (env AGENTGW_INSECURE=1)",
+    )
     serve.set_defaults(run=run_serve)
 
 
@@ -105,6 +120,10 @@ def run_serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         redis_url=args.redis_url,
         log_format=args.log_format,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=args.insecure,
     )
     try:
         config, tokens = load_config(overrides, os.environ)

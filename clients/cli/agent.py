@@ -20,6 +20,7 @@ from clients.cli.common import (
     CliError,
     Commands,
     add_client_options,
+    tls_of,
     token,
 )
 
@@ -97,7 +98,7 @@ def run_submit(args: argparse.Namespace) -> int:
     if not args.agent:
         raise CliError("no agent name: pass --agent or set AGENTGW_AGENT")
     params = parse_params(args.param, args.params_json)
-    with AgentClient(args.server, token(args), args.agent) as agent:
+    with AgentClient(args.server, token(args), args.agent, tls=tls_of(args)) as agent:
         decision = agent.submit(
             args.action_type,
             session_id=args.session,
@@ -126,7 +127,7 @@ def run_submit(args: argparse.Namespace) -> int:
 def run_outcome(args: argparse.Namespace) -> int:
     if not args.agent:
         raise CliError("no agent name: pass --agent or set AGENTGW_AGENT")
-    with AgentClient(args.server, token(args), args.agent) as agent:
+    with AgentClient(args.server, token(args), args.agent, tls=tls_of(args)) as agent:
         seq = agent.report_outcome(
             args.action_id,
             success=args.success,

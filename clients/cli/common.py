@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from agentgw.v1 import approvals_pb2_grpc, audit_pb2_grpc
 from clients.agent import Metadata, bearer
+from clients.transport import Tls, TlsFileError, open_channel
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -87,11 +88,56 @@ def add_client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="bearer token (env AGENTGW_TOKEN)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    tls = p.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=_env_path("AGENTGW_TLS_CA"),
+        help="connect with TLS, trusting this CA (env AGENTGW_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        default=os.environ.get("AGENTGW_TLS", "") in ("1", "true", "yes"),
+        help="connect with TLS, trusting the system's CAs (env AGENTGW_TLS=1)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=_env_path("AGENTGW_TLS_CLIENT_CERT"),
+        help="client certificate for mTLS (env AGENTGW_TLS_CLIENT_CERT)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        type=Path,
+        default=_env_path("AGENTGW_TLS_CLIENT_KEY"),
+        help="its private key (env AGENTGW_TLS_CLIENT_KEY)",
+    )
+    tls.add_argument(
+        "--tls-server-name",
+        default=os.environ.get("AGENTGW_TLS_SERVER_NAME", ""),
+        help="check the gateway's certificate for this name instead of the address's host",
+    )
     return p
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def tls_of(args: argparse.Namespace) -> Tls | None:
+    """The TLS settings of the command line; None: plaintext."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    return Tls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+
+
 def token(args: argparse.Namespace) -> str:
+    """The bearer token; "" when a client certificate stands for it (mTLS)."""
     if not args.token:
+        if args.tls_cert:
+            return ""
         raise CliError("no token: pass --token or set AGENTGW_TOKEN")
     value: str = args.token
     return value
@@ -104,7 +150,11 @@ def stub_for(
     args: argparse.Namespace, stub_class: Callable[[grpc.Channel], Stub]
 ) -> tuple[Stub, Metadata]:
     """A stub of `stub_class` on a channel to --server, and the caller's metadata."""
-    return stub_class(grpc.insecure_channel(args.server)), bearer(token(args))
+    try:
+        channel = open_channel(args.server, tls_of(args))
+    except TlsFileError as e:
+        raise CliError(str(e)) from None
+    return stub_class(channel), bearer(token(args))
 
 
 def approvals_stub(args: argparse.Namespace) -> tuple[approvals_pb2_grpc.ApprovalsStub, Metadata]:

@@ -1,15 +1,18 @@
-"""Bearer-token authentication and role checks for every RPC.
+"""Authentication and role checks for every RPC.
 
-The identity comes from the `authorization: Bearer <token>` metadata only; tokens
-are compared by their SHA-256 digest, as stored in the config. Which role may call
-which RPC is declared beside each RPC (`gateway/api/services.py`) and listed in
+The identity comes from the `authorization: Bearer <token>` metadata, or under mTLS
+from the client certificate a principal names (`client_certificate`: the
+certificate's common name or a subject alternative name; gRPC has verified it
+against the client CA). Tokens are compared by their SHA-256 digest, as stored in
+the config. A call with both must have them name the same principal. Which role may
+call which RPC is declared beside each RPC (`gateway/api/services.py`) and listed in
 docs/configuration.md.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from gateway.domain.principals import Principal, Role, token_digest
 from gateway.errors import Forbidden, Unauthenticated
@@ -17,16 +20,47 @@ from gateway.errors import Forbidden, Unauthenticated
 
 class Authenticator:
     def __init__(self, principals: Iterable[Principal]) -> None:
-        self._by_digest = {p.token_sha256: p for p in principals}
+        principals = tuple(principals)
+        self._by_digest = {p.token_sha256: p for p in principals if p.token_sha256}
+        self._by_certificate = {p.client_certificate: p for p in principals if p.client_certificate}
 
-    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
+    @property
+    def by_certificate(self) -> bool:
+        """Some principal is known by its client certificate."""
+        return bool(self._by_certificate)
+
+    def authenticate(
+        self,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        peer: frozenset[str] = frozenset(),
+    ) -> Principal:
+        """The caller: by its bearer token, or by the names of its verified client
+        certificate (`peer`), or both when they agree."""
         header = None
         for key, value in metadata or ():
             if key == "authorization":
                 header = value.decode() if isinstance(value, bytes) else value
                 break
+        by_certificate = self._certificate_principal(peer)
         if header is None:
+            if by_certificate is not None:
+                return by_certificate
             raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
+        by_token = self._token_principal(header)
+        if by_certificate is not None and by_certificate is not by_token:
+            raise Unauthenticated(
+                "the bearer token and the client certificate name different principals"
+            )
+        return by_token
+
+    def _certificate_principal(self, peer: frozenset[str]) -> Principal | None:
+        found = {self._by_certificate[name] for name in peer if name in self._by_certificate}
+        if len(found) > 1:
+            names = ", ".join(sorted(p.name for p in found))
+            raise Unauthenticated(f"the client certificate names more than one principal ({names})")
+        return found.pop() if found else None
+
+    def _token_principal(self, header: str) -> Principal:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
@@ -36,6 +70,20 @@ class Authenticator:
         if principal is None or not hmac.compare_digest(principal.token_sha256, digest):
             raise Unauthenticated("unknown token")
         return principal
+
+
+# The auth context keys gRPC fills in from a verified client certificate.
+PEER_NAME_KEYS = ("x509_common_name", "x509_subject_alternative_name")
+
+
+def peer_names(auth_context: Mapping[str, Iterable[bytes]]) -> frozenset[str]:
+    """The names a verified client certificate gives (its common name and subject
+    alternative names); empty without one."""
+    return frozenset(
+        value.decode("utf-8", "replace")
+        for key in PEER_NAME_KEYS
+        for value in auth_context.get(key, ())
+    )
 
 
 def require_role(principal: Principal, roles: frozenset[Role]) -> None:

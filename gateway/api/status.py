@@ -23,7 +23,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
-from gateway.api.auth import Authenticator, require_role
+from gateway.api.auth import Authenticator, peer_names, require_role
 from gateway.api.decoding import Received, open_request
 from gateway.domain.audit.errors import AuditError
 from gateway.domain.audit.events import ActorType
@@ -98,7 +98,8 @@ class Servicer:
         self.redactor = redactor or Redactor()
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
-        return self.auth.authenticate(context.invocation_metadata())
+        peer = peer_names(context.auth_context()) if self.auth.by_certificate else frozenset()
+        return self.auth.authenticate(context.invocation_metadata(), peer)
 
     async def _refuse(
         self,

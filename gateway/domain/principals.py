@@ -23,10 +23,13 @@ class Role(enum.Enum):
 class Principal:
     name: str
     role: Role
-    token_sha256: str
+    token_sha256: str  # "": no token (a principal known by its client certificate only)
     # Agents this principal is responsible for: it may not approve or reject their
     # actions (separation of duties).
     owns: frozenset[str] = frozenset()
+    # The client certificate (its common name or a subject alternative name) that
+    # identifies this principal under mTLS, as an alternative to its token; "": none.
+    client_certificate: str = ""
 
 
 def token_digest(token: str) -> str:

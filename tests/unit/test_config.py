@@ -346,7 +346,10 @@ def test_missing_principal_field_names_the_entry() -> None:
             role: agent
         """
     )
-    assert error == f"{SOURCE}:2: principals[0]: missing required key 'token_sha256'"
+    assert error == (
+        f"{SOURCE}:2: principals[0]: needs token_sha256, client_certificate "
+        "(with tls.client_ca_file) or both"
+    )
 
 
 @pytest.mark.parametrize("name", ["-a", "a b", "a{b}", "x" * 129])
@@ -895,4 +898,92 @@ def test_owners_quarantine_verdict_and_escalation_are_read() -> None:
     assert (Config().quarantine_verdict, Config().hold_escalation_seconds) == (Verdict.HOLD, 600)
     assert parse_error("quarantine_verdict: allow\n") == (
         f"{SOURCE}:1: quarantine_verdict: expected hold or deny"
+    )
+
+
+# -- TLS ---------------------------------------------------------------------------------
+
+
+def test_the_tls_section_resolves_its_files_against_the_config() -> None:
+    config = parse(
+        """
+        tls:
+          cert_file: tls/server.crt
+          key_file: /abs/server.key
+          client_ca_file: tls/ca.pem
+        """
+    )
+    assert config.tls.cert_file == BASE / "tls/server.crt"
+    assert config.tls.key_file == Path("/abs/server.key")
+    assert config.tls.client_ca_file == BASE / "tls/ca.pem"
+    assert config.tls.enabled and config.tls.mutual
+    assert "tls.key_fil" in parse_error("tls:\n  key_fil: x\n")
+
+
+def test_tls_flags_beat_env_which_beats_the_file(tmp_path: Path) -> None:
+    path = full_principals_file(
+        tmp_path / "etc", "tls:\n  cert_file: file.crt\n  key_file: file.key\n"
+    )
+    env = {"AGENTGW_TLS_CERT": "/env.crt", "AGENTGW_TLS_KEY": "/env.key", "AGENTGW_INSECURE": "1"}
+    config, _ = load_config(Overrides(config_file=path, tls_cert=Path("/flag.crt")), env)
+    assert (config.tls.cert_file, config.tls.key_file) == (Path("/flag.crt"), Path("/env.key"))
+    assert config.insecure
+    config, _ = load_config(Overrides(config_file=path), {})
+    assert config.tls.cert_file == (tmp_path / "etc").resolve() / "file.crt"
+    assert not config.insecure
+
+
+@pytest.mark.parametrize(
+    ("tls", "error"),
+    [
+        ("tls:\n  cert_file: a.crt\n", "give both --tls-cert and --tls-key"),
+        ("tls:\n  client_ca_file: ca.pem\n", "client certificates need TLS"),
+    ],
+)
+def test_incomplete_tls_settings_are_refused(tmp_path: Path, tls: str, error: str) -> None:
+    path = full_principals_file(tmp_path / "etc", tls)
+    with pytest.raises(ConfigError, match=error):
+        load_config(Overrides(config_file=path), {})
+
+
+def test_a_principal_may_be_known_by_its_client_certificate(tmp_path: Path) -> None:
+    body = f"""
+        tls:
+          cert_file: s.crt
+          key_file: s.key
+          client_ca_file: ca.pem
+        principals:
+          - name: robot
+            role: agent
+            client_certificate: robot.agents.example
+          - name: ana
+            role: approver
+            token_sha256: {DIGEST_B}
+            client_certificate: ana
+        """
+    path = write_config(tmp_path / "etc", text(body))
+    config, _ = load_config(Overrides(config_file=path), {})
+    robot, ana = config.principals
+    assert (robot.token_sha256, robot.client_certificate) == ("", "robot.agents.example")
+    assert (ana.token_sha256, ana.client_certificate) == (DIGEST_B, "ana")
+    # Without mTLS nothing could check the certificate: refused at start.
+    plain = write_config(tmp_path / "plain", text(body).replace("  client_ca_file: ca.pem\n", ""))
+    with pytest.raises(ConfigError, match="robot, ana name a client_certificate"):
+        load_config(Overrides(config_file=plain), {})
+
+
+def test_two_principals_cannot_share_a_certificate_name() -> None:
+    error = parse_error(
+        """
+        principals:
+          - name: a
+            role: agent
+            client_certificate: same
+          - name: b
+            role: agent
+            client_certificate: same
+        """
+    )
+    assert error.endswith(
+        "principals[1].client_certificate: the same certificate name is used by two principals"
     )
