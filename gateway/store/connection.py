@@ -50,6 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import ConfigError, OutcomeUnknown, StoreUnavailable
+from gateway.store import packing
 
 DECISION_POOL_SIZE = 256
 HOLD_POOL_SIZE = 8
@@ -187,6 +188,7 @@ def connect(
         address = parse_redis_url(url)
     except ValueError as e:
         raise ConfigError(f"redis.url: {e}") from None
+    packing.install()  # hiredis packs the commands (see packing.py)
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": timeout,
