@@ -34,9 +34,10 @@ from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2, logs_p
 from gateway.api.auth import Authenticator
 from gateway.api.decoding import add_servicer
 from gateway.api.log_service import LogsService
+from gateway.api.metrics import Metrics, MetricsServer
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.api.status import RequireToken, Servicer, roles_of
-from gateway.api.tls import CertificateFiles, check_cleartext, server_credentials
+from gateway.api.tls import CertificateFiles, check_cleartext, is_loopback, server_credentials
 from gateway.config import Config
 from gateway.domain.alerts.events import audit_failure_event, store_unavailable_event
 from gateway.domain.audit.keys import SigningKeys
@@ -58,6 +59,7 @@ from gateway.store.alert_deliveries import DeliveryQueue
 from gateway.store.alerts import AlertStore
 from gateway.store.audit_log import AuditLog, ReplicaAcks
 from gateway.store.connection import (
+    FAILURE_LISTENERS,
     HOLD_POOL_SIZE,
     POOL_WAIT_SECONDS,
     REDIS_FAILURES,
@@ -94,6 +96,8 @@ class App:
         self.clock = clock
         self.embedded: EmbeddedRedis | None = None
         self.certificates: CertificateFiles | None = None  # with TLS
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -224,6 +228,7 @@ class App:
             config, policy, self.state, self.audit, self.clock, redactor, observe
         )
         self.policy = policy
+        self._count()
 
         self._spawn(self.audit.run(), "audit writer")
         self._spawn(self.listener.run(), "hold notifications")
@@ -231,6 +236,7 @@ class App:
         self._spawn(self._sweep_expired(), "hold expiry sweeper")
         self._spawn(self._recheck_waiters(), "await recheck")
         self._spawn(self._publish_checkpoints(), "checkpoint publisher")
+        self._spawn(self._refresh_gauges(), "metrics gauges")
         self._spawn(self.log_sink.run(), "log shipping")
         self._spawn(self._trim_logs(), "log trimming")
         self._spawn(self.alerting.run(), "alert rules")
@@ -268,6 +274,7 @@ class App:
         )
         for servicer in servicers:
             servicer.security = self.security
+            servicer.on_rpc = self.metrics.rpc
         own_methods = frozenset(
             f"/{s.service.full_name}/{m.name}" for s in servicers for m in s.service.methods
         )
@@ -296,6 +303,8 @@ class App:
         self.server = server
         self.health = health_servicer
         self._health_watch = self._spawn(self._watch_redis(), "health watch")
+        if config.metrics.listen is not None:
+            self._serve_metrics(config.metrics.listen, auth)
         log.info("gateway listening", extra={"listen": config.listen, "port": self.port})
         return self.port
 
@@ -371,6 +380,7 @@ class App:
         while not self._stopping.is_set():
             try:
                 signed = await self.audit.checkpoint()
+                self.metrics.checkpointed(self.clock)
                 log.info(
                     "checkpoint published",
                     extra={
@@ -385,6 +395,46 @@ class App:
                     "checkpoint publishing failed", extra={"category": "error", "error": str(e)}
                 )
             await self._pause(interval)
+
+    def _count(self) -> None:
+        """Hooks the metrics to what they count."""
+        m = self.metrics
+        self.pipeline.on_decided = m.decided
+        self.audit.on_append = m.appended
+        self.desk.on_resolved = lambda hold: m.hold_resolved(
+            hold.status.value, hold.created_at, self.clock()
+        )
+        self.alerting.on_fired = lambda alert: m.alerts.labels(
+            alert.rule, alert.severity.value
+        ).inc()
+        self.deliveries.on_failure = lambda channel: m.delivery_failures.labels(channel).inc()
+        FAILURE_LISTENERS.append(m.redis_errors.inc)
+
+    def _serve_metrics(self, listen: str, auth: Authenticator) -> None:
+        settings = self.config.metrics
+        tls = self.certificates.ssl_context if self.certificates is not None else None
+        cleartext_ok = settings.public or self.config.insecure or is_loopback(listen)
+        if tls is None and not cleartext_ok:
+            raise ConfigError(
+                f"metrics.listen: refusing to serve metrics on {listen} without TLS "
+                "(the scraper's token would travel in cleartext): give the gateway "
+                "--tls-cert and --tls-key, or --insecure"
+            )
+        try:
+            server = MetricsServer(self.metrics, listen, None if settings.public else auth, tls)
+        except OSError as e:
+            raise ConfigError(f"metrics.listen: cannot bind {listen}: {e}") from e
+        server.start()
+        self.metrics_server = server
+        log.info("metrics listening", extra={"listen": listen, "port": server.port})
+
+    async def _refresh_gauges(self) -> None:
+        """The gauges that describe every replica's work: read from Redis."""
+        while not self._draining.is_set():
+            with contextlib.suppress(StoreUnavailable):
+                self.metrics.holds_pending.set(await self.hold_state.pending_count())
+                self.metrics.audit_head_seq.set((await self.audit.head()).seq)
+            await self._pause(self.config.metrics.refresh_seconds)
 
     def _report_task_end(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -477,6 +527,11 @@ class App:
             await self.server.stop(grace)
             self.server = None
             await self.desk.drain(max(grace, 1.0))
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
+            self.metrics_server = None
+        with contextlib.suppress(ValueError):
+            FAILURE_LISTENERS.remove(self.metrics.redis_errors.inc)
         if hasattr(self, "alerting"):
             # While the audit writer still runs: the refusals' entries go through it.
             await self._settle_alerts()

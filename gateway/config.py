@@ -92,6 +92,15 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus endpoint (the `metrics:` section, --metrics-listen)."""
+
+    listen: str | None = None  # HOST:PORT; None: no endpoint
+    public: bool = False  # serve without a token (auditor or admin) when True
+    refresh_seconds: float = 10.0  # how often the all-replica gauges are read from Redis
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
     data_dir: Path = DEFAULT_DATA_DIR
@@ -101,6 +110,7 @@ class Config:
     audit: AuditSettings = field(default_factory=AuditSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # Serve cleartext on a non-loopback address (--insecure): tokens then travel in
     # the clear, so it must be asked for.
     insecure: bool = False
@@ -147,6 +157,7 @@ class Overrides:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     insecure: bool = False
+    metrics_listen: str | None = None
 
 
 # --- the file: one function per top-level section ----------------------------------
@@ -177,6 +188,7 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         "redaction": _redaction,
         "server": _server,
         "tls": _tls,
+        "metrics": _metrics,
         "logs": _logs,
         "alerts": _alerts,
     }
@@ -505,6 +517,18 @@ def _tls(r: _ConfigReader, node: Node) -> dict[str, TlsSettings]:
     }
 
 
+def _metrics(r: _ConfigReader, node: Node) -> dict[str, MetricsSettings]:
+    m = r.mapping(node, "metrics", ("listen", "public", "refresh_seconds"))
+    listen = None
+    if "listen" in m:
+        listen = _check_listen(r, m["listen"], r.string(m["listen"], "metrics.listen"))
+    public = r.boolean(m["public"], "metrics.public") if "public" in m else False
+    refresh = 10.0
+    if "refresh_seconds" in m:
+        refresh = r.number(m["refresh_seconds"], "metrics.refresh_seconds", 0.1)
+    return {"metrics": MetricsSettings(listen=listen, public=public, refresh_seconds=refresh)}
+
+
 def _logs(r: _ConfigReader, node: Node) -> dict[str, LogSettings]:
     return {"logs": read_log_settings(r, node, r.base_dir)}
 
@@ -560,6 +584,11 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, d
         ),
     )
     changes["insecure"] = overrides.insecure or env.get("AGENTGW_INSECURE", "") in TRUE_WORDS
+    metrics_listen = overrides.metrics_listen or env.get("AGENTGW_METRICS_LISTEN")
+    if metrics_listen:
+        flag = "--metrics-listen" if overrides.metrics_listen else "AGENTGW_METRICS_LISTEN"
+        checked = _check_listen(YamlReader(flag), None, metrics_listen)
+        changes["metrics"] = replace(config.metrics, listen=checked)
     # Channel URLs and keys may come from the environment (they are secrets).
     channels = resolve_secrets(config.alerts.channels, env, config.source)
     changes["alerts"] = replace(config.alerts, channels=channels)

@@ -39,6 +39,11 @@ def add_serve_command(sub: Commands) -> None:
         choices=("text", "json"),
         help="log lines on stderr as JSON (the default) or text for people (config logs.format)",
     )
+    serve.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http(s)://HOST:PORT/metrics (env AGENTGW_METRICS_LISTEN)",
+    )
     tls = serve.add_argument_group("TLS (config tls:)")
     tls.add_argument(
         "--tls-cert", type=Path, help="the server's PEM certificate chain (env AGENTGW_TLS_CERT)"
@@ -124,6 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
+        metrics_listen=args.metrics_listen,
     )
     try:
         config, tokens = load_config(overrides, os.environ)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, ParamSpec, TypeVar, cast
@@ -92,6 +93,9 @@ class Servicer:
 
     service: ClassVar[ServiceDescriptor]
     security: SecurityEvents | None = None
+    # Called with the method's name, the status code and the seconds each call took
+    # (the app's metrics); None: not counted.
+    on_rpc: Callable[[str, grpc.StatusCode, float], None] | None = None
 
     def __init__(self, auth: Authenticator, redactor: Redactor | None = None) -> None:
         self.auth = auth
@@ -110,6 +114,10 @@ class Servicer:
     ) -> NoReturn:
         path = f"/{self.service.full_name}/{name}"
         await refuse(context, path, principal, error, self.redactor, self.security)
+
+    def _counted(self, name: str, code: grpc.StatusCode, started: float) -> None:
+        if self.on_rpc is not None:
+            self.on_rpc(f"{self.service.name}.{name}", code, time.perf_counter() - started)
 
     def _open(self, request: Received, name: str) -> Any:
         return open_request(request, self.service.methods_by_name[name].input_type)
@@ -145,15 +153,19 @@ def rpc(
         @functools.wraps(method)
         async def handler(self: S, request: Received, context: grpc.aio.ServicerContext) -> Res:
             principal: Principal | None = None
+            started = time.perf_counter()
             try:
                 principal = self._authenticate(context)
                 require_role(principal, allowed)  # a refusal names the principal
                 message = self._open(request, name)
-                return await method(self, cast(Req, message), context, principal)
+                answer = await method(self, cast(Req, message), context, principal)
+                self._counted(name, grpc.StatusCode.OK, started)
+                return answer
             except grpc.aio.AbortError:
                 raise
             except Exception as e:  # every failure becomes a status
                 failure = e
+            self._counted(name, code_for(failure), started)
             await self._refuse(context, name, principal, failure)
 
         setattr(handler, _ROLES, allowed)
@@ -176,17 +188,20 @@ def stream_rpc(
             self: Servicer, request: Received, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
             principal: Principal | None = None
+            started = time.perf_counter()
             try:
                 principal = self._authenticate(context)
                 require_role(principal, allowed)  # a refusal names the principal
                 message = self._open(request, name)
                 async for item in method(self, message, context, principal):
                     yield item
+                self._counted(name, grpc.StatusCode.OK, started)
                 return
             except grpc.aio.AbortError:
                 raise
             except Exception as e:  # every failure becomes a status
                 failure = e
+            self._counted(name, code_for(failure), started)
             await self._refuse(context, name, principal, failure)
 
         setattr(handler, _ROLES, allowed)
@@ -211,13 +226,13 @@ async def refuse(
     logged in category "error".
     """
     ref = new_ref()
+    code = code_for(error)
     extra: dict[str, Any] = {
         "rpc": rpc_path,
         "principal": principal.name if principal is not None else "",
         "ref": ref,
     }
     if isinstance(error, GatewayError):
-        code = status_for(error)
         # Redacted before it is cut: a refusal may quote what the caller sent.
         message = preview((redactor or Redactor()).text(str(error)), MESSAGE_LIMIT)
         extra.update(code=code.name, error=message)
@@ -234,7 +249,6 @@ async def refuse(
     elif isinstance(error, AuditError):
         # The audit library refused bytes the gateway itself stored: the log in Redis
         # is damaged. Never an answer built from it; the details are for operators.
-        code = grpc.StatusCode.DATA_LOSS
         message = f"the stored audit log is malformed (ref {ref})"
         log.error(
             "stored audit data is malformed",
@@ -246,7 +260,6 @@ async def refuse(
             },
         )
     else:
-        code = grpc.StatusCode.INTERNAL
         message = f"internal error (ref {ref})"
         log.error(
             "unexpected error",
@@ -260,6 +273,15 @@ async def refuse(
         )
     await context.abort(code, message, trailing_metadata=((REF_TRAILER, ref),))
     raise AssertionError("abort raises")
+
+
+def code_for(error: Exception) -> grpc.StatusCode:
+    """The status a call ending in `error` gets (as `refuse` answers it)."""
+    if isinstance(error, GatewayError):
+        return status_for(error)
+    if isinstance(error, AuditError):
+        return grpc.StatusCode.DATA_LOSS
+    return grpc.StatusCode.INTERNAL
 
 
 def record_refusal(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import ssl
 import threading
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class CertificateFiles:
             self._files.append(settings.client_ca_file)
         self._lock = threading.Lock()  # gRPC may call fetch from its own threads
         self._forced = False
+        self._context: tuple[tuple[tuple[int, int, int], ...], ssl.SSLContext] | None = None
         self.reloads = 0  # certificates loaded after the first (for tests and logs)
         self._stamp = self._stamp_now()
         try:
@@ -80,6 +82,21 @@ class CertificateFiles:
         self.reloads += 1
         log.info("tls certificates reloaded", extra={"category": "security"})
         return loaded
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A server-side context of the same certificate and key (the metrics
+        endpoint's), made again when the files have changed since the last one."""
+        stamp = self._stamp_now()
+        with self._lock:
+            cached = self._context
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self._files[0], self._files[1])
+        with self._lock:
+            self._context = (stamp, context)
+        return context
 
     def _stamp_now(self) -> tuple[tuple[int, int, int], ...]:
         stats = [os.stat(path) for path in self._files]

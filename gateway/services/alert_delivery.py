@@ -140,6 +140,8 @@ class DeliveryWorker:
         self.lease_seconds = lease_seconds(channels)
         self._wake = asyncio.Event()
         self._in_memory = 0
+        # Called with the channel's name after each failed attempt (the app counts them).
+        self.on_failure: Callable[[str], None] = lambda channel: None
 
     def wake(self) -> None:
         """Look at the queue now (called right after a firing queued deliveries)."""
@@ -264,8 +266,12 @@ class DeliveryWorker:
                 channel.timeout_seconds,
             )
         except Exception as e:
-            return Attempt(Result.TRANSIENT, failure_name(e))
-        return classify(status)
+            outcome = Attempt(Result.TRANSIENT, failure_name(e))
+        else:
+            outcome = classify(status)
+        if outcome.result is not Result.DELIVERED:
+            self.on_failure(channel.name)
+        return outcome
 
     async def deliver_now(self, alert: Alert, channel_names: Sequence[str]) -> None:
         """Sends `alert` to its channels from memory, with the same payloads and

@@ -73,6 +73,7 @@ class Alerting:
         self.wake_delivery = wake_delivery
         self.deliver_locally = deliver_locally
         self.dropped = 0  # events the full queue refused
+        self.on_fired: Callable[[Alert], None] = lambda alert: None  # the app counts them
         self._queue: asyncio.Queue[AlertEvent] = asyncio.Queue(QUEUE_SIZE)
         self._rule_errors: dict[str, float] = {}
         # (rule, subject) -> until when it is known to cool down: as Redis reported, or
@@ -124,6 +125,7 @@ class Alerting:
             alert = self._alert(match, event)
             if await self._fire(alert, match):
                 fired.append(alert)
+                self.on_fired(alert)
         return fired
 
     def _alert(self, match: Match, event: AlertEvent) -> Alert:

@@ -144,6 +144,8 @@ class ApprovalDesk:
         self._holds = FreshReads(state.get_hold)
         self._expiring: dict[str, asyncio.Task[Hold]] = {}
         self._escalated_through = float("-inf")  # escalate_due's holds up to this expiry
+        # Called with each hold this replica resolved (approved, rejected, expired).
+        self.on_resolved: Callable[[Hold], None] = lambda hold: None
 
     def close(self) -> None:
         """Ends every Await with UNAVAILABLE so agents retry elsewhere during shutdown."""
@@ -403,7 +405,10 @@ class ApprovalDesk:
                 "audit_seq": entries[0].seq,
             },
         )
-        return with_resolution_seq(after, entries[0].seq)
+        resolved = with_resolution_seq(after, entries[0].seq)
+        if resolved.resolution is not None:
+            self.on_resolved(resolved)
+        return resolved
 
     async def resume_session(
         self, principal: Principal, agent_id: str, session_id: str, reason: str

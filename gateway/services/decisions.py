@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -96,10 +97,13 @@ class DecisionPipeline:
         self.observe = observe  # alerting: never blocks
         self.digest_key = digest_key(audit.signing_keys.first)
         self._releases: set[asyncio.Task[None]] = set()
+        # Called with each new decision and the seconds it took (the app counts them).
+        self.on_decided: Callable[[Decision, float], None] = lambda decision, seconds: None
 
     async def submit(
         self, principal: Principal, request: ActionRequest, trace_id: str = ""
     ) -> Decision:
+        started = time.perf_counter()
         # Sizes first: nothing below looks at (or echoes) an oversized field.
         validate_request(request, self.config.limits)
         refuse_secret_identifiers(request, self.redactor)
@@ -169,6 +173,7 @@ class DecisionPipeline:
             },
         )
         self.observe(decision_event(stored, decision, quota, counts, admitted, now, trace_id))
+        self.on_decided(decision, time.perf_counter() - started)
         return decision
 
     async def claim_action(

@@ -75,6 +75,10 @@ MAX_BATCH = 256
 # that one script call appends many entries. Never at concurrency 1: a lone commit
 # has nothing in preparation beside it and is appended at once.
 GATHER_SECONDS = 0.002
+# A batch of at least this many entries is chained and signed in a thread: Ed25519
+# signing releases the GIL, so the event loop goes on serving calls meanwhile; for
+# fewer, the hand-off costs more than it frees.
+OFF_LOOP_ENTRIES = 8
 # Losing the race to another replica means that replica appended: the log as a whole
 # progresses, so a batch keeps retrying (for at most this long) rather than giving
 # up after a fixed number of lost races, which busy replicas can exceed.
@@ -150,6 +154,8 @@ class AuditLog:
         # Called with the error whenever a batch could not be appended (the app raises
         # an alert); the batch's callers fail closed either way.
         self.on_failure: Callable[[str], None] = lambda error: None
+        # Called with the entries of each appended batch and the new head's seq.
+        self.on_append: Callable[[int, int], None] = lambda entries, seq: None
 
     async def commit(
         self, drafts: list[EntryDraft], intent: Intent = None, conflict: str = "state changed"
@@ -270,7 +276,11 @@ class AuditLog:
             except StoreUnavailable as e:
                 self._failed(batch, e)
                 return
-            grown = extend(start, [p.segment for p in batch], signer)
+            segments = [p.segment for p in batch]
+            if sum(len(s.drafts) for s in segments) >= OFF_LOOP_ENTRIES:
+                grown = await asyncio.to_thread(extend, start, segments, signer)
+            else:
+                grown = extend(start, segments, signer)
             head, built = grown.head, grown.entries
             keys, payload, projections = self._script_arguments(batch, grown)
             args: list[str | int] = [start.seq, payload, start.key_id, head.seq, head.hash]
@@ -292,6 +302,7 @@ class AuditLog:
             if status == "ok":
                 self._head = head
                 self.batches += 1
+                self.on_append(head.seq - start.seq, head.seq)
                 self._project(projections)
                 for pending, entries in zip(batch, built, strict=True):
                     pending.future.set_result(list(entries))

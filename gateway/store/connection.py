@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -375,6 +375,11 @@ def load_script(client: aioredis.Redis, name: str) -> AsyncScript:
     return client.register_script(script_text(name))
 
 
+# Called on every Redis failure `unavailable_on_error` turns into an error (the app
+# counts them); process-wide, as the failures are.
+FAILURE_LISTENERS: list[Callable[[], None]] = []
+
+
 @contextlib.contextmanager
 def unavailable_on_error(what: str) -> Iterator[None]:
     """Turns a Redis failure into StoreUnavailable: a plain message for the caller
@@ -389,6 +394,8 @@ def unavailable_on_error(what: str) -> Iterator[None]:
     try:
         yield
     except REDIS_FAILURES as e:
+        for listener in FAILURE_LISTENERS:
+            listener()
         kind = StoreUnavailable if isinstance(e, NOT_SENT) else OutcomeUnknown
         raise kind(f"{what}: {_failure_kind(e)}", detail=f"{type(e).__name__}: {e}") from e
     except (AttributeError, TypeError) as e:

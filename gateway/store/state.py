@@ -297,6 +297,11 @@ class StateStore:
         record = await self.decided(agent_id, action_id)
         return None if record is None else record.decision
 
+    async def pending_count(self) -> int:
+        """How many holds are pending (all replicas')."""
+        with unavailable_on_error("counting holds"):
+            return int(await self.client.zcard(self.keys.pending_holds))
+
     async def pending_holds(self) -> list[Hold]:
         with unavailable_on_error("listing holds"):
             ids = [str(i) for i in await self.client.zrange(self.keys.pending_holds, 0, -1)]

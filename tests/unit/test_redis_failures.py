@@ -69,3 +69,21 @@ def test_an_attribute_error_of_our_own_is_not_hidden() -> None:
     ours = raising_in("/work/gateway/store/state.py", AttributeError("no such field"))
     with pytest.raises(AttributeError, match="no such field"), unavailable_on_error("ours"):
         ours()
+
+
+def test_every_failure_reaches_the_listeners_and_a_success_does_not() -> None:
+    """The app's `agentgw_redis_errors_total` counts through FAILURE_LISTENERS."""
+    from gateway.store.connection import FAILURE_LISTENERS
+
+    seen: list[str] = []
+    FAILURE_LISTENERS.append(lambda: seen.append("failure"))
+    try:
+        with unavailable_on_error("reading"):
+            pass
+        for error in (ConnectionError("down"), RedisTimeoutError("slow")):
+            # A lost connection or a timeout: the command may have run.
+            with pytest.raises(OutcomeUnknown), unavailable_on_error("reading"):
+                raise error
+    finally:
+        FAILURE_LISTENERS.pop()
+    assert seen == ["failure", "failure"]
