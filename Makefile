@@ -23,7 +23,7 @@ proto: $(STAMP)
 	$(BIN)/python protos/generate.py .
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway clients tests bench
+	$(BIN)/ruff check gateway clients tests bench deploy
 	$(BIN)/mypy
 
 bench: $(STAMP)
