@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test proto lint bench bench-verify clean
+.PHONY: run test proto lint bench bench-verify bench-clients clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(ARGS)
+
+bench-clients: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/redis_clients.py $(ARGS)
 
 bench-verify: $(STAMP)
 	$(BIN)/python bench/verify_bench.py $(ARGS)
