@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -29,6 +30,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 
 from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2, logs_pb2
 from gateway.api.auth import Authenticator
@@ -37,6 +39,7 @@ from gateway.api.log_service import LogsService
 from gateway.api.metrics import Metrics, MetricsServer
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.api.status import RequireToken, Servicer, roles_of
+from gateway.api.telemetry import Spans, provider_from_env, server_interceptor
 from gateway.api.tls import CertificateFiles, check_cleartext, is_loopback, server_credentials
 from gateway.config import Config
 from gateway.domain.alerts.events import audit_failure_event, store_unavailable_event
@@ -91,9 +94,15 @@ HEALTH_TIMEOUT = 1.0
 
 
 class App:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.tracer_provider = tracer_provider  # None: no traces (telemetry.py)
         self.embedded: EmbeddedRedis | None = None
         self.certificates: CertificateFiles | None = None  # with TLS
         self.metrics = Metrics()
@@ -278,10 +287,10 @@ class App:
         own_methods = frozenset(
             f"/{s.service.full_name}/{m.name}" for s in servicers for m in s.service.methods
         )
-        server = grpc.aio.server(
-            interceptors=[RequireToken(auth, own_methods, self.security)],
-            options=server_options(config),
-        )
+        interceptors: list[Any] = [RequireToken(auth, own_methods, self.security)]
+        if self.tracer_provider is not None:
+            interceptors.insert(0, server_interceptor(self.tracer_provider))
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
         for servicer in servicers:
             add_servicer(server, servicer, servicer.service, lambda m: roles_of(m) is not None)
         health_servicer = health.aio.HealthServicer()
@@ -400,6 +409,9 @@ class App:
         """Hooks the metrics to what they count."""
         m = self.metrics
         self.pipeline.on_decided = m.decided
+        spans = Spans(self.tracer_provider)
+        if spans.on:
+            self.pipeline.span, self.pipeline.annotate = spans.span, spans.annotate
         self.audit.on_append = m.appended
         self.desk.on_resolved = lambda hold: m.hold_resolved(
             hold.status.value, hold.created_at, self.clock()
@@ -615,7 +627,8 @@ async def serve(config: Config, tokens: dict[str, str]) -> None:
     configure_logging(
         config.log_level, config.redaction, log_format=config.logs.format, file=config.logs.file
     )
-    app = App(config)
+    tracer_provider = provider_from_env(os.environ)
+    app = App(config, tracer_provider=tracer_provider)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -630,6 +643,8 @@ async def serve(config: Config, tokens: dict[str, str]) -> None:
         await stopping.wait()
     finally:
         await app.stop()
+        if tracer_provider is not None:
+            await asyncio.to_thread(tracer_provider.shutdown)  # exports what is pending
 
 
 def first_run_banner(config: Config, tokens: dict[str, str]) -> str:

@@ -69,13 +69,13 @@ class ManualClock:
 
 
 class RunningGateway:
-    def __init__(self, config: Config, clock: ManualClock) -> None:
+    def __init__(self, config: Config, clock: ManualClock, tracer_provider: Any = None) -> None:
         self.config = config
         self.clock = clock
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.app = App(config, clock)
+        self.app = App(config, clock, tracer_provider=tracer_provider)
         try:
             port = self.run(self.app.start())
         except BaseException:

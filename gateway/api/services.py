@@ -19,6 +19,7 @@ from gateway.api import convert
 from gateway.api.auth import Authenticator
 from gateway.api.log_service import agent_log_from_proto, log_response
 from gateway.api.status import Servicer, rpc, stream_rpc
+from gateway.api.telemetry import current_trace_id
 from gateway.api.tracing import trace_id_of
 from gateway.domain.audit.entry import AuditEntry
 from gateway.domain.principals import Principal, Role
@@ -64,10 +65,11 @@ class GatewayService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> gateway_pb2.Decision:
+        # Traced, the call's span carries the trace (the caller's traceparent, or a new
+        # one); the Decision, logs and audit entry share its id.
+        trace_id = current_trace_id() or trace_id_of(context.invocation_metadata())
         decision = await self.pipeline.submit(
-            principal,
-            convert.action_from_proto(request),
-            trace_id_of(context.invocation_metadata()),
+            principal, convert.action_from_proto(request), trace_id
         )
         return convert.decision_to_proto(decision)
 

@@ -15,6 +15,7 @@ committed for it, so a cancelled or retried call never gets an action decided tw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -99,6 +100,10 @@ class DecisionPipeline:
         self._releases: set[asyncio.Task[None]] = set()
         # Called with each new decision and the seconds it took (the app counts them).
         self.on_decided: Callable[[Decision, float], None] = lambda decision, seconds: None
+        # Tracing (set by the app when it traces): a child span around each step, and
+        # attributes on the call's span; by default nothing.
+        self.span: Callable[..., contextlib.AbstractContextManager[None]] = _no_span
+        self.annotate: Callable[..., None] = lambda **attributes: None
 
     async def submit(
         self, principal: Principal, request: ActionRequest, trace_id: str = ""
@@ -126,7 +131,8 @@ class DecisionPipeline:
         try:
             # The audit writer may wait for this call's entry to append it with others.
             with self.audit.preparing():
-                observed = await self.claim_action(stored, claim, marks, quota)
+                with self.span("agentgw.claim"):
+                    observed = await self.claim_action(stored, claim, marks, quota)
                 if isinstance(observed, Limited):
                     decision, draft, intent = self.decide_over_quota(
                         request, stored, claim, observed, quota, now, trace_id
@@ -144,7 +150,8 @@ class DecisionPipeline:
             if isinstance(observed, Reused):
                 await self.refuse_reuse(stored, trace_id)
             assert committing is not None
-            entries = await asyncio.shield(committing)
+            with self.span("agentgw.audit_commit"):
+                entries = await asyncio.shield(committing)
         except Conflict:
             # Another call decided this action_id first (this call's claim lapsed):
             # nothing was written; its decision stands, and is the answer.
@@ -174,6 +181,19 @@ class DecisionPipeline:
         )
         self.observe(decision_event(stored, decision, quota, counts, admitted, now, trace_id))
         self.on_decided(decision, time.perf_counter() - started)
+        self.annotate(
+            **{
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": request.action_type,
+                "gen_ai.agent.id": request.agent_id,
+                "session.id": request.session_id,
+                "agentgw.action_id": request.action_id,
+                "agentgw.verdict": decision.verdict.name.lower(),
+                "agentgw.audit_seq": decision.audit_seq,
+                "agentgw.findings": [f.type for f in decision.findings],
+                "agentgw.hold_id": decision.hold_id,
+            }
+        )
         return decision
 
     async def claim_action(
@@ -249,7 +269,8 @@ class DecisionPipeline:
         now: float,
         trace_id: str = "",
     ) -> tuple[Decision, EntryDraft, RecordDecision]:
-        findings = detect(stored, observed.counters, self.config.detection)
+        with self.span("agentgw.detection"):
+            findings = detect(stored, observed.counters, self.config.detection)
         quarantine = observed.quarantine.reason if observed.quarantine else None
         decision, draft, hold = self.verdict(
             request, stored, findings, observed.pause is not None, now, quarantine, trace_id
@@ -294,7 +315,8 @@ class DecisionPipeline:
         trace_id: str = "",
     ) -> tuple[Decision, EntryDraft, Hold | None]:
         """Policy and findings combined into the decision, its entry and its hold."""
-        policy_result = evaluate_rules(self.policy.current, request)
+        with self.span("agentgw.policy"):
+            policy_result = evaluate_rules(self.policy.current, request)
         outcome = combine_verdict(
             policy_result,
             findings,
@@ -411,6 +433,10 @@ class DecisionPipeline:
             f"action_id {stored.action_id} was already used for a request with different "
             "content; use a new action_id for a new action"
         )
+
+
+def _no_span(name: str, **attributes: object) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 def refuse_secret_identifiers(request: ActionRequest, redactor: Redactor) -> None:
