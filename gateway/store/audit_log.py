@@ -65,7 +65,7 @@ from gateway.store.connection import (
     load_script,
     unavailable_on_error,
 )
-from gateway.store.intents import Intent, IntentWriter, KeyIndex, Projection, RotateKey
+from gateway.store.intents import Intent, IntentWriter, KeyIndex, Projection, RotateKey, Values
 
 log = logging.getLogger("agentgw.audit")
 
@@ -282,9 +282,10 @@ class AuditLog:
             else:
                 grown = extend(start, segments, signer)
             head, built = grown.head, grown.entries
-            keys, payload, projections = self._script_arguments(batch, grown)
+            keys, payload, values, projections = self._script_arguments(batch, grown)
             args: list[str | int] = [start.seq, payload, start.key_id, head.seq, head.hash]
             args += _entry_lines(built)
+            args += values
             try:
                 with unavailable_on_error("appending to the audit log"):
                     reply, acked = await self._append(keys, args)
@@ -333,13 +334,13 @@ class AuditLog:
 
     def _script_arguments(
         self, batch: list[_Pending], grown: Extension
-    ) -> tuple[list[str], str, list[Projection]]:
-        """KEYS and the JSON argument of commit.lua, and the writes that follow it
-        (the entry lines go as arguments of their own: see `_entry_lines`)."""
-        index = KeyIndex(self.keys)
+    ) -> tuple[list[str], str, list[str], list[Projection]]:
+        """KEYS, the JSON argument and the values of commit.lua, and the writes that
+        follow it (the entry lines go as arguments of their own: see `_entry_lines`)."""
+        index, values = KeyIndex(self.keys), Values()
         items, projections = [], []
         for pending, entries in zip(batch, grown.entries, strict=True):
-            item, after = self.intents.render(pending.intent, entries, index)
+            item, after = self.intents.render(pending.intent, entries, index, values)
             items.append(item)
             projections += after
         head = grown.head
@@ -353,8 +354,9 @@ class AuditLog:
             "nodes": [v for level, i, h in grown.nodes for v in (node_field((level, i)), h.hex())],
             "keys": [v for change in grown.key_changes for v in key_history_fields(change)],
             "items": items,
+            "lines": sum(len(entries) for entries in grown.entries),
         }
-        return index.keys, json.dumps(payload, ensure_ascii=False), projections
+        return index.keys, json.dumps(payload, ensure_ascii=False), values.list, projections
 
     def _project(self, projections: list[Projection]) -> None:
         """Writes the projections of a commit (on a cluster: the claim markers) in a

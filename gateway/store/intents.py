@@ -213,6 +213,19 @@ class KeyIndex:
         return list(self._index)
 
 
+class Values:
+    """commit.lua's string values (records, hold and alert JSON), each an argument of
+    its own after the entry lines, by index: no value is escaped into the batch's
+    JSON and parsed out of it again."""
+
+    def __init__(self) -> None:
+        self.list: list[str] = []
+
+    def __call__(self, value: str) -> int:
+        self.list.append(value)
+        return len(self.list)
+
+
 class IntentWriter:
     """Renders intents into commit.lua items (and, on a cluster, projections).
 
@@ -226,19 +239,19 @@ class IntentWriter:
         self.single_node = single_node
 
     def render(
-        self, intent: Intent, entries: Sequence[AuditEntry], index: KeyIndex
+        self, intent: Intent, entries: Sequence[AuditEntry], index: KeyIndex, values: Values
     ) -> tuple[dict[str, Any], list[Projection]]:
         """The script item for `intent` (whose entries are `entries`, seq known)."""
         item: dict[str, Any] = {"kind": "none"}
         if isinstance(intent, RecordDecision):
-            return self._decision(item, intent, entries[0].seq, index)
+            return self._decision(item, intent, entries[0].seq, index, values)
         if isinstance(intent, ResolveHold):
             hold = intent.hold
             resolved = hold.status is not HoldStatus.PENDING
             item |= {
                 "kind": "resolve",
                 "hold": index(self.keys.hold(hold.hold_id)),
-                "json": dumps(hold_to_json(with_resolution_seq(hold, entries[0].seq))),
+                "json": values(dumps(hold_to_json(with_resolution_seq(hold, entries[0].seq)))),
                 "status": hold.status.value,
                 "approvals_before": str(intent.approvals_before),
                 "approvals": str(len(hold.approvals)),
@@ -253,7 +266,7 @@ class IntentWriter:
             item |= {
                 "kind": "create",
                 "record": index(self.keys.outcome(intent.agent_id, intent.action_id)),
-                "value": str(entries[0].seq),
+                "value": values(str(entries[0].seq)),
                 "px": self.lifetimes.decision_ms,
             }
         elif isinstance(intent, LiftPause):
@@ -268,7 +281,7 @@ class IntentWriter:
             item |= {
                 "kind": "create",
                 "record": index(self.keys.quarantine(record.agent_id)),
-                "value": dumps(quarantine_to_json(record)),
+                "value": values(dumps(quarantine_to_json(record))),
                 "px": 0,
             }
         elif isinstance(intent, ReleaseAgent):
@@ -281,7 +294,7 @@ class IntentWriter:
             item |= {
                 "kind": "acknowledge",
                 "record": index(self.keys.alert(alert.alert_id)),
-                "json": dumps(alert_to_json(alert)),
+                "json": values(dumps(alert_to_json(alert))),
                 "index": index(self.keys.active_alerts),
                 "member": alert.alert_id,
                 "feed": index(self.keys.alert_feed),
@@ -290,7 +303,12 @@ class IntentWriter:
         return item, []
 
     def _decision(
-        self, item: dict[str, Any], intent: RecordDecision, seq: int, index: KeyIndex
+        self,
+        item: dict[str, Any],
+        intent: RecordDecision,
+        seq: int,
+        index: KeyIndex,
+        values: Values,
     ) -> tuple[dict[str, Any], list[Projection]]:
         k, life = self.keys, self.lifetimes
         request, claim = intent.request, intent.claim
@@ -299,7 +317,7 @@ class IntentWriter:
         item |= {
             "kind": "decide",
             "record": index(k.decided(request.agent_id, request.action_id)),
-            "value": record.encode(),
+            "value": values(record.encode()),
             "px": life.decision_ms,
         }
         projections = []
@@ -315,7 +333,7 @@ class IntentWriter:
             pending_ms = max(0, int((hold.expires_at - hold.created_at) * 1000))
             item["hold"] = {
                 "key": index(k.hold(hold.hold_id)),
-                "json": dumps(hold_to_json(replace(hold, audit_seq=seq))),
+                "json": values(dumps(hold_to_json(replace(hold, audit_seq=seq)))),
                 "status": hold.status.value,
                 # Bounded even if no gateway ever resolves it (the sweeper does, on time).
                 "px": pending_ms + life.resolved_hold_ms,
@@ -328,7 +346,7 @@ class IntentWriter:
             if hold.paused_session:
                 item["pause"] = {
                     "key": index(k.session_pause(request.agent_id, request.session_id)),
-                    "value": dumps(pause_to_json(SessionPause.by(hold))),
+                    "value": values(dumps(pause_to_json(SessionPause.by(hold)))),
                     "px": life.session_idle_ms,
                     "index": index(k.paused_sessions),
                     "member": f"{request.agent_id}|{request.session_id}",

@@ -29,6 +29,7 @@ from gateway.store.intents import (
     ReleaseAgent,
     ResolveHold,
     RotateKey,
+    Values,
 )
 from gateway.store.keys import KeySpace
 
@@ -74,9 +75,17 @@ def entries_at(seq: int) -> list[AuditEntry]:
 
 
 def render(intent: Intent, single_node: bool, seq: int = 42) -> tuple[dict, list, list[str]]:
+    """The item with its values put back in place of their indexes (commit.lua reads
+    each value from its argument: ARGV after the entry lines)."""
     writer = IntentWriter(KEYS, Lifetimes(), single_node=single_node)
-    index = KeyIndex(KEYS)
-    item, projections = writer.render(intent, entries_at(seq), index)
+    index, values = KeyIndex(KEYS), Values()
+    item, projections = writer.render(intent, entries_at(seq), index, values)
+    nested = [item[k] for k in ("hold", "pause") if isinstance(item.get(k), dict)]
+    for part in (item, *nested):
+        for name in ("value", "json"):
+            if name in part:
+                assert isinstance(part[name], int)  # never the text itself
+                part[name] = values.list[part[name] - 1]
     return item, projections, index.keys
 
 

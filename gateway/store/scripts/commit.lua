@@ -8,11 +8,13 @@
 --           decision's claim marker on a single node (store/intents.py).
 -- ARGV[1] the head seq the batch was built on   ARGV[3] the head key_id it was signed for
 -- ARGV[4], ARGV[5] the seq and entry hash of the batch's last entry
--- ARGV[6..] the batch's entry lines, in order (arguments of their own, so that no
---          line is escaped into, and parsed out of, the JSON below)
+-- ARGV[6..5+lines] the batch's entry lines, in order, then the values the items
+--          name by index (records, hold and alert JSON): arguments of their own,
+--          so that none is escaped into, and parsed out of, the JSON below
 -- ARGV[2] JSON {"head": {"seq", "hash", "frontier", "key_id"},
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
 --          "keys": [field, value, ...] (key history changes: first key, rotations),
+--          "lines": the number of entry lines,
 --          "items": [{"kind": "none" | "decide" | "resolve" | "create" | "remove" |
 --                     "acknowledge", and the fields of its kind (below)}]}
 --
@@ -62,6 +64,12 @@ if head_seq ~= tonumber(ARGV[1]) or head_key ~= ARGV[3] then
   }
 end
 
+-- An item's values (its record, its JSON) are arguments after the lines, by index.
+local values_base = 0
+local function value(i)
+  return ARGV[values_base + i]
+end
+
 -- The key an item's precondition reads, and whether it holds.
 local function check(item)
   if item.kind == 'decide' or item.kind == 'create' then
@@ -98,24 +106,25 @@ end
 
 local function apply(item)
   if item.kind == 'decide' then
-    redis.call('SET', KEYS[item.record], item.value, 'PX', item.px)
+    redis.call('SET', KEYS[item.record], value(item.value), 'PX', item.px)
     if item.marker then
       redis.call('SET', KEYS[item.marker], item.marker_value, 'PX', item.px)
     end
     local hold = item.hold
     if hold then
-      redis.call('HSET', KEYS[hold.key], 'json', hold.json, 'status', hold.status, 'approvals', 0)
+      redis.call('HSET', KEYS[hold.key], 'json', value(hold.json), 'status', hold.status,
+        'approvals', 0)
       redis.call('PEXPIRE', KEYS[hold.key], hold.px)
       redis.call('ZADD', KEYS[hold.pending], hold.expires_at, hold.hold_id)
       redis.call('PUBLISH', hold.channel, hold.event)
     end
     local pause = item.pause
     if pause then
-      redis.call('SET', KEYS[pause.key], pause.value, 'PX', pause.px)
+      redis.call('SET', KEYS[pause.key], value(pause.value), 'PX', pause.px)
       redis.call('ZADD', KEYS[pause.index], pause.score, pause.member)
     end
   elseif item.kind == 'resolve' then
-    redis.call('HSET', KEYS[item.hold], 'json', item.json, 'status', item.status,
+    redis.call('HSET', KEYS[item.hold], 'json', value(item.json), 'status', item.status,
       'approvals', item.approvals)
     if item.resolved then
       redis.call('PEXPIRE', KEYS[item.hold], item.px)
@@ -128,20 +137,21 @@ local function apply(item)
       redis.call('ZREM', KEYS[item.index], item.member)
     end
   elseif item.kind == 'acknowledge' then
-    redis.call('HSET', KEYS[item.record], 'json', item.json, 'status', 'acknowledged')
+    redis.call('HSET', KEYS[item.record], 'json', value(item.json), 'status', 'acknowledged')
     redis.call('ZREM', KEYS[item.index], item.member)
     redis.call('XADD', KEYS[item.feed], 'MAXLEN', '~', item.feed_max, '*',
-      'event', 'acknowledged', 'json', item.json)
+      'event', 'acknowledged', 'json', value(item.json))
   elseif item.kind == 'create' then
     if tonumber(item.px) > 0 then
-      redis.call('SET', KEYS[item.record], item.value, 'PX', item.px)
+      redis.call('SET', KEYS[item.record], value(item.value), 'PX', item.px)
     else
-      redis.call('SET', KEYS[item.record], item.value)
+      redis.call('SET', KEYS[item.record], value(item.value))
     end
   end
 end
 
 local batch = cjson.decode(ARGV[2])
+values_base = 5 + batch.lines
 local touched = {}
 for i, item in ipairs(batch.items) do
   local key, holds = check(item)
@@ -155,8 +165,9 @@ for i, item in ipairs(batch.items) do
     touched[written] = true
   end
 end
-for first = 6, #ARGV, 256 do
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, first, math.min(first + 255, #ARGV)))
+local last_line = 5 + batch.lines
+for first = 6, last_line, 256 do
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, first, math.min(first + 255, last_line)))
 end
 for _, item in ipairs(batch.items) do
   apply(item)
