@@ -8,6 +8,7 @@ when it runs (tests/unit/test_architecture.py checks that no other client code d
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Coroutine
@@ -20,8 +21,11 @@ from clients.cli.common import (
     EXIT_OK,
     Commands,
     add_client_options,
+    add_output_options,
     approvals_stub,
     audit_stub,
+    is_json,
+    message_json,
     report_refusals,
 )
 
@@ -75,6 +79,7 @@ def add_key_commands(sub: Commands) -> None:
         default="",
         help="rotate to a key provisioned as <audit.key_dir>/<KEY_ID>.pem (default: a new one)",
     )
+    add_output_options(rotate)
     rotate.set_defaults(run=run_keys_rotate)
     # `build_parser` adds the admin's client commands through this one call.
 
@@ -91,10 +96,12 @@ def add_agent_commands(sub: Commands) -> None:
     )
     quarantine.add_argument("agent")
     quarantine.add_argument("--reason", required=True, help="recorded in the audit log")
+    add_output_options(quarantine)
     quarantine.set_defaults(run=run_agent_quarantine)
     release = add_client_options(agents.add_parser("release", help="end an agent's quarantine"))
     release.add_argument("agent")
     release.add_argument("--reason", required=True, help="recorded in the audit log")
+    add_output_options(release)
     release.set_defaults(run=run_agent_release)
 
 
@@ -147,6 +154,9 @@ def run_keys_rotate(args: argparse.Namespace) -> int:
         metadata=md,
         timeout=args.timeout,
     )
+    if is_json(args):
+        print(message_json(rotation))
+        return EXIT_OK
     old, new = rotation.old_key, rotation.new_key
     print(f"rotated at seq {rotation.entry.seq}: key {old.key_id} signed", end=" ")
     print(f"{old.first_seq}..{old.last_seq}")
@@ -167,6 +177,9 @@ def run_agent_quarantine(args: argparse.Namespace) -> int:
         metadata=md,
         timeout=args.timeout,
     )
+    if is_json(args):
+        print(message_json(record))
+        return EXIT_OK
     print(f"quarantined {record.agent_id} (audit seq {record.audit_seq})")
     return EXIT_OK
 
@@ -179,7 +192,14 @@ def run_agent_release(args: argparse.Namespace) -> int:
         metadata=md,
         timeout=args.timeout,
     )
-    if response.was_quarantined:
+    if is_json(args):
+        document = {
+            "agent_id": args.agent,
+            "was_quarantined": response.was_quarantined,
+            "audit_seq": response.audit_seq,
+        }
+        print(json.dumps(document))
+    elif response.was_quarantined:
         print(f"released {args.agent} (audit seq {response.audit_seq})")
     else:
         print(f"{args.agent} was not quarantined")

@@ -1,5 +1,12 @@
 """`agentgw submit`: one action as an agent, and waiting for its hold to resolve;
-`agentgw outcome`: how an action went, once it was carried out."""
+`agentgw holds await` (its parser is in `approver`): waiting on a hold later, with
+the agent's Gateway.Await; `agentgw outcome`: how an action went, once it was
+carried out.
+
+What became of the action is the exit code (`decision_exit_code`, the table in
+docs/cli.md): allowed 0, held and still pending 3, denied 4, rejected by an approver
+5, expired 6. A wait that runs out while the hold is pending says how to wait again.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +17,31 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 
-from agentgw.v1 import gateway_pb2
+from agentgw.v1 import gateway_pb2, gateway_pb2_grpc
 from clients.agent import AgentClient
 from clients.cli.common import (
-    EXIT_NOT_ALLOWED,
+    EXIT_DENIED,
+    EXIT_EXPIRED,
+    EXIT_FAILED,
+    EXIT_HELD,
     EXIT_OK,
+    EXIT_REJECTED,
     CliError,
     Commands,
     add_client_options,
+    add_output_options,
+    describe_refusal,
+    stub_for,
     tls_of,
     token,
+)
+
+_NO_AGENT = (
+    "no agent name: pass --agent or set AGENTGW_AGENT (the name of the principal "
+    "your token belongs to)"
 )
 
 
@@ -47,6 +67,7 @@ def add_commands(sub: Commands) -> None:
     submit.add_argument("--action-id")
     submit.add_argument("--wait", action="store_true", help="if held, wait for the approver")
     submit.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait")
+    add_output_options(submit, default="json")
     submit.set_defaults(run=run_submit)
 
     outcome = add_client_options(
@@ -66,6 +87,7 @@ def add_commands(sub: Commands) -> None:
     outcome.add_argument("--duration", type=float, default=0.0, help="seconds it took")
     outcome.add_argument("--tokens", type=int, default=None, help="model tokens it used")
     outcome.add_argument("--cost", type=float, default=0.0)
+    add_output_options(outcome, default="json")
     outcome.set_defaults(run=run_outcome)
 
 
@@ -94,9 +116,46 @@ def decision_json(decision: gateway_pb2.Decision) -> str:
     return json_format.MessageToJson(decision, indent=None, preserving_proto_field_name=True)
 
 
+def decision_exit_code(decision: gateway_pb2.Decision) -> int:
+    """What became of the action, as an exit code (docs/cli.md, "Exit codes")."""
+    if decision.verdict == gateway_pb2.VERDICT_ALLOW:
+        return EXIT_OK
+    if decision.verdict == gateway_pb2.VERDICT_HOLD and not decision.HasField("resolution"):
+        return EXIT_HELD
+    status = decision.resolution.status
+    if status == gateway_pb2.RESOLUTION_STATUS_REJECTED:
+        return EXIT_REJECTED
+    if status == gateway_pb2.RESOLUTION_STATUS_EXPIRED:
+        return EXIT_EXPIRED
+    return EXIT_DENIED
+
+
+def decision_line(decision: gateway_pb2.Decision) -> str:
+    """A decision as `-o table` prints it: one line for people."""
+    verdict = gateway_pb2.Verdict.Name(decision.verdict).removeprefix("VERDICT_").lower()
+    if decision.HasField("resolution"):
+        status = gateway_pb2.ResolutionStatus.Name(decision.resolution.status)
+        verdict += f" ({status.removeprefix('RESOLUTION_STATUS_').lower()})"
+    line = f"{verdict} {decision.action_id}"
+    if decision.hold_id:
+        line += f" hold {decision.hold_id}"
+    line += f" (audit seq {decision.audit_seq})"
+    return f"{line}: {decision.reason}" if decision.reason else line
+
+
+def print_decision(decision: gateway_pb2.Decision, output_format: str) -> None:
+    print(decision_line(decision) if output_format == "table" else decision_json(decision))
+    sys.stdout.flush()
+
+
+def still_pending(hold_id: str, options: str = "") -> str:
+    """The line for a wait that ran out while the hold is pending."""
+    return f"agentgw: {hold_id} is still pending; run `agentgw holds await {hold_id}{options}`"
+
+
 def run_submit(args: argparse.Namespace) -> int:
     if not args.agent:
-        raise CliError("no agent name: pass --agent or set AGENTGW_AGENT")
+        raise CliError(_NO_AGENT)
     params = parse_params(args.param, args.params_json)
     with AgentClient(args.server, token(args), args.agent, tls=tls_of(args)) as agent:
         decision = agent.submit(
@@ -108,25 +167,42 @@ def run_submit(args: argparse.Namespace) -> int:
             action_id=args.action_id,
             timeout=args.timeout,
         )
-        print(decision_json(decision), flush=True)
-        if (
-            args.wait
-            and decision.verdict == gateway_pb2.VERDICT_HOLD
-            and not decision.HasField("resolution")
-        ):
+        print_decision(decision, args.format)
+        if args.wait and decision_exit_code(decision) == EXIT_HELD:
             print(
                 f"held as {decision.hold_id}; waiting for an approver...",
                 file=sys.stderr,
                 flush=True,
             )
-            decision = agent.wait(decision, timeout=args.wait_timeout)
-            print(decision_json(decision), flush=True)
-    return EXIT_OK if decision.verdict == gateway_pb2.VERDICT_ALLOW else EXIT_NOT_ALLOWED
+            try:
+                decision = agent.wait(decision, timeout=args.wait_timeout)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+                print(still_pending(decision.hold_id), file=sys.stderr)
+                return EXIT_HELD
+            print_decision(decision, args.format)
+    return decision_exit_code(decision)
+
+
+def run_holds_await(args: argparse.Namespace) -> int:
+    stub, md = stub_for(args, gateway_pb2_grpc.GatewayStub)
+    request = gateway_pb2.AwaitRequest(hold_id=args.hold_id)
+    try:
+        decision = stub.Await(request, metadata=md, timeout=args.wait_timeout)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            print(still_pending(args.hold_id), file=sys.stderr)
+            return EXIT_HELD
+        print(f"agentgw: {describe_refusal(e, args.server)}", file=sys.stderr)
+        return EXIT_FAILED
+    print_decision(decision, args.format)
+    return decision_exit_code(decision)
 
 
 def run_outcome(args: argparse.Namespace) -> int:
     if not args.agent:
-        raise CliError("no agent name: pass --agent or set AGENTGW_AGENT")
+        raise CliError(_NO_AGENT)
     with AgentClient(args.server, token(args), args.agent, tls=tls_of(args)) as agent:
         seq = agent.report_outcome(
             args.action_id,
@@ -138,5 +214,8 @@ def run_outcome(args: argparse.Namespace) -> int:
             cost=args.cost,
             timeout=args.timeout,
         )
-    print(json.dumps({"action_id": args.action_id, "audit_seq": seq}), flush=True)
+    if args.format == "table":
+        print(f"reported the outcome of {args.action_id} (audit seq {seq})")
+    else:
+        print(json.dumps({"action_id": args.action_id, "audit_seq": seq}), flush=True)
     return EXIT_OK

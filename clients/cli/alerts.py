@@ -29,14 +29,19 @@ from clients.cli.common import (
     EXIT_USAGE,
     Commands,
     add_client_options,
+    add_output_options,
     describe_refusal,
     format_age,
+    is_json,
+    message_document,
     message_json,
     one_line,
     positive_int,
+    print_records,
     print_result,
     quiet_stdout,
     report_refusals,
+    server_of,
     stub_for,
 )
 
@@ -73,7 +78,7 @@ def add_commands(sub: Commands) -> None:
         metavar="N",
         help="at most N alerts (default 100, at most 1000)",
     )
-    listing.add_argument("--json", action="store_true", help="one JSON object per alert")
+    add_output_options(listing)
     listing.set_defaults(run=run_alerts_list)
 
     watch = add_client_options(
@@ -85,9 +90,7 @@ def add_commands(sub: Commands) -> None:
         )
     )
     _add_severity_option(watch)
-    watch.add_argument(
-        "--json", action="store_true", help="one JSON object per alert instead of a line"
-    )
+    add_output_options(watch)
     watch.add_argument(
         "--max-events",
         type=positive_int,
@@ -109,7 +112,7 @@ def add_commands(sub: Commands) -> None:
     ack.add_argument(
         "--note", default="", metavar="TEXT", help="why, or what is being done (audited)"
     )
-    ack.add_argument("--json", action="store_true", help="the acknowledged alert as JSON")
+    add_output_options(ack)
     ack.set_defaults(run=run_alerts_ack)
 
 
@@ -155,9 +158,8 @@ def run_alerts_list(args: argparse.Namespace) -> int:
     )
     alerts = stub.List(request, metadata=md, timeout=args.timeout).alerts
     try:
-        if args.json:
-            for alert in alerts:
-                print(message_json(alert), flush=True)
+        if is_json(args):
+            print_records((message_document(a) for a in alerts), args.format)
         elif not alerts:
             print("no active alerts" if args.active else "no alerts")
         else:
@@ -212,15 +214,15 @@ def _watch(stream: Any, args: argparse.Namespace) -> int:
             which = f"{args.severity} and above" if args.severity else "all severities"
             print(f"agentgw: watching alerts ({which}); Ctrl-C to stop", file=sys.stderr)
         for alert in stream:
-            print(message_json(alert) if args.json else watch_line(alert), flush=True)
+            print(message_json(alert) if is_json(args) else watch_line(alert), flush=True)
             seen += 1
             if seen == args.max_events:
                 return EXIT_OK
     except grpc.RpcError as e:
         if subscribed:
-            message = f"the watch ended: {describe_refusal(e)}"
+            message = f"the watch ended: {describe_refusal(e, server_of(args))}"
         else:
-            message = f"could not watch alerts: {describe_refusal(e)}"
+            message = f"could not watch alerts: {describe_refusal(e, server_of(args))}"
         print(f"agentgw: {message}", file=sys.stderr)
         return EXIT_FAILED
     print("agentgw: the gateway ended the watch", file=sys.stderr)
@@ -255,7 +257,7 @@ def run_alerts_ack(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     document = json_format.MessageToDict(alert, preserving_proto_field_name=True)
-    print_result(document, args.json, lambda: acknowledged_message(alert))
+    print_result(document, is_json(args), lambda: acknowledged_message(alert))
     return EXIT_OK
 
 

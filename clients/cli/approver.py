@@ -30,16 +30,24 @@ from rich.text import Text
 
 from agentgw.v1 import approvals_pb2, approvals_pb2_grpc
 from clients.agent import Metadata
+from clients.cli import agent
 from clients.cli.common import (
+    EXIT_EXPIRED,
     EXIT_FAILED,
+    EXIT_HELD,
     EXIT_OK,
+    EXIT_REJECTED,
     Commands,
     add_client_options,
+    add_output_options,
     approvals_stub,
     describe_refusal,
     format_age,
+    is_json,
+    message_document,
     message_json,
     positive_int,
+    print_records,
     report_refusals,
 )
 from clients.wire import struct_to_python
@@ -90,15 +98,13 @@ def add_commands(sub: Commands) -> None:
         metavar="N",
         help="holds per request, at most 1000 (default: the server's, 100); every page is listed",
     )
-    hold_list.add_argument("--json", action="store_true", help="one JSON object per hold")
+    add_output_options(hold_list)
     hold_list.set_defaults(run=run_holds_list)
 
     watch = add_client_options(
         holds.add_parser("watch", help="a live table of pending holds, until Ctrl-C")
     )
-    watch.add_argument(
-        "--json", action="store_true", help="one JSON object per event instead of the table"
-    )
+    add_output_options(watch)
     watch.add_argument(
         "--max-events",
         type=positive_int,
@@ -108,10 +114,37 @@ def add_commands(sub: Commands) -> None:
     )
     watch.set_defaults(run=run_holds_watch)
 
+    waiting = add_client_options(
+        holds.add_parser(
+            "await",
+            help="wait until a hold is approved, rejected or expired",
+            description="Wait until a hold is decided and print it. An agent waits on its "
+            "own holds (Gateway.Await) and gets the final decision; an approver passes "
+            "--watch (WatchHolds) and gets the hold. Exit code: 0 approved, 5 rejected, "
+            "6 expired, 3 still pending when --wait-timeout runs out (docs/cli.md).",
+        )
+    )
+    waiting.add_argument("hold_id", metavar="HOLD_ID", help="the hold id, as submit printed it")
+    waiting.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long (default: wait until it is decided)",
+    )
+    waiting.add_argument(
+        "--watch",
+        action="store_true",
+        help="wait through WatchHolds, with an approver's token (Await is the agent's own)",
+    )
+    add_output_options(waiting, default="json")
+    waiting.set_defaults(run=run_holds_await)
+
     for verb in ("approve", "reject"):
         p = add_client_options(holds.add_parser(verb, help=f"{verb} a held action"))
         p.add_argument("hold_id")
         p.add_argument("--reason", required=True)
+        add_output_options(p)
         p.set_defaults(run=run_hold_resolve, verb=verb)
 
     sessions = sub.add_parser("sessions", help="paused sessions (approvers)").add_subparsers(
@@ -121,7 +154,7 @@ def add_commands(sub: Commands) -> None:
         sessions.add_parser("list", help="list sessions paused for review")
     )
     session_list.add_argument("--agent", default="", help="only this agent's sessions")
-    session_list.add_argument("--json", action="store_true", help="one JSON object per session")
+    add_output_options(session_list)
     session_list.set_defaults(run=run_sessions_list)
     resume = add_client_options(
         sessions.add_parser("resume", help="resume a session paused for review")
@@ -129,6 +162,7 @@ def add_commands(sub: Commands) -> None:
     resume.add_argument("agent")
     resume.add_argument("session")
     resume.add_argument("--reason", required=True)
+    add_output_options(resume)
     resume.set_defaults(run=run_session_resume)
 
 
@@ -176,9 +210,9 @@ def run_holds_list(args: argparse.Namespace) -> int:
     )
     if args.min_age:
         request.min_age.CopyFrom(_duration(args.min_age))
-    if args.json:
-        for hold in list_holds(stub, md, request, args.timeout):
-            print(message_json(hold), flush=True)
+    if is_json(args):
+        holds_found = list_holds(stub, md, request, args.timeout)
+        print_records((message_document(h) for h in holds_found), args.format)
         return EXIT_OK
     holds = list(list_holds(stub, md, request, args.timeout))
     if not holds:
@@ -205,6 +239,62 @@ def _duration(value: float) -> duration_pb2.Duration:
     return duration
 
 
+# --- holds await ---------------------------------------------------------------------------
+
+HOLD_EXIT_CODES = {
+    approvals_pb2.HOLD_STATUS_APPROVED: EXIT_OK,
+    approvals_pb2.HOLD_STATUS_REJECTED: EXIT_REJECTED,
+    approvals_pb2.HOLD_STATUS_EXPIRED: EXIT_EXPIRED,
+}
+
+
+def run_holds_await(args: argparse.Namespace) -> int:
+    if not args.watch:
+        return agent.run_holds_await(args)
+    stub, md = approvals_stub(args)
+    stream = stub.WatchHolds(
+        approvals_pb2.WatchHoldsRequest(), metadata=md, timeout=args.wait_timeout
+    )
+    try:
+        return _await_watching(stream, args)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            print(agent.still_pending(args.hold_id, " --watch"), file=sys.stderr)
+            return EXIT_HELD
+        print(f"agentgw: {describe_refusal(e, args.server)}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        stream.cancel()
+
+
+def _await_watching(stream: Iterator[approvals_pb2.HoldEvent], args: argparse.Namespace) -> int:
+    """Follows the watch until the hold leaves the pending set; a hold the first
+    snapshot does not have is not pending (decided already, or no such hold)."""
+    pending = False
+    for event in stream:
+        if event.kind == Kind.KIND_SYNCED and not pending:
+            print(
+                f"agentgw: {args.hold_id} is not pending: it was decided already, or there "
+                "is no such hold (or it is an agent you own)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        if event.hold.hold_id != args.hold_id:
+            continue
+        if event.hold.status == PENDING:
+            if not pending:
+                print(f"agentgw: waiting on {args.hold_id}...", file=sys.stderr, flush=True)
+            pending = True
+            continue
+        if is_json(args):
+            print(message_json(event.hold))
+        else:
+            print(resolution_note(event.hold))
+        return HOLD_EXIT_CODES.get(event.hold.status, EXIT_FAILED)
+    print("agentgw: the gateway ended the watch", file=sys.stderr)
+    return EXIT_FAILED
+
+
 # --- holds approve|reject ----------------------------------------------------------------
 
 
@@ -223,7 +313,10 @@ def run_hold_resolve(args: argparse.Namespace) -> int:
             metadata=md,
             timeout=args.timeout,
         )
-    print(decided_message(args.verb, hold))
+    if is_json(args):
+        print(message_json(hold))
+    else:
+        print(decided_message(args.verb, hold))
     return EXIT_OK
 
 
@@ -417,7 +510,7 @@ def run_holds_watch(args: argparse.Namespace) -> int:
     # No deadline: a watch lasts until Ctrl-C, --max-events or the gateway ends it.
     stream = stub.WatchHolds(approvals_pb2.WatchHoldsRequest(), metadata=md)
     try:
-        if args.json:
+        if is_json(args):
             return _watch_lines(stream, args.max_events)
         return _watch_table(stream, args.max_events)
     except KeyboardInterrupt:
@@ -500,9 +593,8 @@ def run_sessions_list(args: argparse.Namespace) -> int:
     response = stub.ListSessions(
         approvals_pb2.ListSessionsRequest(agent_id=args.agent), metadata=md, timeout=args.timeout
     )
-    if args.json:
-        for session in response.sessions:
-            print(message_json(session))
+    if is_json(args):
+        print_records((message_document(s) for s in response.sessions), args.format)
         return EXIT_OK
     if not response.sessions:
         print("no paused sessions")
@@ -524,7 +616,15 @@ def run_session_resume(args: argparse.Namespace) -> int:
         metadata=md,
         timeout=args.timeout,
     )
-    if response.was_paused:
+    if is_json(args):
+        document = {
+            "agent_id": args.agent,
+            "session_id": args.session,
+            "was_paused": response.was_paused,
+            "audit_seq": response.audit_seq,
+        }
+        print(json.dumps(document))
+    elif response.was_paused:
         print(f"session {args.agent}/{args.session} resumed (audit seq {response.audit_seq})")
     else:
         print(f"session {args.agent}/{args.session} was not paused")

@@ -24,7 +24,9 @@ from clients.cli.common import (
     CliError,
     Commands,
     add_client_options,
+    add_output_options,
     audit_stub,
+    is_json,
     output,
     print_result,
 )
@@ -84,7 +86,7 @@ def add_commands(sub: Commands) -> None:
         "--checkpoint", type=Path, help="checkpoint from `agentgw audit checkpoint`"
     )
     verify.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_output_options(verify)
     verify.set_defaults(run=run_audit_verify)
     in_place = add_client_options(
         audit.add_parser(
@@ -92,7 +94,7 @@ def add_commands(sub: Commands) -> None:
             help="have the gateway verify the log it stores (a failure is audited and alerted)",
         )
     )
-    in_place.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_output_options(in_place)
     in_place.set_defaults(run=run_audit_verify_in_place)
     inclusion = add_client_options(
         audit.add_parser("prove-inclusion", help="prove an entry is in a saved checkpoint's tree")
@@ -241,7 +243,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
                 "root_hash": report.root_hash,
                 "head_hash": report.head_hash,
             },
-            args.json,
+            is_json(args),
             lambda: f"OK: {report.count} entries verified; root {report.root_hash}",
         )
         return EXIT_OK
@@ -256,7 +258,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
             "line": failure.line_number,
             "message": failure.message,
         },
-        args.json,
+        is_json(args),
         lambda: f"FAILED {failure.kind.value}{where}: {failure.message}",
     )
     return EXIT_FAILED
@@ -274,7 +276,7 @@ def run_audit_verify_in_place(args: argparse.Namespace) -> int:
     if result.ok:
         print_result(
             document,
-            args.json,
+            is_json(args),
             lambda: (
                 f"OK: the stored log verifies ({result.entries} entries); root {result.root_hash}"
             ),
@@ -288,7 +290,7 @@ def run_audit_verify_in_place(args: argparse.Namespace) -> int:
     }
     print_result(
         document,
-        args.json,
+        is_json(args),
         lambda: (
             f"FAILED {result.failure_kind}: {result.failure_message} "
             f"(recorded as entry {result.audit_seq}; an alert was raised)"

@@ -1,6 +1,7 @@
-"""What every `agentgw` command shares: exit codes, usage errors, the connection
-options (--server, --token, --timeout and their environment variables), stubs, how a
-refused call is printed, and output helpers. No command lives here.
+"""What every `agentgw` command shares: exit codes (the table in docs/cli.md), usage
+errors, the connection options (--server, --token, --timeout and their environment
+variables), stubs, how a failed call is explained in one line, the output options
+(-o table|json|jsonl, --json) and output helpers. No command lives here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO, TypeAlias, TypeVar
 
@@ -23,8 +24,21 @@ from clients.agent import Metadata, bearer
 from clients.transport import Tls, TlsFileError, open_channel
 
 DEFAULT_SERVER = "127.0.0.1:50051"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_NOT_ALLOWED = 3  # `submit`: the action was held, denied or rejected
+# The exit codes (docs/cli.md, "Exit codes"). 3..6 say what became of an action:
+# `submit` and `holds await` exit with them.
+EXIT_OK = 0  # done; for `submit`, `holds await`: the action is allowed
+EXIT_FAILED = 1  # a refused call, an unreachable gateway, a failed verification
+EXIT_USAGE = 2  # a wrong command line or input file
+EXIT_HELD = 3  # the action is held and still pending (or the wait ran out)
+EXIT_DENIED = 4  # the gateway denied the action
+EXIT_REJECTED = 5  # an approver rejected the held action
+EXIT_EXPIRED = 6  # the hold expired before anyone decided
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), except where Ctrl-C is how a watch ends
+
+# The output formats of -o: a table for people; one JSON document (an array for a
+# list, an object for one record); JSON Lines (an object per record, a line each).
+# Streaming commands (watch, --follow, export) print JSON Lines for json too.
+OUTPUT_FORMATS = ("table", "json", "jsonl")
 
 # The subparsers object argparse gives each audience's module to add commands to.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -47,14 +61,60 @@ PLAIN_REFUSALS = frozenset(
 )
 
 
-def describe_refusal(error: grpc.RpcError) -> str:
-    """A failed call in one line: the server's message, with the status code in front
-    unless it is one of PLAIN_REFUSALS."""
+# What gRPC says (in an UNAVAILABLE status it makes up itself, the server never
+# reached) when the TLS handshake failed, in lower case.
+_TLS_FAILURES = ("handshake", "ssl", "tls", "certificate", "tsi_", "x509")
+
+
+def describe_refusal(error: grpc.RpcError, server: str | None = None) -> str:
+    """A failed call in one line that says what to do: `explain_connection`'s, or the
+    server's message, with the status code in front unless it is one of
+    PLAIN_REFUSALS. `server`: the address dialled, if known."""
     code: grpc.StatusCode = error.code()
     details: str = error.details() or ""
+    explained = explain_connection(error, server)
+    if explained:
+        return explained
     if code in PLAIN_REFUSALS and details:
         return details
+    return describe_status(error)
+
+
+def describe_status(error: grpc.RpcError) -> str:
+    """`CODE: the server's message`."""
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or ""
     return f"{code.name}: {details}" if details else code.name
+
+
+def explain_connection(error: grpc.RpcError, server: str | None) -> str | None:
+    """What to check when the call never reached the gateway (not running, a TLS
+    handshake that failed), the gateway does not know the token, or it did not answer
+    before the deadline; None otherwise. (A wait on a hold that runs out is the
+    caller's to explain: the hold is still pending.)"""
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or ""
+    where = f" at {server}" if server else ""
+    if code == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
+        if any(word in details.lower() for word in _TLS_FAILURES):
+            return (
+                f"TLS handshake with the gateway{where} failed: check --tls-ca (the CA "
+                "that signed its certificate), --tls-server-name, and for mTLS "
+                f"--tls-cert/--tls-key ({details})"
+            )
+        return (
+            f"cannot reach the gateway{where}: is `agentgw serve` running? "
+            "(set --server or AGENTGW_SERVER; with TLS, --tls-ca)"
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        reason = f" ({details})" if details else ""
+        return f"the gateway does not know this token: check --token / AGENTGW_TOKEN{reason}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (
+            f"the gateway{where} did not answer in time: try again with a longer --timeout, "
+            "or see whether it is healthy (docs/operations.md)"
+        )
+    return None
 
 
 Command: TypeAlias = Callable[[argparse.Namespace], int]
@@ -69,7 +129,7 @@ def report_refusals(run: Command) -> Command:
         try:
             return run(args)
         except grpc.RpcError as e:
-            print(f"agentgw: {describe_refusal(e)}", file=sys.stderr)
+            print(f"agentgw: {describe_refusal(e, server_of(args))}", file=sys.stderr)
             return EXIT_FAILED
 
     return reporting
@@ -117,6 +177,36 @@ def add_client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--tls-server-name",
         default=os.environ.get("AGENTGW_TLS_SERVER_NAME", ""),
         help="check the gateway's certificate for this name instead of the address's host",
+    )
+    return p
+
+
+def server_of(args: argparse.Namespace | None) -> str | None:
+    """The --server of a command that has one."""
+    server: str | None = getattr(args, "server", None)
+    return server
+
+
+def add_output_options(
+    p: argparse.ArgumentParser, default: str = "table", formats: tuple[str, ...] = OUTPUT_FORMATS
+) -> argparse.ArgumentParser:
+    """-o/--output FORMAT and --json (JSON Lines: an object per record, a line each;
+    the same as `-o json` for a command that prints one record or a stream)."""
+    p.add_argument(
+        "-o",
+        "--output",
+        dest="format",
+        choices=formats,
+        default=default,
+        help=f"output format (default: {default}); json is one JSON document, "
+        "jsonl one JSON object per line",
+    )
+    p.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="jsonl",
+        help="JSON Lines: one JSON object per record (as -o jsonl)",
     )
     return p
 
@@ -214,3 +304,34 @@ def output(path: Path | None) -> TextIO:
 def print_result(document: dict[str, Any], as_json: bool, text: Callable[[], str]) -> None:
     """`document` as one line of JSON with --json, else the text."""
     print(json.dumps(document) if as_json else text())
+
+
+def is_json(args: argparse.Namespace) -> bool:
+    """Whether -o json, -o jsonl or --json was asked for."""
+    return getattr(args, "format", "table") in ("json", "jsonl")
+
+
+def print_records(documents: Iterable[Any], output_format: str) -> int:
+    """Records as JSON: one array (json) or one object a line (jsonl); the number
+    printed. Each line is flushed, so a reader sees records as they come."""
+    count = 0
+    if output_format == "json":
+        # Nothing is written before the first record is in hand: a call that fails
+        # leaves stdout empty, not an array half open.
+        for document in documents:
+            text = json.dumps(document, ensure_ascii=False)
+            sys.stdout.write(("," if count else "[") + "\n" + text)
+            count += 1
+        sys.stdout.write("\n]\n" if count else "[]\n")
+        sys.stdout.flush()
+        return count
+    for document in documents:
+        print(json.dumps(document, ensure_ascii=False), flush=True)
+        count += 1
+    return count
+
+
+def message_document(message: Any) -> dict[str, Any]:
+    """A protobuf message as a JSON object (proto field names; unset fields left out)."""
+    document: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return document

@@ -24,7 +24,10 @@ from clients.cli.common import (
     CliError,
     Commands,
     add_client_options,
+    add_output_options,
+    is_json,
     one_line,
+    print_records,
     quiet_stdout,
     report_refusals,
     stub_for,
@@ -64,7 +67,7 @@ def add_commands(sub: Commands) -> None:
     p.add_argument(
         "--follow", "-f", action="store_true", help="then print new records, until Ctrl-C"
     )
-    p.add_argument("--json", action="store_true", help="print JSON Lines")
+    add_output_options(p)
     p.set_defaults(run=run_logs)
 
 
@@ -111,7 +114,12 @@ def run_logs(args: argparse.Namespace) -> int:
     # A follow lasts until Ctrl-C or the gateway ends it: no deadline then.
     stream = stub.Query(request, metadata=md, timeout=None if args.follow else args.timeout)
     try:
-        print_records(stream, args.json)
+        if is_json(args):
+            # A follow never ends, so it is JSON Lines (as -o jsonl) whatever is asked.
+            fmt = "jsonl" if args.follow else args.format
+            print_records((record_document(msg) for msg in stream), fmt)
+        else:
+            print_table(stream)
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:
@@ -121,11 +129,7 @@ def run_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_records(records: Iterator[logs_pb2.LogRecord], as_json: bool) -> None:
-    if as_json:
-        for msg in records:
-            print(json.dumps(record_document(msg), ensure_ascii=False), flush=True)
-        return
+def print_table(records: Iterator[logs_pb2.LogRecord]) -> None:
     print(
         f"{'TIME':<24} {'LEVEL':<8} {'CATEGORY':<11} {'EVENT':<24} {'AGENT':<16} "
         f"{'SESSION':<12} MESSAGE",

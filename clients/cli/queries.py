@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from agentgw.v1 import audit_pb2
-from clients.cli.common import EXIT_OK, CliError, Commands, add_client_options, audit_stub
+from clients.cli.common import (
+    EXIT_OK,
+    CliError,
+    Commands,
+    add_client_options,
+    add_output_options,
+    audit_stub,
+    is_json,
+    print_records,
+)
 from clients.wire import entry_from_proto, report_from_proto
 from gateway.domain.audit.entry import AuditEntry
 from gateway.domain.audit.query import (
@@ -76,7 +85,7 @@ def add_commands(audit: Commands) -> None:
     query.add_argument("--session", default="", help="entries of this session")
     query.add_argument("--limit", type=int, default=0, help="at most N entries (0: all)")
     query.add_argument("--after-seq", type=int, default=0, help="only entries after this seq")
-    query.add_argument("--json", action="store_true", help="print export lines (JSON Lines)")
+    add_output_options(query)
     query.set_defaults(run=run_audit_query)
 
     report = add_client_options(
@@ -89,7 +98,7 @@ def add_commands(audit: Commands) -> None:
         default=0,
         help="list at most N security events and N failures, the most recent (default 100)",
     )
-    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_output_options(report)
     # A report reads every entry of its period; give it longer than a single lookup.
     report.set_defaults(run=run_audit_report, timeout=300.0)
 
@@ -164,16 +173,20 @@ def run_audit_query(args: argparse.Namespace) -> int:
         _set_period(request, since, until)
         entries = (entry_from_proto(msg) for msg in stub.Query(request, metadata=md))
     count = 0
-    for entry in entries:
-        if args.json:
+    if args.format == "jsonl":  # the export's own lines, byte for byte
+        for entry in entries:
             print(entry.to_json_line())
-        else:
+            count += 1
+    elif args.format == "json":
+        count = print_records((_entry_json(entry) for entry in entries), "json")
+    else:
+        for entry in entries:
             if count == 0:
                 print(_entry_header())
             print(_entry_row(entry))
-        count += 1
-    if count == 0 and not args.json:
-        print("no matching entries")
+            count += 1
+        if count == 0:
+            print("no matching entries")
     print(f"{count} entries", file=sys.stderr)
     return EXIT_OK
 
@@ -192,7 +205,7 @@ def run_audit_report(args: argparse.Namespace) -> int:
         request = audit_pb2.ReportRequest(max_entries=max_entries)
         _set_period(request, since, until)
         report = report_from_proto(stub.Report(request, metadata=md, timeout=args.timeout))
-    if args.json:
+    if is_json(args):
         print(json.dumps(report_document(report, flt), ensure_ascii=False))
     else:
         _print_report(report, flt)
