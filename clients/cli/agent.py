@@ -39,11 +39,6 @@ from clients.cli.common import (
     token,
 )
 
-_NO_AGENT = (
-    "no agent name: pass --agent or set AGENTGW_AGENT (the name of the principal "
-    "your token belongs to)"
-)
-
 
 def add_commands(sub: Commands) -> None:
     submit = add_client_options(sub.add_parser("submit", help="submit one action as an agent"))
@@ -51,7 +46,7 @@ def add_commands(sub: Commands) -> None:
     submit.add_argument(
         "--agent",
         default=os.environ.get("AGENTGW_AGENT"),
-        help="your agent name (env AGENTGW_AGENT)",
+        help="your agent name (env AGENTGW_AGENT; default: your token's principal)",
     )
     submit.add_argument("--session", default="cli", help="session id (default: cli)")
     submit.add_argument("--resource", default="")
@@ -77,7 +72,7 @@ def add_commands(sub: Commands) -> None:
     outcome.add_argument(
         "--agent",
         default=os.environ.get("AGENTGW_AGENT"),
-        help="your agent name (env AGENTGW_AGENT)",
+        help="your agent name (env AGENTGW_AGENT; default: your token's principal)",
     )
     result = outcome.add_mutually_exclusive_group(required=True)
     result.add_argument("--success", action="store_true", help="it succeeded")
@@ -154,10 +149,8 @@ def still_pending(hold_id: str, options: str = "") -> str:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    if not args.agent:
-        raise CliError(_NO_AGENT)
     params = parse_params(args.param, args.params_json)
-    with AgentClient(args.server, token(args), args.agent, tls=tls_of(args)) as agent:
+    with AgentClient(args.server, token(args), args.agent or "", tls=tls_of(args)) as agent:
         decision = agent.submit(
             args.action_type,
             session_id=args.session,
@@ -201,9 +194,7 @@ def run_holds_await(args: argparse.Namespace) -> int:
 
 
 def run_outcome(args: argparse.Namespace) -> int:
-    if not args.agent:
-        raise CliError(_NO_AGENT)
-    with AgentClient(args.server, token(args), args.agent, tls=tls_of(args)) as agent:
+    with AgentClient(args.server, token(args), args.agent or "", tls=tls_of(args)) as agent:
         seq = agent.report_outcome(
             args.action_id,
             success=args.success,

@@ -68,9 +68,10 @@ class GatewayService(Servicer):
         # Traced, the call's span carries the trace (the caller's traceparent, or a new
         # one); the Decision, logs and audit entry share its id.
         trace_id = current_trace_id() or trace_id_of(context.invocation_metadata())
-        decision = await self.pipeline.submit(
-            principal, convert.action_from_proto(request), trace_id
-        )
+        action = convert.action_from_proto(request)
+        if not action.agent_id:  # an agent acts as itself: its principal's name
+            action = replace(action, agent_id=principal.name)
+        decision = await self.pipeline.submit(principal, action, trace_id)
         return convert.decision_to_proto(decision)
 
     @rpc(Role.AGENT)
@@ -90,7 +91,10 @@ class GatewayService(Servicer):
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> gateway_pb2.ReportOutcomeResponse:
-        seq = await self.outcomes.report(principal, convert.outcome_from_proto(request))
+        outcome = convert.outcome_from_proto(request)
+        if not outcome.agent_id:  # as for Submit: the principal's own name
+            outcome = replace(outcome, agent_id=principal.name)
+        seq = await self.outcomes.report(principal, outcome)
         return gateway_pb2.ReportOutcomeResponse(audit_seq=seq)
 
     @rpc(Role.AGENT)

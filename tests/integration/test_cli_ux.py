@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agentgw.v1 import approvals_pb2
+from agentgw.v1 import approvals_pb2, audit_pb2
 from clients.cli.common import (
     EXIT_DENIED,
     EXIT_EXPIRED,
@@ -468,3 +468,22 @@ def test_zsh_and_fish_completion_complete_commands(shell: str, tmp_path: Path) -
     subcommands, options = (part.split() for part in offered.stdout.split("---"))
     assert {"list", "watch", "await", "approve", "reject"} <= set(subcommands)
     assert "--page-size" in options
+
+
+def test_the_agent_defaults_to_the_tokens_principal(gw: RunningGateway) -> None:
+    """No --agent: the gateway takes the caller's principal as the agent; naming
+    another agent is still refused (agents act only as themselves)."""
+    mine = run("submit", "search", who="agent-2", server=gw.target)
+    assert (mine.returncode, mine.stderr) == (EXIT_OK, ""), mine.stderr
+    decision = json.loads(mine.stdout)
+    entry = gw.audit.ReadEntries(
+        audit_pb2.ReadEntriesRequest(
+            start_seq=int(decision["audit_seq"]), end_seq=int(decision["audit_seq"])
+        ),
+        metadata=gw.md("auditor-1"),
+    )
+    assert [e.actor for e in entry] == ["agent-2"]
+    outcome = run("outcome", decision["action_id"], "--success", who="agent-2", server=gw.target)
+    assert outcome.returncode == EXIT_OK, outcome.stderr
+    other = run("submit", "search", "--agent", "agent-1", who="agent-2", server=gw.target)
+    assert other.returncode == EXIT_FAILED and "agent-2" in other.stderr
