@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import replace
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.domain.audit import inspection
 from gateway.domain.audit import verify as verify_module
 from gateway.domain.audit.canonical import canonical_json
 from gateway.domain.audit.checkpoint import Checkpoint, sign_checkpoint
@@ -22,6 +24,7 @@ from gateway.domain.audit.entry import (
     build_entry,
     leaf_hash,
 )
+from gateway.domain.audit.inspection import Inspected, inspect_strings, items_of, numbered_strings
 from gateway.domain.audit.keys import (
     KeySet,
     Signer,
@@ -29,8 +32,15 @@ from gateway.domain.audit.keys import (
     TrustedKey,
     next_signer_details,
 )
-from gateway.domain.audit.merkle import root_of
-from gateway.domain.audit.verify import FailureKind, VerifyFailure, VerifyReport, verify_export
+from gateway.domain.audit.merkle import CompactRange, root_of
+from gateway.domain.audit.proofs import export_lines
+from gateway.domain.audit.verify import (
+    CHUNK_SIZE,
+    FailureKind,
+    VerifyFailure,
+    VerifyReport,
+    verify_export,
+)
 
 SIGNER = Signer.from_seed(b"\x01" * 32)
 OTHER = Signer.from_seed(b"\x02" * 32)
@@ -736,6 +746,19 @@ def test_two_workers_give_the_same_trust_report_as_one(case: str) -> None:
     assert serial.ok == case.startswith("rotated"), serial.failure
 
 
+class _Impostor:
+    """Signs with OTHER's key and names SIGNER's key id."""
+
+    key_id = SIGNER.key_id
+    public_key_raw = OTHER.public_key_raw
+
+    def sign(self, data: bytes) -> bytes:
+        return OTHER.sign(data)
+
+
+IMPOSTOR: Any = _Impostor()
+
+
 @pytest.mark.parametrize(
     "guesses",
     [{}, {SIGNER.key_id: OTHER.public_key_raw, OTHER.key_id: FORGER.public_key_raw}],
@@ -744,10 +767,25 @@ def test_two_workers_give_the_same_trust_report_as_one(case: str) -> None:
 def test_the_walk_does_not_take_the_inspection_s_word_for_a_key(guesses: dict[str, bytes]) -> None:
     # Workers check signatures against the keys the lines before name; whatever they
     # guessed, the walk re-checks each line against the key it trusts for it.
-    for lines, keys in [(ROTATED_LINES, KEYS), (TRUST_CASES["untrusted_key"][0], SAVED_AFTER)]:
-        trust = verify_module._Trust.start(keys, None)
-        inspected = verify_module._inspect_lines(enumerate(lines, start=1), dict(guesses))
-        assert verify_module._walk(inspected, trust, None) == verify_export(lines, keys)
+    impostor = lines_of(chain(signer_for=lambda seq, key: IMPOSTOR))
+    assert verify_export(impostor, KEYS).failure == VerifyFailure(
+        FailureKind.BAD_SIGNATURE,
+        1,
+        1,
+        f"seq 1: signature does not verify under key {SIGNER.key_id} (bad_signature)",
+    )
+    for lines, keys, anchor in [
+        (ROTATED_LINES, KEYS, None),
+        (TRUST_CASES["untrusted_key"][0], SAVED_AFTER, None),
+        # The guess for SIGNER's key id is the key that signed them; without a key set
+        # nothing but the key's own check stops them.
+        (impostor, KEYS, None),
+        (impostor, None, ANCHOR),
+    ]:
+        trust = verify_module._Trust.start(keys, anchor)
+        inspected = inspect_strings(enumerate(lines, start=1), dict(guesses))
+        expected = verify_export(lines, keys, anchor=anchor)
+        assert verify_module._walk(inspected, trust, None) == expected
 
 
 def test_the_pool_knows_the_rotated_key_so_the_walk_checks_no_signature_again(
@@ -856,3 +894,225 @@ def test_every_failure_kind_is_documented_in_the_spec() -> None:
     spec = (Path(__file__).resolve().parents[2] / "docs" / "audit-format.md").read_text("utf-8")
     section = spec.split("## 8. Verification", 1)[1].split("## Test vectors", 1)[0]
     assert [kind for kind in FailureKind if f"`{kind}`" not in section] == []
+
+
+# --- an export file: workers read their own byte ranges -----------------------------------
+
+
+def write_export(tmp_path: Path, lines: list[str] | bytes) -> Path:
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(lines if isinstance(lines, bytes) else "".join(lines).encode())
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(("workers", "chunk_size"), [(1, CHUNK_SIZE), (2, 1), (2, 3), (2, 7)])
+def test_a_file_gives_the_report_its_lines_give(
+    tmp_path: Path, case: str, workers: int, chunk_size: int
+) -> None:
+    lines, checkpoint = CASES[case]
+    path = write_export(tmp_path, lines)
+    expected = verify_export(lines, KEYS, checkpoint=checkpoint)
+    assert (
+        verify_export(
+            path, KEYS, checkpoint, workers=workers, chunk_size=chunk_size, start_method="fork"
+        )
+        == expected
+    )
+
+
+@pytest.mark.parametrize("case", sorted(TRUST_CASES))
+def test_a_file_gives_the_trust_report_its_lines_give(tmp_path: Path, case: str) -> None:
+    lines, keys, anchor, checkpoint = TRUST_CASES[case]
+    path = write_export(tmp_path, lines)
+    expected = verify_export(lines, keys, checkpoint=checkpoint, anchor=anchor)
+    for workers, chunk_size in [(1, CHUNK_SIZE), (2, 2), (2, 5)]:
+        report = verify_export(
+            path,
+            keys,
+            checkpoint,
+            workers=workers,
+            chunk_size=chunk_size,
+            start_method="fork",
+            anchor=anchor,
+        )
+        assert report == expected, (workers, chunk_size)
+
+
+def exported(path: Path) -> list[str]:
+    """The lines of a file as `agentgw audit verify` has always read them."""
+    return list(export_lines(path))
+
+
+ODD_FILES = {
+    "empty": b"",
+    "one LF": b"\n",
+    "no final LF": EXPORT[:-1],
+    "blank line inside": EXPORT.replace(b"\n", b"\n\n", 1),
+    "blank lines at the end": EXPORT + b"\n\n",
+    "CR LF": EXPORT.replace(b"\n", b"\r\n"),
+    "a BOM": b"\xef\xbb\xbf" + EXPORT,
+    "bad UTF-8": EXPORT.replace(b"caf\xc3\xa9", b"caf\xe9", 1),
+    "a NUL": EXPORT.replace(b'"note"', b'"no\x00te"', 1),
+    "a split line": EXPORT.replace(b'"nested"', b'"nes\nted"', 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_FILES))
+def test_odd_files_give_the_report_export_lines_give(tmp_path: Path, name: str) -> None:
+    path = write_export(tmp_path, ODD_FILES[name])
+    expected = verify_export(exported(path), KEYS)
+    for workers, chunk_size in [(1, CHUNK_SIZE), (2, 1), (2, 4)]:
+        report = verify_export(
+            path, KEYS, workers=workers, chunk_size=chunk_size, start_method="fork"
+        )
+        assert report == expected, (workers, chunk_size)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(EXPORT)), st.binary(max_size=3), st.integers(0, 3), st.integers(1, 5))
+def test_any_edit_of_a_file_gives_the_report_export_lines_give(
+    tmp_path_factory: pytest.TempPathFactory, at: int, insert: bytes, cut: int, chunk_size: int
+) -> None:
+    edited = EXPORT[:at] + insert + EXPORT[at + cut :]
+    path = write_export(tmp_path_factory.mktemp("edit"), edited)
+    expected = verify_export(exported(path), KEYS, checkpoint=note())
+    serial = verify_export(path, KEYS, checkpoint=note())
+    parallel = verify_export(
+        path, KEYS, note(), workers=2, chunk_size=chunk_size, start_method="fork"
+    )
+    assert serial == expected
+    assert parallel == expected
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tampered_rotations(), st.integers(1, 4))
+def test_a_file_agrees_on_every_trust_failure(
+    tmp_path_factory: pytest.TempPathFactory,
+    case: tuple[list[str], KeySet | None, Any, str | None],
+    chunk_size: int,
+) -> None:
+    lines, keys, anchor, checkpoint = case
+    path = write_export(tmp_path_factory.mktemp("trust"), lines)
+    expected = verify_export(lines, keys, checkpoint, anchor=anchor)
+    for workers in (1, 2):
+        report = verify_export(
+            path,
+            keys,
+            checkpoint,
+            anchor=anchor,
+            workers=workers,
+            chunk_size=chunk_size,
+            start_method="fork",
+        )
+        assert report == expected
+
+
+# --- runs: sound lines travel packed -------------------------------------------------------
+
+
+def one_by_one(lines: list[str], candidates: dict[str, bytes]) -> list[Inspected]:
+    """Every check of each line on its own, learning keys as the inspection does."""
+    items = []
+    for number, data in numbered_strings(enumerate(lines, start=1)):
+        item = inspection._inspect_line(number, data, None, candidates, "surrogatepass")
+        if item.rotation is not None:
+            inspection._learn(candidates, item.rotation[1])
+        items.append(item)
+    return items
+
+
+def with_a_bad_signature(index: int) -> list[str]:
+    signature = ENTRIES[index].signature
+    flipped = signature[:-1] + ("1" if signature[-1] == "0" else "0")
+    return [*LINES[:index], LINES[index].replace(signature, flipped), *LINES[index + 1 :]]
+
+
+RUN_CASES = {
+    "plain": LINES,
+    "rotated": ROTATED_LINES,
+    "a bad signature": with_a_bad_signature(5),
+    "edited and inserted": [
+        *LINES[:4],
+        LINES[14],
+        *LINES[4:10],
+        LINES[11].replace('"deny"', '"allow"'),
+        *LINES[12:],
+    ],
+    "forged": TRUST_CASES["untrusted_key"][0],
+    "a wrong seq, linked": [
+        *LINES[:6],
+        resign(ENTRIES[6], seq=9).to_json_line() + "\n",
+        *LINES[7:],
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_CASES))
+@pytest.mark.parametrize("run_limit", [1, 3, inspection.RUN_LIMIT])
+def test_runs_unpack_to_the_lines_they_stand_for(case: str, run_limit: int) -> None:
+    lines = RUN_CASES[case]
+    known = {key.key_id: key.public_key_raw for key in KEYS.keys}
+    pieces = list(
+        inspection.inspect_lines(
+            numbered_strings(enumerate(lines, start=1)), dict(known), run_limit=run_limit
+        )
+    )
+    assert any(isinstance(piece, inspection.Run) for piece in pieces)
+    assert all(piece.size <= run_limit for piece in pieces if isinstance(piece, inspection.Run))
+    assert list(items_of(pieces)) == one_by_one(lines, dict(known))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 70), st.lists(st.integers(0, 40), max_size=5))
+def test_extending_a_compact_range_by_a_run_is_appending_each_leaf(
+    start: int, runs: list[int]
+) -> None:
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(start + sum(runs))]
+    one_by_one_range = CompactRange()
+    for leaf in leaves:
+        one_by_one_range.append(leaf)
+    extended = CompactRange()
+    for leaf in leaves[:start]:
+        extended.append(leaf)
+    offset = start
+    for size in runs:
+        extended = verify_module._extended(extended, b"".join(leaves[offset : offset + size]))
+        offset += size
+    assert extended.size == one_by_one_range.size
+    assert extended.to_hex_list() == one_by_one_range.to_hex_list()
+    assert extended.root() == root_of(leaves)
+
+
+def test_the_pool_over_a_file_knows_the_rotated_key_so_the_walk_checks_no_signature_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    real = verify_module.signature_verifies
+
+    def counting(signature: str, entry_hash: str, public: bytes) -> bool:
+        checked.append(entry_hash)  # counts in this process only, not in the workers
+        return real(signature, entry_hash, public)
+
+    monkeypatch.setattr(verify_module, "signature_verifies", counting)
+    path = write_export(tmp_path, ROTATED_LINES)
+    report = verify_export(path, KEYS, workers=2, chunk_size=3, start_method="fork")
+    assert report.ok and checked == []
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_byte_ranges_cover_the_file_in_whole_lines_and_shrink_at_the_end(
+    tmp_path: Path, workers: int
+) -> None:
+    data = EXPORT * 30 + b"no final LF"
+    path = write_export(tmp_path, data)
+    ranges = list(inspection._line_ranges(path, 120, workers))
+    assert [start for start, _, _, _ in ranges] == [0, *(end for _, end, _, _ in ranges[:-1])]
+    assert ranges[-1][1] == len(data)
+    for start, end, lines, marked in ranges:
+        chunk = data[start:end]
+        assert chunk.endswith(b"\n") or end == len(data)
+        assert lines == chunk.count(b"\n") + (not chunk.endswith(b"\n")) <= 120
+        assert marked == []
+    assert sum(lines for _, _, lines, _ in ranges) == len(exported(path))
+    assert ranges[-2][2] < 120  # the last ranges are smaller, to keep every worker busy

@@ -3,8 +3,10 @@
 Owns turning a JSON value (None, bool, int, float, str, list/tuple, Mapping with str
 keys) into its canonical UTF-8 bytes. Written here rather than taken from a library
 because every hash and signature in the audit chain depends on these exact bytes and
-an auditor must be able to re-implement them from `docs/audit-format.md`. It does not
-parse JSON and knows nothing about audit entries.
+an auditor must be able to re-implement them from `docs/audit-format.md`. The fast
+path of `canonical_json` (the stdlib's C encoder) gives the same bytes or declines.
+It parses JSON only to prove a text canonical (`compiled_object`, with msgspec and
+orjson, for the verifier) and knows nothing about audit entries.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from gateway.domain.audit.errors import FormatError
+
+try:
+    import msgspec
+    import orjson
+except ImportError:  # optional: without them compiled_object judges no text
+    COMPILED = False
+else:
+    COMPILED = True
 
 # ECMAScript numbers are IEEE doubles. Every integer up to 2**53 is one; a larger
 # integer is accepted only if it is exactly a double, since any other verifier would
@@ -116,6 +126,71 @@ def _prepare(value: object, depth: int) -> object:
     if kind is list or kind is tuple:
         return [_prepare(item, depth + 1) for item in value]  # type: ignore[attr-defined]
     raise _NotFast
+
+
+def is_canonical_float(value: float, text: str) -> bool:
+    """Is `text` the RFC 8785 spelling of the finite double `value` it denotes?"""
+    # repr's digits are the RFC's; without an exponent and not integral, so is its layout.
+    if "e" not in text and repr(value) == text and not value.is_integer():
+        return True
+    return math.isfinite(value) and format_number(value) == text
+
+
+class _NotCanonical(Exception):
+    """A number is not written as RFC 8785 writes it (raised inside the decoder)."""
+
+
+def _float_as_written(text: str) -> float:
+    value = float(text)
+    if is_canonical_float(value, text):
+        return value
+    raise _NotCanonical
+
+
+# UTF-8 lead bytes of the characters beyond U+FFFF, and of U+E000..U+FFFF.
+_BEYOND_BMP_LEADS: Final = (0xF0, 0xF1, 0xF2, 0xF3, 0xF4)
+_TOP_OF_BMP_LEADS: Final = (0xEE, 0xEF)
+if COMPILED:
+    # Every number with a fraction or an exponent goes through the hook.
+    _DECODER: Final = msgspec.json.Decoder(float_hook=_float_as_written)
+    _ENCODER_OPTIONS: Final = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+
+
+def compiled_object(data: bytes) -> dict[str, Any] | None:
+    """The JSON object `data` encodes if `data` is exactly its RFC 8785 form, else None.
+
+    None also means "not judged": a text this leaves to the reference encoder. The
+    work is done by compiled code. msgspec decodes, handing every number with a
+    fraction or an exponent to a hook that refuses it unless it is written as RFC 8785
+    writes its value (is_canonical_float). orjson encodes the object again with sorted
+    keys and no whitespace, refusing integers beyond +-(2**53 - 1) and nesting 255
+    deep (less than MAX_DEPTH), and that must be `data` byte for byte: its string
+    escapes are the RFC's (a test checks every code point), its integers are their
+    digits, its other numbers the tokens the hook accepted. The one rule left is the
+    key order: orjson sorts by code point, RFC 8785 by UTF-16 code unit, and the two
+    differ only between a character beyond U+FFFF and one from U+E000 to U+FFFF, so a
+    text that has both is not judged. What msgspec reads and orjson writes back
+    unchanged is what json.loads reads: a canonical text has one spelling of each
+    value. Property tests hold this against the reference encoder.
+    """
+    if not COMPILED:
+        return None
+    try:
+        value = _DECODER.decode(data)
+        if type(value) is not dict or orjson.dumps(value, option=_ENCODER_OPTIONS) != data:
+            return None
+    except (msgspec.DecodeError, _NotCanonical, orjson.JSONEncodeError):
+        return None
+    if not data.isascii() and _may_sort_otherwise(data):
+        return None
+    return value
+
+
+def _may_sort_otherwise(data: bytes) -> bool:
+    for lead in _TOP_OF_BMP_LEADS:
+        if lead in data:  # an int: memchr, without the TypeError `bytes in bytes` raises
+            return any(beyond in data for beyond in _BEYOND_BMP_LEADS)
+    return False
 
 
 def format_number(value: float) -> str:

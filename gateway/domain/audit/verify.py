@@ -1,82 +1,53 @@
-"""Streaming offline verification of an audit export from a trust anchor.
+"""Streaming offline verification of an export from a trust anchor.
 
-Owns the verification algorithm of `docs/audit-format.md`: per-line checks (format,
-entry hash, key, signature), the chain and seq checks with the rules that name the
-first bad entry's failure kind, the key history the chain carries (the anchor signs
-seq 1, each `key_rotated` entry introduces the next key) checked against what a key
-set file claims, and the comparison with a signed checkpoint. Memory is constant: the
-previous entry's seq and hash, a Merkle compact range and the log's few keys. With
-`workers > 1` the signature checks run in a process pool over bounded chunks, against
-the keys the lines before them name; the walk re-checks any line whose key turns out
-to be another, so the result never depends on `workers`. It reads only the lines it
-is given; opening files and printing belong to the CLI.
+Owns the verification algorithm of `docs/audit-format.md`: the chain and seq checks
+with the rules that name the first bad entry's failure kind, the key history the chain
+carries (the anchor signs seq 1, each `key_rotated` entry introduces the next key)
+checked against what a key set file claims, and the comparison with a signed
+checkpoint. The checks of each line on its own (format, entry hash, key, signature)
+are `inspection.py`'s: in line, or with `workers > 1` in a process pool over bounded
+chunks, against the keys the lines before them name; the walk re-checks any line whose
+key turns out to be another, so the result never depends on `workers`. Memory is
+constant: the previous entry's seq and hash, a Merkle compact range, the log's few
+keys and a bounded number of lines in flight. It reads the lines it is given, or the
+export file it is given; printing belongs to the CLI.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import math
 import multiprocessing
-from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
-from itertools import chain, islice
-from multiprocessing.context import BaseContext
-from typing import Final, NamedTuple
+from itertools import chain
+from os import PathLike
+from typing import Final
 
 from gateway.domain.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
-from gateway.domain.audit.entry import (
-    GENESIS_HASH,
-    EntryFormatError,
-    SignedLine,
-    entry_hash_of,
-    read_export_object,
-    read_signed_line,
-    signature_verifies,
+from gateway.domain.audit.entry import GENESIS_HASH, signature_verifies
+from gateway.domain.audit.failures import FailureKind as FailureKind
+from gateway.domain.audit.inspection import (
+    Inspected,
+    Piece,
+    Run,
+    inspect_file,
+    inspect_in_pool,
+    inspect_strings,
+    items_of,
 )
 from gateway.domain.audit.keys import (
-    ROTATION_EVENT,
     KeyHistoryError,
     KeySet,
     NextSigner,
     RotationError,
     TrustAnchor,
-    decode_public_key,
-    key_id_for,
     read_next_signer,
 )
-from gateway.domain.audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash_of
+from gateway.domain.audit.merkle import EMPTY_ROOT, CompactRange, node_hash
 from gateway.domain.audit.note import NoteError, NoteVerifier, check_note_signatures
 
 CHUNK_SIZE: Final = 2000
-# Every canonical key_rotated line contains this; a line that merely contains it (a
-# nested key) is parsed and told apart.
-_ROTATION_MARK: Final = f'"event_type":"{ROTATION_EVENT}"'
-
-
-class FailureKind(enum.StrEnum):
-    """Why verification stopped; the rules are in docs/audit-format.md."""
-
-    MALFORMED = "malformed"
-    EDITED = "edited"
-    UNKNOWN_KEY = "unknown_key"
-    BAD_SIGNATURE = "bad_signature"
-    UNTRUSTED_KEY = "untrusted_key"
-    KEY_OUT_OF_RANGE = "key_out_of_range"
-    BAD_ROTATION = "bad_rotation"
-    KEY_HISTORY_MISMATCH = "key_history_mismatch"
-    BROKEN_LINK = "broken_link"
-    DELETED = "deleted"
-    DUPLICATE_SEQ = "duplicate_seq"
-    REORDERED = "reordered"
-    INSERTED = "inserted"
-    TRUNCATED = "truncated"
-    CHECKPOINT_SIGNATURE = "checkpoint_signature"
-    ROOT_MISMATCH = "root_mismatch"
-    HEAD_MISMATCH = "head_mismatch"
 
 
 @dataclass(frozen=True)
@@ -103,30 +74,8 @@ class VerifyReport:
         return self.failure is None
 
 
-class _Inspected(NamedTuple):
-    """What the chain walk needs from one line, after the checks that need no context.
-
-    A tuple rather than a dataclass: one is built per line, and pickled in the pool.
-    The signature was checked against `checked_with`, the public key the lines before
-    this one name for `key_id` (b"" if none did); the walk uses that answer only if it
-    trusts that very key for `key_id`, and checks the signature itself otherwise.
-    """
-
-    line_number: int
-    seq: int | None
-    prev_hash: str
-    entry_hash: str
-    leaf_hash: bytes
-    problem: tuple[FailureKind, str] | None  # malformed or edited: the line alone is bad
-    key_id: str = ""
-    signature: str = ""
-    checked_with: bytes = b""
-    signature_ok: bool = False
-    rotation: tuple[str, object] | None = None  # a key_rotated entry's resource, next_signer
-
-
 def verify_export(
-    lines: Iterable[str],
+    lines: Iterable[str] | PathLike[str],
     keys: KeySet | None,
     checkpoint: Checkpoint | str | None = None,
     workers: int = 1,
@@ -135,7 +84,12 @@ def verify_export(
     *,
     anchor: TrustAnchor | str | None = None,
 ) -> VerifyReport:
-    """Verify an export (JSON Lines, with or without newlines) and stop at the first failure.
+    """Verify an export and stop at the first failure.
+
+    `lines` are its lines (JSON Lines, with or without newlines), or the path of an
+    export file, read as `proofs.export_lines` reads it (only LF ends a line; bytes
+    that are no UTF-8 make their line malformed): the same report either way, but from
+    a file the pool's workers read their own byte ranges of it.
 
     Trust starts from `anchor`, the key that must sign seq 1: a TrustAnchor, or the key
     id of one of `keys` (pinned), or None for the key of `keys` with first_seq 1. Every
@@ -150,7 +104,7 @@ def verify_export(
     with `start_method`: spawn by default, as the caller may hold threads (gRPC, logging)
     that fork would copy mid-lock; a caller that knows it has no other thread may pass
     "fork", which starts in milliseconds instead of re-importing the caller's modules
-    in every worker.
+    in every worker. Each worker gets `chunk_size` lines at a time.
     """
     try:
         trust = _Trust.start(keys, anchor)
@@ -163,14 +117,15 @@ def verify_export(
         except CheckpointError as exc:
             return _failed_before_scan(FailureKind.CHECKPOINT_SIGNATURE, f"checkpoint: {exc}")
     candidates = dict(trust.known)
-    numbered = enumerate(lines, start=1)
+    source = lines if isinstance(lines, PathLike) else enumerate(lines, start=1)
+    inspected: Generator[Piece]
     if workers > 1:
         context = multiprocessing.get_context(start_method)
-        inspected: Generator[_Inspected] = _inspect_in_pool(
-            numbered, candidates, workers, chunk_size, context
-        )
+        inspected = inspect_in_pool(source, candidates, workers, chunk_size, context)
+    elif isinstance(source, PathLike):
+        inspected = inspect_file(source, candidates)
     else:
-        inspected = _inspect_lines(numbered, candidates)
+        inspected = inspect_strings(source, candidates)
     with closing(inspected):
         return _walk(inspected, trust, pending)
 
@@ -180,145 +135,9 @@ def _failed_before_scan(kind: FailureKind, message: str) -> VerifyReport:
     return VerifyReport(0, EMPTY_ROOT.hex(), GENESIS_HASH, failure)
 
 
-# --- the checks of one line (in the pool's workers, or in line) ------------------------
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _inspect_line(line_number: int, line: str, candidates: Mapping[str, bytes]) -> _Inspected:
-    """Checks that depend on this line alone (and the key the lines before name)."""
-    text = line[:-1] if line.endswith("\n") else line
-    read = read_signed_line(text)
-    if read is None:
-        slow = _read_line(line_number, text)
-        if isinstance(slow, _Inspected):
-            return slow
-        read = slow
-    seq = read.seq
-    if entry_hash_of(read.canonical) != read.entry_hash:
-        return _problem(
-            line_number, seq, FailureKind.EDITED, "entry_hash does not match its contents"
-        )
-    public = candidates.get(read.key_id, b"")
-    verified = bool(public) and signature_verifies(read.signature, read.entry_hash, public)
-    return _Inspected(
-        line_number,
-        seq,
-        read.prev_hash,
-        read.entry_hash,
-        leaf_hash_of(read.canonical),
-        None,
-        read.key_id,
-        read.signature,
-        public,
-        verified,
-        _rotation_claim(text) if _ROTATION_MARK in text else None,
-    )
-
-
-def _read_line(line_number: int, text: str) -> SignedLine | _Inspected:
-    """The exact reading of a line read_signed_line did not judge: its fields, or why not."""
-    seq: int | None = None
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        return _problem(line_number, seq, FailureKind.MALFORMED, f"not a JSON value: {exc}")
-    if isinstance(obj, dict):
-        candidate = obj.get("seq")
-        if isinstance(candidate, int) and not isinstance(candidate, bool) and candidate >= 1:
-            seq = candidate
-    try:
-        entry, canonical = read_export_object(obj, text)
-    except EntryFormatError as exc:
-        # "$" is the whole line; any other key is named in the message.
-        why = exc.why if exc.key == "$" else str(exc)
-        return _problem(line_number, seq, FailureKind.MALFORMED, why)
-    return SignedLine(
-        entry.seq, entry.prev_hash, entry.key_id, entry.entry_hash, entry.signature, canonical
-    )
-
-
 def _message(line_number: int, seq: int | None, kind: FailureKind, why: str) -> str:
     where = f"line {line_number}" if seq is None else f"seq {seq}"
     return f"{where}: {why} ({kind})"
-
-
-def _problem(line_number: int, seq: int | None, kind: FailureKind, why: str) -> _Inspected:
-    return _Inspected(line_number, seq, "", "", b"", (kind, _message(line_number, seq, kind, why)))
-
-
-def _rotation_claim(text: str) -> tuple[str, object] | None:
-    """(resource, details.next_signer) of a sound line whose event_type is key_rotated."""
-    obj = json.loads(text)
-    if obj["event_type"] != ROTATION_EVENT:
-        return None
-    return obj["resource"], obj["details"].get("next_signer")
-
-
-def _claimed_next_signer(line: str) -> object:
-    """details.next_signer of a line that says it is a key_rotated entry, unchecked."""
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(obj, dict) or obj.get("event_type") != ROTATION_EVENT:
-        return None
-    details = obj.get("details")
-    return details.get("next_signer") if isinstance(details, dict) else None
-
-
-def _learn(candidates: dict[str, bytes], next_signer: object) -> None:
-    """Remember the key a rotation line names, for checking the lines after it.
-
-    Only a guess at the key for a key id: the walk decides whether the rotation counts.
-    """
-    public = next_signer.get("public") if isinstance(next_signer, dict) else None
-    raw = decode_public_key(public) if isinstance(public, str) else None
-    if raw is not None:
-        candidates.setdefault(key_id_for(raw), raw)
-
-
-def _inspect_lines(
-    numbered: Iterable[tuple[int, str]], candidates: dict[str, bytes]
-) -> Generator[_Inspected]:
-    for number, line in numbered:
-        item = _inspect_line(number, line, candidates)
-        if item.rotation is not None:
-            _learn(candidates, item.rotation[1])
-        yield item
-
-
-def _inspect_chunk(chunk: list[tuple[int, str]], candidates: dict[str, bytes]) -> list[_Inspected]:
-    return list(_inspect_lines(chunk, candidates))
-
-
-def _inspect_in_pool(
-    numbered: Iterator[tuple[int, str]],
-    candidates: dict[str, bytes],
-    workers: int,
-    chunk_size: int,
-    context: BaseContext,
-) -> Generator[_Inspected]:
-    # Two chunks per worker in flight keep the pool busy and memory bounded.
-    pool = ProcessPoolExecutor(workers, mp_context=context)
-    pending: deque[Future[list[_Inspected]]] = deque()
-    try:
-        while True:
-            chunk = list(islice(numbered, chunk_size))
-            if chunk:
-                # A copy: the pool pickles its arguments later, in another thread.
-                pending.append(pool.submit(_inspect_chunk, chunk, dict(candidates)))
-                for _, line in chunk:
-                    if _ROTATION_MARK in line:
-                        _learn(candidates, _claimed_next_signer(line))
-            if pending and (not chunk or len(pending) >= 2 * workers):
-                yield from pending.popleft().result()
-            elif not chunk:
-                return
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- the keys the chain trusts -----------------------------------------------------------
@@ -368,7 +187,7 @@ class _Trust:
             )
         return cls(chosen, keys, keys.origin)
 
-    def line_problem(self, item: _Inspected) -> tuple[FailureKind, str] | None:
+    def line_problem(self, item: Inspected) -> tuple[FailureKind, str] | None:
         """unknown_key or bad_signature for a line that passed its own checks."""
         public = self.known.get(item.key_id)
         if public is None:
@@ -390,10 +209,10 @@ class _Trust:
             )
         return None
 
-    def sound(self, item: _Inspected) -> bool:
+    def sound(self, item: Inspected) -> bool:
         return item.problem is None and self.line_problem(item) is None
 
-    def accept(self, item: _Inspected, seq: int) -> tuple[FailureKind, str] | None:
+    def accept(self, item: Inspected, seq: int) -> tuple[FailureKind, str] | None:
         """Step 3, for a sound entry that continues the chain at `seq`; on success the
         chain moves to the next key if it is a rotation."""
         current = self.current
@@ -423,7 +242,7 @@ class _Trust:
             return self._rotate(item, seq, next_signer)
         return None
 
-    def _wrong_key(self, item: _Inspected, seq: int) -> tuple[FailureKind, str]:
+    def _wrong_key(self, item: Inspected, seq: int) -> tuple[FailureKind, str]:
         current = self.current
         retired = self.retired.get(item.key_id)
         if retired is not None:
@@ -444,7 +263,7 @@ class _Trust:
         return _failure_text(item, FailureKind.UNTRUSTED_KEY, why)
 
     def _rotate(
-        self, item: _Inspected, seq: int, next_signer: NextSigner
+        self, item: Inspected, seq: int, next_signer: NextSigner
     ) -> tuple[FailureKind, str] | None:
         listed = None if self.key_set is None else self.key_set.find(next_signer.key_id)
         if listed is not None and listed.public_key_raw != next_signer.public_key_raw:
@@ -475,7 +294,7 @@ class _Trust:
             return False
 
 
-def _failure_text(item: _Inspected, kind: FailureKind, why: str) -> tuple[FailureKind, str]:
+def _failure_text(item: Inspected, kind: FailureKind, why: str) -> tuple[FailureKind, str]:
     return kind, _message(item.line_number, item.seq, kind, why)
 
 
@@ -559,47 +378,141 @@ class _PendingCheckpoint:
 
 
 def _walk(
-    inspected: Iterator[_Inspected], trust: _Trust, pending: _PendingCheckpoint | None
+    pieces: Iterable[Piece], trust: _Trust, pending: _PendingCheckpoint | None
 ) -> VerifyReport:
-    compact = CompactRange()
-    last_seq, last_hash = 0, GENESIS_HASH
-    checkpoint = None if pending is None else pending.checkpoint
-    size = -1 if checkpoint is None else checkpoint.size
-
-    def report(failure: VerifyFailure | None = None) -> VerifyReport:
-        return VerifyReport(compact.size, compact.root().hex(), last_hash, failure)
-
-    if pending is not None and size == 0:
-        failure = _compare_checkpoint(pending, trust, compact, last_hash, None)
+    """Steps 2 to 5 over the inspected lines, a run of sound lines at a time where it can."""
+    walk = _Walk(trust, pending)
+    if pending is not None and walk.size == 0:
+        failure = _compare_checkpoint(pending, trust, walk.compact, walk.last_hash, None)
         if failure is not None:
-            return report(failure)
-    for item in inspected:
-        problem = item.problem or trust.line_problem(item)
-        if problem is not None:
-            kind, message = problem
-            return report(VerifyFailure(kind, item.seq, item.line_number, message))
-        if item.seq != last_seq + 1 or item.prev_hash != last_hash:
-            return report(_classify(item, inspected, last_seq, last_hash, trust))
-        problem = trust.accept(item, last_seq + 1)
-        if problem is not None:
-            kind, message = problem
-            return report(VerifyFailure(kind, item.seq, item.line_number, message))
-        compact.append(item.leaf_hash)
-        last_seq, last_hash = last_seq + 1, item.entry_hash
-        if last_seq == size:
-            assert pending is not None
-            failure = _compare_checkpoint(pending, trust, compact, last_hash, item.line_number)
+            return walk.report(failure)
+    pieces = iter(pieces)
+    for piece in pieces:
+        if not isinstance(piece, Run):
+            failure = walk.step(piece, items_of(pieces))
             if failure is not None:
-                return report(failure)
+                return walk.report(failure)
+            continue
+        index = 0
+        while index < piece.size:
+            accepted = walk.accept_run(piece, index)
+            if accepted:
+                index += accepted
+                failure = walk.at_checkpoint(piece.first_line + index - 1)
+            else:
+                rest = chain(piece.items(index + 1), items_of(pieces))
+                failure = walk.step(piece.item(index), rest)
+                index += 1
+            if failure is not None:
+                return walk.report(failure)
+    last_seq = walk.last_seq
     why = trust.end_problem(last_seq + 1)
     if why is not None:
         kind = FailureKind.KEY_HISTORY_MISMATCH
-        return report(
+        return walk.report(
             VerifyFailure(kind, last_seq + 1, None, f"seq {last_seq + 1}: {why} ({kind})")
         )
-    if pending is not None and last_seq < size:
-        return report(_truncated(pending, trust, last_seq))
-    return report()
+    if pending is not None and last_seq < walk.size:
+        return walk.report(_truncated(pending, trust, last_seq))
+    return walk.report()
+
+
+class _Walk:
+    """The chain verified so far: its Merkle frontier, last seq and hash."""
+
+    def __init__(self, trust: _Trust, pending: _PendingCheckpoint | None) -> None:
+        self.trust = trust
+        self.pending = pending
+        self.size = -1 if pending is None else pending.checkpoint.size
+        self.compact = CompactRange()
+        self.last_seq, self.last_hash = 0, GENESIS_HASH
+
+    def report(self, failure: VerifyFailure | None = None) -> VerifyReport:
+        compact = self.compact
+        return VerifyReport(compact.size, compact.root().hex(), self.last_hash, failure)
+
+    def step(self, item: Inspected, rest: Iterator[Inspected]) -> VerifyFailure | None:
+        """Steps 1 to 4 for one line; `rest` is the lines after it, for classifying."""
+        trust = self.trust
+        if item.problem is not None:
+            kind, why = item.problem
+            message = _message(item.line_number, item.seq, kind, why)
+            return VerifyFailure(kind, item.seq, item.line_number, message)
+        problem = trust.line_problem(item)
+        if problem is not None:
+            kind, message = problem
+            return VerifyFailure(kind, item.seq, item.line_number, message)
+        if item.seq != self.last_seq + 1 or item.prev_hash != self.last_hash:
+            return _classify(item, rest, self.last_seq, self.last_hash, trust)
+        problem = trust.accept(item, self.last_seq + 1)
+        if problem is not None:
+            kind, message = problem
+            return VerifyFailure(kind, item.seq, item.line_number, message)
+        self.compact.append(item.leaf_hash)
+        self.last_seq, self.last_hash = self.last_seq + 1, item.entry_hash
+        return self.at_checkpoint(item.line_number)
+
+    def accept_run(self, run: Run, index: int) -> int:
+        """Accept the lines of `run` from `index` on that `step` would accept without a
+        question it could answer otherwise: how many (0: step the line at `index`).
+
+        They continue the chain, are signed by the current key, checked against the
+        very key the chain trusts for it, lie within the key set's range for it, and go
+        no further than the checkpoint's size.
+        """
+        trust = self.trust
+        seq = run.first_seq + index
+        if seq != self.last_seq + 1 or run.prev_hash_of(index) != self.last_hash:
+            return 0
+        if run.key_id != trust.current.key_id or trust.known.get(run.key_id) != run.checked_with:
+            return 0
+        accepted = run.size - index
+        claims = trust.claims
+        if claims is not None:
+            if claims.key_id != run.key_id or claims.end < seq:
+                return 0
+            accepted = int(min(accepted, claims.end - seq + 1))
+        if self.size >= seq:
+            accepted = min(accepted, self.size - seq + 1)
+        self.compact = _extended(
+            self.compact, run.leaf_hashes[32 * index : 32 * (index + accepted)]
+        )
+        self.last_seq = seq + accepted - 1
+        self.last_hash = run.entry_hash(index + accepted - 1)
+        return accepted
+
+    def at_checkpoint(self, line_number: int) -> VerifyFailure | None:
+        """Step 4, once the chain has reached the checkpoint's size."""
+        if self.last_seq != self.size:
+            return None
+        assert self.pending is not None
+        return _compare_checkpoint(
+            self.pending, self.trust, self.compact, self.last_hash, line_number
+        )
+
+
+def _extended(compact: CompactRange, leaves: bytes) -> CompactRange:
+    """`compact` with the leaf hashes `leaves` (32 bytes each) appended, as many
+    appends would leave it, but a perfect subtree at a time: the largest that starts
+    at the range's size, hashed level by level, then carried into the frontier."""
+    size, frontier = compact.size, [bytes.fromhex(h) for h in compact.to_hex_list()]
+    start, count = 0, len(leaves) // 32
+    while start < count:
+        # 2**level leaves: no more than are left, and aligned at `size`.
+        level = (count - start).bit_length() - 1
+        if size:
+            level = min(level, (size & -size).bit_length() - 1)
+        nodes = [leaves[i : i + 32] for i in range(32 * start, 32 * (start + (1 << level)), 32)]
+        while len(nodes) > 1:
+            nodes = [node_hash(nodes[i], nodes[i + 1]) for i in range(0, len(nodes), 2)]
+        current, carried = nodes[0], level
+        while (size >> carried) & 1:
+            current = node_hash(frontier.pop(), current)
+            carried += 1
+        frontier.append(current)
+        size += 1 << level
+        start += 1 << level
+    return CompactRange.from_hex_list(size, [h.hex() for h in frontier])
 
 
 def _truncated(pending: _PendingCheckpoint, trust: _Trust, last_seq: int) -> VerifyFailure:
@@ -666,7 +579,7 @@ def _compare_checkpoint(
 
 
 def _classify(
-    item: _Inspected, rest: Iterator[_Inspected], last_seq: int, last_hash: str, trust: _Trust
+    item: Inspected, rest: Iterator[Inspected], last_seq: int, last_hash: str, trust: _Trust
 ) -> VerifyFailure:
     """Name the kind of the first sound entry that does not continue the chain.
 
