@@ -332,7 +332,7 @@ _TIME_OF_DAY: Final = re.compile(
 
 
 @functools.lru_cache(maxsize=256)
-def _is_a_date(text: str) -> bool:
+def is_a_date(text: str) -> bool:
     try:
         parse_timestamp(f"{text}T00:00:00.000000Z")
     except EntryFormatError:
@@ -390,7 +390,7 @@ def read_signed_line(line: str) -> SignedLine | None:
     ):
         return None
     moment = _TIME_OF_DAY.fullmatch(obj["timestamp"])
-    if moment is None or not _is_a_date(moment.group(1)):
+    if moment is None or not is_a_date(moment.group(1)):
         return None
     # C is the line without the two members it does not cover. Both follow "details",
     # the only nested value, and a comma before a quote cannot occur inside a

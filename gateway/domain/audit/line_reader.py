@@ -11,7 +11,6 @@ verification laxer. Without msgspec and orjson installed it declines every line.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Final
 
@@ -19,16 +18,15 @@ from gateway.domain.audit.canonical import compiled_object
 from gateway.domain.audit.entry import (
     ACTOR_TYPES,
     ENTRY_KEYS,
-    EntryFormatError,
     SignedLine,
-    parse_timestamp,
+    is_a_date,
 )
 
 _LOWER_HEX_DIGITS: Final = b"0123456789abcdef"
 # prev_hash, key_id, entry_hash and signature, each all lowercase hex.
 _HEX_TOTAL: Final = 64 + 16 + 64 + 128
 _ENTRY_KEY_COUNT: Final = len(ENTRY_KEYS)
-# YYYY-MM-DD (a real date: _is_a_date), then a time of day; 27 characters.
+# YYYY-MM-DD (a real date: is_a_date), then a time of day; 27 characters.
 _TIME_OF_DAY: Final = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
 )
@@ -38,15 +36,6 @@ _ENTRY_HASH_MEMBER: Final = b',"entry_hash":"'
 _ENTRY_HASH_LENGTH: Final = len(b'"entry_hash":"",') + 64
 _SIGNATURE_LENGTH: Final = len(b'"signature":"",') + 128
 _SIGNATURE_FROM_END: Final = _SIGNATURE_LENGTH + len(b'"timestamp":""}') + 27
-
-
-@functools.lru_cache(maxsize=256)
-def _is_a_date(text: str) -> bool:
-    try:
-        parse_timestamp(f"{text}T00:00:00.000000Z")
-    except EntryFormatError:
-        return False
-    return True
 
 
 def read_signed_bytes(data: bytes) -> SignedLine | None:
@@ -95,7 +84,7 @@ def read_signed_bytes(data: bytes) -> SignedLine | None:
         or (len(prev_hash), len(key_id), len(entry_hash)) != (64, 16, 64)
         or hexes.translate(None, _LOWER_HEX_DIGITS)
         or _TIME_OF_DAY.fullmatch(timestamp) is None
-        or not _is_a_date(timestamp[:10])
+        or not is_a_date(timestamp[:10])
     ):
         return None
     # C is the line without the two members it does not cover. Both follow "details",
