@@ -33,7 +33,6 @@ import json
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,8 +49,10 @@ import redis
 from redis.commands.core import AsyncScript
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py before the bench/ dir
 
 from agentgw.v1 import gateway_pb2
+from bench import free_port, stop_process
 from clients.agent import AgentClient
 from gateway.app import App
 from gateway.config import Config, RedisSettings
@@ -99,20 +100,7 @@ class Server:
         return f"redis://{self.host}:{self.port}/0"
 
     def stop(self) -> None:
-        """SIGTERM, then wait; SIGKILL only if it does not stop in STOP_TIMEOUT."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        stop_process(self.process, STOP_TIMEOUT)
 
 
 def start_server(workdir: Path) -> Server:

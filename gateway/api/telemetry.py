@@ -21,15 +21,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
+from gateway.config import TRUE_WORDS
 from gateway.errors import ConfigError
 
-TRUE = frozenset({"1", "true", "yes", "on"})
 EXPORTERS = ("console", "otlp")
 
 
 def provider_from_env(env: Mapping[str, str]) -> TracerProvider | None:
     """The tracer provider the OTEL_* variables ask for; None: tracing off."""
-    if env.get("OTEL_SDK_DISABLED", "").lower() in TRUE:
+    if env.get("OTEL_SDK_DISABLED", "").lower() in TRUE_WORDS:
         return None
     names = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if not names:
