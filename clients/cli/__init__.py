@@ -27,7 +27,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 
-from clients.cli import admin, agent, alerts, approver, auditor, completion, logs
+from clients.cli import admin, agent, alerts, approver, auditor, completion, logs, policy, tokens
 from clients.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     auditor.add_commands(sub)
     logs.add_commands(sub)
     alerts.add_commands(sub)
+    policy.add_commands(sub)
+    tokens.add_commands(sub)
     completion.add_command(sub, parser)
     give_groups_their_help(parser)
     return parser
