@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -41,7 +40,7 @@ from gateway.api.services import AlertsService, ApprovalsService, AuditService, 
 from gateway.api.status import RequireToken, Servicer, roles_of
 from gateway.api.telemetry import Spans, provider_from_env, server_interceptor
 from gateway.api.tls import CertificateFiles, check_cleartext, is_loopback, server_credentials
-from gateway.config import Config
+from gateway.config import Config, FirstRun
 from gateway.domain.alerts.events import audit_failure_event, store_unavailable_event
 from gateway.domain.audit.keys import SigningKeys
 from gateway.domain.redaction import Redactor
@@ -622,8 +621,12 @@ def _safe_url(url: str) -> str:
     return f"{scheme}{sep}{rest.split('?', 1)[0]}"
 
 
-async def serve(config: Config, tokens: dict[str, str]) -> None:
-    """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy and the TLS certificates."""
+async def serve(config: Config, first_run: FirstRun | None = None) -> None:
+    """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy and the TLS certificates.
+
+    Logs go to stderr (JSON by default); the lines for the person at the terminal (the
+    address, and on a first start the tokens) go to stdout, so neither mixes into the
+    other. A first start's config is written only once the server listens."""
     configure_logging(
         config.log_level, config.redaction, log_format=config.logs.format, file=config.logs.file
     )
@@ -634,12 +637,16 @@ async def serve(config: Config, tokens: dict[str, str]) -> None:
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     try:
+        if first_run is not None:
+            first_run.make_folder()
         port = await app.start()
+        if first_run is not None:
+            _write_first_run(first_run)
         loop.add_signal_handler(signal.SIGHUP, app.reload)
         host = config.listen.rpartition(":")[0]
-        print(f"agentgw listening on {host}:{port}", file=sys.stderr, flush=True)
-        if tokens:
-            print(first_run_banner(config, tokens), file=sys.stderr, flush=True)
+        print(f"agentgw listening on {host}:{port}", flush=True)
+        if first_run is not None:
+            print(first_run_banner(first_run), flush=True)
         await stopping.wait()
     finally:
         await app.stop()
@@ -647,10 +654,23 @@ async def serve(config: Config, tokens: dict[str, str]) -> None:
             await asyncio.to_thread(tracer_provider.shutdown)  # exports what is pending
 
 
-def first_run_banner(config: Config, tokens: dict[str, str]) -> str:
+def _write_first_run(first_run: FirstRun) -> None:
+    try:
+        first_run.write()
+    except FileExistsError:
+        raise ConfigError(
+            f"{first_run.path}: another process wrote this config while the gateway "
+            "started, so the tokens made for it are void; start the gateway again"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{first_run.path}: cannot write the config: {e.strerror}") from e
+
+
+def first_run_banner(first_run: FirstRun) -> str:
+    tokens = first_run.tokens
     lines = [
         "",
-        "First start: generated config " + config.source + " with these tokens.",
+        f"First start: generated config {first_run.path} with these tokens.",
         "They are shown only now (the config keeps only their SHA-256):",
     ]
     for name, token in tokens.items():
@@ -658,6 +678,7 @@ def first_run_banner(config: Config, tokens: dict[str, str]) -> str:
     lines += [
         "For example, in another terminal:",
         f"  export AGENTGW_TOKEN={tokens.get('demo-agent', '')}",
+        "More principals: agentgw tokens issue NAME --role ROLE",
         "",
     ]
     return "\n".join(lines)

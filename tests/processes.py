@@ -131,12 +131,13 @@ class GatewayProcess:
         self.process = subprocess.Popen(
             [AGENTGW, "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            # Logs on stderr, the lines for people (the address) on stdout: read both.
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
-        assert self.process.stderr is not None
-        self._reader = threading.Thread(target=self._read, args=(self.process.stderr,))
+        assert self.process.stdout is not None
+        self._reader = threading.Thread(target=self._read, args=(self.process.stdout,))
         self._reader.daemon = True
         self._reader.start()
         self.port = 0

@@ -139,8 +139,8 @@ def run_serve(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen,
     )
     try:
-        config, tokens = load_config(overrides, os.environ)
-        run_event_loop(serve(config, tokens))
+        config, first_run = load_config(overrides, os.environ)
+        run_event_loop(serve(config, first_run))
     except GatewayError as e:
         print(f"agentgw: {e}", file=sys.stderr)
         return EXIT_FAILED

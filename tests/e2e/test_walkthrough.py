@@ -54,14 +54,15 @@ class Server:
         self.output: list[str] = []
         self.process = subprocess.Popen(
             [str(BIN / "agentgw"), "serve", "--listen", f"127.0.0.1:{port}"],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            # The logs (stderr) and the lines for people (stdout: the tokens), as one.
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             cwd=cwd,
             env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
         )
-        assert self.process.stderr is not None
-        self.reader = threading.Thread(target=self._read, args=(self.process.stderr,), daemon=True)
+        assert self.process.stdout is not None
+        self.reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
         self.reader.start()
 
     def _read(self, stream: object) -> None:

@@ -112,7 +112,7 @@ def test_the_console_exporter_prints_the_spans_of_agentgw_serve(tmp_path: Path) 
     try:
         found = wait_for(
             lambda: (
-                re.search(r"^agentgw listening on [\d.]+:(\d+)$", err.read_text(), re.M)
+                re.search(r"^agentgw listening on [\d.]+:(\d+)$", out.read_text(), re.M)
                 or process.poll() is not None
             ),
             timeout=60,

@@ -609,8 +609,8 @@ def full_principals_file(directory: Path, extra: str = "") -> Path:
 
 def test_file_values_beat_defaults(tmp_path: Path) -> None:
     path = full_principals_file(tmp_path / "etc", "listen: 10.0.0.1:7000\n")
-    config, tokens = load_config(Overrides(config_file=path), {})
-    assert tokens == {}
+    config, first_run = load_config(Overrides(config_file=path), {})
+    assert first_run is None
     assert config.listen == "10.0.0.1:7000"
     assert config.source == str(path)
     assert len(config.principals) == 2
@@ -698,8 +698,8 @@ def test_data_dir_from_the_file_resolves_against_the_file(tmp_path: Path) -> Non
 def test_config_in_the_data_dir_is_found_there(tmp_path: Path) -> None:
     data = tmp_path / "data"
     full_principals_file(data, "log_level: WARNING\n")
-    config, tokens = load_config(Overrides(), {"AGENTGW_DATA_DIR": str(data)})
-    assert tokens == {}
+    config, first_run = load_config(Overrides(), {"AGENTGW_DATA_DIR": str(data)})
+    assert first_run is None
     assert config.log_level == "WARNING"
     assert config.source == str(data / CONFIG_FILE_NAME)
     assert config.data_dir == data
@@ -749,44 +749,51 @@ def test_config_file_from_env_or_flag_gives_the_same_data_dir(tmp_path: Path) ->
 # -- first run ------------------------------------------------------------------------------
 
 
-def test_first_run_writes_a_private_config_with_one_principal_per_role(tmp_path: Path) -> None:
+def test_first_run_makes_a_config_with_one_principal_per_role_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "fresh" / "data"
-    config, tokens = load_config(Overrides(data_dir=data), {})
+    config, first_run = load_config(Overrides(data_dir=data), {})
     path = data / CONFIG_FILE_NAME
-    assert path.exists()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert first_run is not None and first_run.path == path
+    assert not path.exists()  # written by `serve` once the server listens
+    assert not data.exists()
     assert config.source == str(path)
     assert config.data_dir == data
+    tokens = first_run.tokens
     assert set(tokens) == {"demo-agent", "approver", "auditor", "admin"}
     assert {p.role for p in config.principals} == set(Role)
     assert len(config.principals) == 4
     for principal in config.principals:
         assert principal.token_sha256 == token_digest(tokens[principal.name])
     assert len(set(tokens.values())) == 4
-    text_on_disk = path.read_text(encoding="utf-8")
     for token in tokens.values():
-        assert token not in text_on_disk  # only digests are stored
+        assert token not in first_run.text  # only digests are stored
 
 
-def test_first_run_tokens_are_shown_once(tmp_path: Path) -> None:
+def test_a_written_first_run_config_is_private_and_loads_as_it_was_made(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    first, tokens = load_config(Overrides(data_dir=data), {})
-    assert tokens
+    first, first_run = load_config(Overrides(data_dir=data), {})
+    assert first_run is not None
+    first_run.write()
+    path = data / CONFIG_FILE_NAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
     second, again = load_config(Overrides(data_dir=data), {})
-    assert again == {}
+    assert again is None  # the tokens are shown once
     assert second.principals == first.principals
 
 
 def test_first_run_uses_the_env_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "env-data"
-    _, tokens = load_config(Overrides(), {"AGENTGW_DATA_DIR": str(data)})
-    assert len(tokens) == 4
-    assert (data / CONFIG_FILE_NAME).exists()
+    config, first_run = load_config(Overrides(), {"AGENTGW_DATA_DIR": str(data)})
+    assert first_run is not None and len(first_run.tokens) == 4
+    assert first_run.path == data / CONFIG_FILE_NAME == Path(config.source)
 
 
 def test_first_run_config_returns_fresh_random_tokens(tmp_path: Path) -> None:
-    one = first_run_config(tmp_path / "a" / CONFIG_FILE_NAME)
-    two = first_run_config(tmp_path / "b" / CONFIG_FILE_NAME)
+    one = first_run_config(tmp_path / "a" / CONFIG_FILE_NAME).tokens
+    two = first_run_config(tmp_path / "b" / CONFIG_FILE_NAME).tokens
     assert set(one.values()).isdisjoint(two.values())
     assert all(token.startswith("agw_") and len(token) > 40 for token in one.values())
 
@@ -795,22 +802,23 @@ def test_first_run_config_never_overwrites_an_existing_file(tmp_path: Path) -> N
     path = tmp_path / CONFIG_FILE_NAME
     path.write_text("principals: []\n", encoding="utf-8")
     with pytest.raises(FileExistsError):
-        first_run_config(path)
+        first_run_config(path).write()
     assert path.read_text(encoding="utf-8") == "principals: []\n"
 
 
 def test_first_run_config_creates_a_private_directory(tmp_path: Path) -> None:
     path = tmp_path / "new" / CONFIG_FILE_NAME
-    first_run_config(path)
+    first_run_config(path).make_folder()
     assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
 
 
 def test_first_run_file_parses_on_its_own(tmp_path: Path) -> None:
     path = tmp_path / CONFIG_FILE_NAME
-    tokens = first_run_config(path)
+    first_run = first_run_config(path)
+    first_run.write()
     config = parse_config(path.read_text(encoding="utf-8"), str(path), tmp_path)
     assert {p.name: p.token_sha256 for p in config.principals} == {
-        name: token_digest(token) for name, token in tokens.items()
+        name: token_digest(token) for name, token in first_run.tokens.items()
     }
 
 

@@ -174,10 +174,11 @@ def test_gateway_command_and_environment_are_understood(tmp_path: Path) -> None:
     tls = made_certificates(tmp_path / "tls")
     env = gateway_environment(tls, tmp_path / "data")
     assert "AGENTGW_INSECURE" not in env
-    config, tokens = load_config(Overrides(), env)
+    config, first_run = load_config(Overrides(), env)
+    assert first_run is not None
     assert config.redis.url == "redis://redis:6379/0"
     assert config.listen == "0.0.0.0:50051"
-    assert set(tokens) == {p.name for p in config.principals}
+    assert set(first_run.tokens) == {p.name for p in config.principals}
     assert config.tls.enabled and config.tls.mutual and not config.insecure
     CertificateFiles(config.tls)  # the certs service's files load as the gateway loads them
     published = {p.rsplit(":", 1)[1] for p in gateway["ports"]}
