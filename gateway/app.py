@@ -24,6 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,7 +41,7 @@ from gateway.api.services import AlertsService, ApprovalsService, AuditService, 
 from gateway.api.status import RequireToken, Servicer, roles_of
 from gateway.api.telemetry import Spans, provider_from_env, server_interceptor
 from gateway.api.tls import CertificateFiles, check_cleartext, is_loopback, server_credentials
-from gateway.config import Config, FirstRun
+from gateway.config import Config, FirstRun, read_principals
 from gateway.domain.alerts.events import audit_failure_event, store_unavailable_event
 from gateway.domain.audit.keys import SigningKeys
 from gateway.domain.redaction import Redactor
@@ -55,6 +56,7 @@ from gateway.services.log_integrity import LogIntegrity
 from gateway.services.log_shipping import AgentLogDesk, LogSearch, LogSink
 from gateway.services.outcomes import OutcomeDesk
 from gateway.services.policy_reload import PolicyReloader
+from gateway.services.principal_reload import PrincipalReloader
 from gateway.services.quarantine import QuarantineDesk
 from gateway.services.security_events import SecurityEvents
 from gateway.store.alert_deliveries import DeliveryQueue
@@ -260,6 +262,14 @@ class App:
         await asyncio.wait_for(self.listener.subscribed.wait(), 10)
 
         auth = Authenticator(config.principals)
+        config_file = Path(config.source)
+        self.principals = PrincipalReloader(
+            config_file if config_file.is_file() else None,
+            config.principals,
+            lambda: read_principals(config),
+            auth.replace,
+        )
+        self._spawn(self.principals.watch(), "principal watcher")
         servicers: tuple[Servicer, ...] = (
             GatewayService(
                 auth,
@@ -519,8 +529,11 @@ class App:
         return self.policy.reload()
 
     def reload(self) -> None:
-        """SIGHUP: the policy now, the TLS certificates at the next handshake."""
+        """SIGHUP: the policy and the principals now, the TLS certificates at the next
+        handshake."""
         self.reload_policy()
+        if hasattr(self, "principals"):
+            self.principals.reload()
         if self.certificates is not None:
             self.certificates.reload()
 
@@ -622,7 +635,8 @@ def _safe_url(url: str) -> str:
 
 
 async def serve(config: Config, first_run: FirstRun | None = None) -> None:
-    """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy and the TLS certificates.
+    """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy, the principals and the TLS
+    certificates.
 
     Logs go to stderr (JSON by default); the lines for the person at the terminal (the
     address, and on a first start the tokens) go to stdout, so neither mixes into the

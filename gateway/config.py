@@ -537,20 +537,45 @@ def _alerts(r: _ConfigReader, node: Node) -> dict[str, AlertSettings]:
     return {"alerts": read_alerts(r, node)}
 
 
+def config_path(overrides: Overrides, env: Mapping[str, str]) -> tuple[Path, bool]:
+    """The config file to read, and whether it is the one inside the data dir.
+
+    --config (AGENTGW_CONFIG) names it; else it is <data dir>/agentgw.yaml, the one a
+    first start generates. The config found inside the data dir defines the data dir;
+    an explicit config file keeps the data_dir it names."""
+    explicit = overrides.config_file or _env_path(env, "AGENTGW_CONFIG")
+    if explicit is not None:
+        return explicit, False
+    data_dir = overrides.data_dir or _env_path(env, "AGENTGW_DATA_DIR")
+    return (data_dir or DEFAULT_DATA_DIR) / CONFIG_FILE_NAME, True
+
+
+def read_principals(config: Config) -> tuple[Principal, ...]:
+    """The principals the config file lists now (to take up a change while serving):
+    the whole file must parse, and the principals must hang together with the TLS
+    settings in force, as at start. ConfigError otherwise."""
+    path = Path(config.source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config: {e.strerror}") from None
+    principals = parse_config(text, str(path), path.parent.resolve()).principals
+    if not principals:
+        raise ConfigError(f"{path}: principals: at least one principal is required")
+    check_tls(replace(config, principals=principals))
+    return principals
+
+
 def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, FirstRun | None]:
     """Builds the effective config. Returns it with the first-run config when there was
     no config file yet: not written (`FirstRun.write`, once the server listens).
 
     Precedence: flags > environment (AGENTGW_*) > file > defaults.
     """
-    config_file = overrides.config_file or _env_path(env, "AGENTGW_CONFIG")
+    config_file, in_data_dir = config_path(overrides, env)
     data_dir = overrides.data_dir or _env_path(env, "AGENTGW_DATA_DIR")
     first_run: FirstRun | None = None
-    # The config found inside the data dir (generated on first start) defines it;
-    # an explicit config file (flag or environment) keeps the data_dir it names.
-    in_data_dir = config_file is None
-    if config_file is None:
-        config_file = (data_dir or DEFAULT_DATA_DIR) / CONFIG_FILE_NAME
+    if in_data_dir:
         if not config_file.exists():
             first_run = first_run_config(config_file)
     elif not config_file.exists():

@@ -20,14 +20,22 @@ from gateway.errors import Forbidden, Unauthenticated
 
 class Authenticator:
     def __init__(self, principals: Iterable[Principal]) -> None:
+        self.replace(principals)
+
+    def replace(self, principals: Iterable[Principal]) -> None:
+        """Puts these principals in force (the config file changed): from the next
+        call on, a token or certificate no longer listed is refused. One assignment,
+        so a caller on another thread (the metrics endpoint) sees old or new whole."""
         principals = tuple(principals)
-        self._by_digest = {p.token_sha256: p for p in principals if p.token_sha256}
-        self._by_certificate = {p.client_certificate: p for p in principals if p.client_certificate}
+        self._tables = (
+            {p.token_sha256: p for p in principals if p.token_sha256},
+            {p.client_certificate: p for p in principals if p.client_certificate},
+        )
 
     @property
     def by_certificate(self) -> bool:
         """Some principal is known by its client certificate."""
-        return bool(self._by_certificate)
+        return bool(self._tables[1])
 
     def authenticate(
         self,
@@ -54,7 +62,8 @@ class Authenticator:
         return by_token
 
     def _certificate_principal(self, peer: frozenset[str]) -> Principal | None:
-        found = {self._by_certificate[name] for name in peer if name in self._by_certificate}
+        by_certificate = self._tables[1]
+        found = {by_certificate[name] for name in peer if name in by_certificate}
         if len(found) > 1:
             names = ", ".join(sorted(p.name for p in found))
             raise Unauthenticated(f"the client certificate names more than one principal ({names})")
@@ -65,7 +74,7 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
         digest = token_digest(token.strip())
-        principal = self._by_digest.get(digest)
+        principal = self._tables[0].get(digest)
         # The dict lookup is on a hash of the token; compare again in constant time.
         if principal is None or not hmac.compare_digest(principal.token_sha256, digest):
             raise Unauthenticated("unknown token")

@@ -9,31 +9,24 @@ broken file at start-up is fatal. It never evaluates rules.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
 from gateway.domain.policy.loader import default_policy, load_policy_file
 from gateway.domain.policy.model import Policy
 from gateway.errors import ConfigError
+from gateway.services.file_watch import WatchedFile
 
 logger = logging.getLogger("agentgw.policy")
 
-_FileStamp = tuple[int, int] | None
 
-
-class PolicyReloader:
+class PolicyReloader(WatchedFile):
     """The policy in force; with `path=None` it serves the default policy forever."""
 
     def __init__(self, path: Path | None) -> None:
-        self._path = path
-        self._stamp = self._file_stamp()
+        super().__init__(path)
         # A ConfigError here propagates: the gateway refuses to start on a bad policy.
         self._current = default_policy() if path is None else load_policy_file(path)
-
-    @property
-    def path(self) -> Path | None:
-        return self._path
 
     @property
     def current(self) -> Policy:
@@ -43,9 +36,7 @@ class PolicyReloader:
         """Re-read the file; True if a new, valid, different policy is now in force."""
         if self._path is None:
             return False
-        # Stamp before reading, so a write that lands during the read is seen as a
-        # further change by watch() rather than lost.
-        self._stamp = self._file_stamp()
+        self._read_stamp()
         try:
             policy = load_policy_file(self._path)
         except ConfigError as exc:
@@ -67,26 +58,3 @@ class PolicyReloader:
             extra={"event": "policy_reloaded", "digest": policy.digest},
         )
         return True
-
-    async def watch(self, interval: float = 1.0) -> None:
-        """Reload whenever the file's (mtime_ns, size) changes; runs until cancelled."""
-        if self._path is None:
-            # Nothing to watch, but the owner still gets a task it can cancel.
-            await asyncio.Event().wait()
-        while True:
-            await asyncio.sleep(interval)
-            # A stat, and on change a parse of a small file, is cheaper than a thread
-            # hop, and keeping reload() on the loop thread means it never races the
-            # SIGHUP handler, which also runs there.
-            if self._file_stamp() != self._stamp:
-                self.reload()
-
-    def _file_stamp(self) -> _FileStamp:
-        if self._path is None:
-            return None
-        try:
-            stat = self._path.stat()
-        except OSError:
-            # A missing file is a state like any other: reload() reports it once.
-            return None
-        return (stat.st_mtime_ns, stat.st_size)
