@@ -58,7 +58,9 @@ from gateway.services.outcomes import OutcomeDesk
 from gateway.services.policy_reload import PolicyReloader
 from gateway.services.principal_reload import PrincipalReloader
 from gateway.services.quarantine import QuarantineDesk
+from gateway.services.readiness import ReadinessWatch
 from gateway.services.security_events import SecurityEvents
+from gateway.services.setup_check import Check, check_setup
 from gateway.store.alert_deliveries import DeliveryQueue
 from gateway.store.alerts import AlertStore
 from gateway.store.audit_log import AuditLog, ReplicaAcks
@@ -66,7 +68,6 @@ from gateway.store.connection import (
     FAILURE_LISTENERS,
     HOLD_POOL_SIZE,
     POOL_WAIT_SECONDS,
-    REDIS_FAILURES,
     SingleConnection,
     close,
     connect,
@@ -80,6 +81,8 @@ from gateway.store.notifications import ResolutionListener
 from gateway.store.state import StateStore
 
 log = logging.getLogger("agentgw.app")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 SERVICE_NAMES = (
     gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
@@ -88,6 +91,17 @@ SERVICE_NAMES = (
     alerts_pb2.DESCRIPTOR.services_by_name["Alerts"].full_name,
     logs_pb2.DESCRIPTOR.services_by_name["Logs"].full_name,
 )
+_GATEWAY, _APPROVALS, _AUDIT, _ALERTS, _LOGS = SERVICE_NAMES
+_WRITES_AUDIT = frozenset({"redis", "signing_key", "audit_writer"})
+# What each service needs to serve (gateway/services/readiness.py): each of the
+# first four writes audit entries; the logs only need Redis.
+READINESS_NEEDS = {
+    _GATEWAY: _WRITES_AUDIT | {"policy"},
+    _APPROVALS: _WRITES_AUDIT,
+    _AUDIT: _WRITES_AUDIT,
+    _ALERTS: _WRITES_AUDIT,
+    _LOGS: frozenset({"redis"}),
+}
 SWEEP_MAX_WAIT = 1.0
 # The health watch pings Redis this often, each ping failing after HEALTH_TIMEOUT.
 HEALTH_INTERVAL = 1.0
@@ -240,7 +254,7 @@ class App:
         self.policy = policy
         self._count()
 
-        self._spawn(self.audit.run(), "audit writer")
+        self._audit_writer = self._spawn(self.audit.run(), "audit writer")
         self._spawn(self.listener.run(), "hold notifications")
         self._spawn(self.watch.run(), "hold watch")
         self._spawn(self._sweep_expired(), "hold expiry sweeper")
@@ -316,11 +330,20 @@ class App:
         except RuntimeError as e:
             raise ConfigError(f"listen: cannot bind {config.listen}: {e}") from e
         await server.start()
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
         self.health = health_servicer
-        self._health_watch = self._spawn(self._watch_redis(), "health watch")
+        self.readiness = ReadinessWatch(
+            READINESS_NEEDS,
+            self.health_client,
+            self.audit,
+            self._audit_writer,
+            policy,
+            lambda error: self.alerting.observe(store_unavailable_event(error, self.clock())),
+            self._publish_status,
+        )
+        await self.readiness.check()
+        await self.readiness.publish()
+        self._health_watch = self._spawn(self._watch_health(), "health watch")
         if config.metrics.listen is not None:
             self._serve_metrics(config.metrics.listen, auth)
         log.info("gateway listening", extra={"listen": config.listen, "port": self.port})
@@ -336,29 +359,19 @@ class App:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
-    async def _watch_redis(self) -> None:
-        """Health follows Redis: NOT_SERVING while a PING fails, SERVING once it answers."""
-        serving = True
+    async def _publish_status(self, service: str, serving: bool) -> None:
+        if not self._draining.is_set():
+            await self.health.set(service, SERVING if serving else NOT_SERVING)
+
+    async def _watch_health(self) -> None:
+        """Health follows readiness, checked every HEALTH_INTERVAL; a change of a
+        service's status is published and logged with the conditions that fail."""
         while not self._draining.is_set():
-            try:
-                async with asyncio.timeout(2 * HEALTH_TIMEOUT):
-                    await self.health_client.ping()
-                reachable, error = True, ""
-            except REDIS_FAILURES as e:
-                reachable, error = False, f"{type(e).__name__}: {e}"
-            if reachable != serving and not self._draining.is_set():
-                serving = reachable
-                if reachable:
-                    await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-                    log.info("redis reachable again; health SERVING", extra={"category": "error"})
-                else:
-                    await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-                    log.error(
-                        "redis unreachable; health NOT_SERVING",
-                        extra={"category": "error", "error": error},
-                    )
-                    self.alerting.observe(store_unavailable_event(error, self.clock()))
             await self._pause(HEALTH_INTERVAL, self._draining)
+            if self._draining.is_set():
+                break
+            await self.readiness.check()
+            await self.readiness.publish()
 
     async def _recheck_waiters(self) -> None:
         """Wakes every `Await` now and then, in case a notification was lost; the
@@ -587,6 +600,21 @@ class App:
         if self.embedded is not None:
             await self.embedded.stop()
         log.info("gateway stopped")
+
+
+def check(config: Config, first_run: FirstRun | None) -> list[Check]:
+    """`agentgw serve --check`: the transport, then what check_setup checks."""
+    try:
+        check_cleartext(config)
+        if config.tls.enabled:
+            CertificateFiles(config.tls)
+            mode = "mTLS" if config.tls.mutual else "TLS"
+            transport = Check("transport", True, f"{mode} on {config.listen}")
+        else:
+            transport = Check("transport", True, f"cleartext on {config.listen}")
+    except ConfigError as e:
+        transport = Check("transport", False, str(e))
+    return [transport, *check_setup(config, first_run)]
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:

@@ -63,6 +63,11 @@ def add_serve_command(sub: Commands) -> None:
         action="store_true",
         help="serve cleartext on a non-loopback address (env AGENTGW_INSECURE=1)",
     )
+    serve.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config, policy, keys and TLS files, then exit without serving",
+    )
     serve.set_defaults(run=run_serve)
 
 
@@ -122,7 +127,7 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from gateway.app import serve
+    from gateway.app import check, serve
     from gateway.config import Overrides, load_config
     from gateway.errors import GatewayError
 
@@ -140,6 +145,14 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     try:
         config, first_run = load_config(overrides, os.environ)
+        if args.check:
+            checks = check(config, first_run)
+            for c in checks:
+                print(f"{'ok' if c.ok else 'FAILED':<6} {c.what}: {c.detail}")
+            failed = [c for c in checks if not c.ok]
+            if failed:
+                print(f"agentgw: {failed[0].what}: {failed[0].detail}", file=sys.stderr)
+            return EXIT_FAILED if failed else EXIT_OK
         run_event_loop(serve(config, first_run))
     except GatewayError as e:
         print(f"agentgw: {e}", file=sys.stderr)

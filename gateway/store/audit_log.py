@@ -244,8 +244,13 @@ class AuditLog:
 
     def signer_for(self, head: Head) -> Signer:
         """The key that signs after `head`; StoreUnavailable if this gateway lacks it."""
+        return self.signer_named(head.key_id)
+
+    def signer_named(self, key_id: str) -> Signer:
+        """The key a head naming `key_id` signs with; StoreUnavailable if this gateway
+        lacks it (readiness asks this too)."""
         # A log written before heads named their key was signed by the first key.
-        key_id = head.key_id or self.signing_keys.first.key_id
+        key_id = key_id or self.signing_keys.first.key_id
         try:
             signer = self.signing_keys.get(key_id)
         except KeyFileError as e:
@@ -448,6 +453,12 @@ class AuditLog:
             signer = self.signer_for(await self._read_head())
             return (TrustedKey(signer.key_id, signer.public_key_raw, 1, None),)
         return parse_key_history({str(k): str(v) for k, v in fields.items()})
+
+    async def head_key_id(self, client: aioredis.Redis | None = None) -> str:
+        """The key id the head names ("" for an empty log or an old head), read on
+        `client` (the health connection) or the log's own."""
+        key_id = await (client or self.client).hget(self.keys.audit_head, "key_id")
+        return str(key_id or "")
 
     async def head(self) -> Head:
         """The current head as stored in Redis (not this process's cached view)."""
