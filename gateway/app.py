@@ -59,6 +59,7 @@ from gateway.services.policy_reload import PolicyReloader
 from gateway.services.principal_reload import PrincipalReloader
 from gateway.services.quarantine import QuarantineDesk
 from gateway.services.readiness import ReadinessWatch
+from gateway.services.sealing import Sealing
 from gateway.services.security_events import SecurityEvents
 from gateway.services.setup_check import Check, check_setup
 from gateway.store.alert_deliveries import DeliveryQueue
@@ -78,7 +79,9 @@ from gateway.store.intents import IntentWriter, Lifetimes
 from gateway.store.keys import KeySpace
 from gateway.store.log_streams import LogStreams
 from gateway.store.notifications import ResolutionListener
+from gateway.store.sealed_log import SealedLog, Sealer
 from gateway.store.state import StateStore
+from gateway.store.tile_store import DirectoryTileStore
 
 log = logging.getLogger("agentgw.app")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -98,7 +101,7 @@ _WRITES_AUDIT = frozenset({"redis", "signing_key", "audit_writer"})
 READINESS_NEEDS = {
     _GATEWAY: _WRITES_AUDIT | {"policy"},
     _APPROVALS: _WRITES_AUDIT,
-    _AUDIT: _WRITES_AUDIT,
+    _AUDIT: _WRITES_AUDIT | {"tile_sealing"},
     _ALERTS: _WRITES_AUDIT,
     _LOGS: frozenset({"redis"}),
 }
@@ -215,6 +218,9 @@ class App:
             replica_acks,
             projection_client=self.projection_client,
         )
+        tile_store = DirectoryTileStore(config.tile_dir_path)
+        self.audit.sealed = SealedLog(tile_store)
+        self.audit.backlog_limit = config.audit.tiles.max_unsealed_entries
         self.listener = ResolutionListener(self.hold_client, keys.hold_resolved_channel)
         redactor = Redactor(config.redaction)
         self.log_streams = LogStreams(self.log_client, keys, config.logs, self.clock)
@@ -244,6 +250,8 @@ class App:
         self.audit.on_failure = lambda error: observe(audit_failure_event(error, self.clock()))
         self.security = SecurityEvents(self.audit, observe, self.clock)
         self.integrity = LogIntegrity(self.audit, observe, self.clock)
+        sealer = Sealer(self.client, keys, tile_store, config.audit.tiles.margin_entries)
+        self.sealing = Sealing(sealer, config.audit.tiles, observe, self.clock)
         self.desk = ApprovalDesk(
             self.hold_state, self.audit, self.listener, self.clock, redactor, observe
         )
@@ -260,6 +268,7 @@ class App:
         self._spawn(self._sweep_expired(), "hold expiry sweeper")
         self._spawn(self._recheck_waiters(), "await recheck")
         self._spawn(self._publish_checkpoints(), "checkpoint publisher")
+        self._spawn(self.sealing.run(self._stopping), "audit sealer")
         self._spawn(self._refresh_gauges(), "metrics gauges")
         self._spawn(self.log_sink.run(), "log shipping")
         self._spawn(self._trim_logs(), "log trimming")
@@ -338,6 +347,7 @@ class App:
             self.audit,
             self._audit_writer,
             policy,
+            self.sealing.problem,
             lambda error: self.alerting.observe(store_unavailable_event(error, self.clock())),
             self._publish_status,
         )
@@ -434,7 +444,13 @@ class App:
         spans = Spans(self.tracer_provider)
         if spans.on:
             self.pipeline.span, self.pipeline.annotate = spans.span, spans.annotate
-        self.audit.on_append = m.appended
+        sealing = self.sealing
+
+        def appended(entries: int, seq: int) -> None:
+            m.appended(entries, seq)
+            sealing.appended(entries, seq)
+
+        self.audit.on_append = appended
         self.desk.on_resolved = lambda hold: m.hold_resolved(
             hold.status.value, hold.created_at, self.clock()
         )
@@ -585,6 +601,8 @@ class App:
         # reconnect the cancellation interrupted, as redis-py issues 3546 and 4287).
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if hasattr(self, "sealing"):
+            await self.sealing.stop()
         if hasattr(self, "pipeline"):
             await self.pipeline.drain()
         if hasattr(self, "log_sink"):

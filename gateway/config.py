@@ -21,6 +21,7 @@ from yaml.nodes import Node
 from gateway.domain.actions import Verdict
 from gateway.domain.alerts.channels import resolve_secrets
 from gateway.domain.alerts.settings import AlertSettings, read_alerts
+from gateway.domain.audit_settings import AuditSettings, read_audit_settings
 from gateway.domain.detect.engine import DetectionSettings
 from gateway.domain.detect.settings import read_detection
 from gateway.domain.log_settings import LogSettings, read_log_settings
@@ -47,16 +48,6 @@ class RedisSettings:
     # Answer only once the audit entry is on this many replicas (WAIT); 0: standalone.
     min_replicas_acked: int = 0
     replica_ack_timeout_seconds: float = 1.0
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    origin: str = "agentgw.local/audit"
-    signing_key_file: Path | None = None  # default: <data_dir>/audit-signing-key.pem
-    key_dir: Path | None = None  # rotated keys; default: <data_dir>/audit-keys
-    checkpoint_interval_seconds: float = 30.0
-    # Verify the stored log in place this often (Audit.VerifyLog); 0: only on demand.
-    verify_interval_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +133,10 @@ class Config:
     @property
     def key_dir_path(self) -> Path:
         return self.audit.key_dir or self.data_dir / "audit-keys"
+
+    @property
+    def tile_dir_path(self) -> Path:
+        return self.audit.tiles.dir or self.data_dir / "tiles"
 
 
 @dataclass(frozen=True)
@@ -366,41 +361,7 @@ def _redis(r: _ConfigReader, node: Node) -> dict[str, RedisSettings]:
 
 
 def _audit(r: _ConfigReader, node: Node) -> dict[str, AuditSettings]:
-    m = r.mapping(
-        node,
-        "audit",
-        (
-            "checkpoint_interval_seconds",
-            "key_dir",
-            "origin",
-            "signing_key_file",
-            "verify_interval_seconds",
-        ),
-    )
-    audit = AuditSettings()
-    if "origin" in m:
-        origin = r.string(m["origin"], "audit.origin")
-        if any(c.isspace() for c in origin) or "+" in origin:
-            raise r.fail(m["origin"], "audit.origin", "must not contain spaces or '+'")
-        audit = replace(audit, origin=origin)
-    if "signing_key_file" in m:
-        signing_key_file = r.path(m["signing_key_file"], "audit.signing_key_file")
-        audit = replace(audit, signing_key_file=signing_key_file)
-    if "key_dir" in m:
-        audit = replace(audit, key_dir=r.path(m["key_dir"], "audit.key_dir"))
-    if "checkpoint_interval_seconds" in m:
-        interval = r.number(
-            m["checkpoint_interval_seconds"], "audit.checkpoint_interval_seconds", 1
-        )
-        audit = replace(audit, checkpoint_interval_seconds=interval)
-    if "verify_interval_seconds" in m:
-        every = r.number(m["verify_interval_seconds"], "audit.verify_interval_seconds", 0)
-        if 0 < every < 60:
-            raise r.fail(
-                m["verify_interval_seconds"], "audit.verify_interval_seconds", "0 (off) or >= 60"
-            )
-        audit = replace(audit, verify_interval_seconds=every)
-    return {"audit": audit}
+    return {"audit": read_audit_settings(r, node, r.base_dir)}
 
 
 def _detection(r: _ConfigReader, node: Node) -> dict[str, DetectionSettings]:

@@ -72,7 +72,11 @@ def write_config(
         "log_level": "WARNING",
         "principals": principals,
         "redis": redis,
-        "audit": {"signing_key_file": str(signing_key)},
+        # Replicas share one tile store, as they must (docs/operations.md).
+        "audit": {
+            "signing_key_file": str(signing_key),
+            "tiles": {"dir": str(data_dir.parent / "tiles")},
+        },
         **(extra or {}),
     }
     # JSON is YAML; no dumper quirks to think about.

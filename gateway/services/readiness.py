@@ -8,7 +8,9 @@ the app's health watch sets every second:
   sign the next entry (a rotation on a replica that does not share the key dir
   leaves the others without it);
 - `audit_writer`: the task that appends audit entries is running;
-- `policy`: a policy is in force (the file's last good version, or the built-in).
+- `policy`: a policy is in force (the file's last good version, or the built-in);
+- `tile_sealing`: this replica's tile store is the log's and sealing keeps up
+  (no more than audit.tiles.not_serving_after_entries entries wait in Redis).
 
 A service is SERVING when every condition it needs holds; the overall server ("")
 when all do (the app says which service needs what). `Readiness` is the state, pure;
@@ -34,7 +36,7 @@ log = logging.getLogger("agentgw.health")
 # A check's Redis calls (a PING, then the head's key id) fail after this long.
 CHECK_TIMEOUT = 2.0
 
-CONDITIONS = ("redis", "signing_key", "audit_writer", "policy")
+CONDITIONS = ("redis", "signing_key", "audit_writer", "policy", "tile_sealing")
 
 
 class Readiness:
@@ -80,6 +82,7 @@ class ReadinessWatch:
         audit: AuditLog,
         audit_writer: asyncio.Task[None],
         policy: PolicyReloader,
+        sealing_problem: Callable[[], str],
         on_redis_down: Callable[[str], None],
         publish: Callable[[str, bool], Awaitable[None]],
     ) -> None:
@@ -88,6 +91,7 @@ class ReadinessWatch:
         self._audit = audit
         self._audit_writer = audit_writer
         self._policy = policy
+        self._sealing_problem = sealing_problem
         self._on_redis_down = on_redis_down
         self._publish = publish
         self._published: dict[str, bool] = {}  # service -> the status it shows
@@ -111,6 +115,8 @@ class ReadinessWatch:
                 state.set("signing_key", False, str(e))
         state.set("audit_writer", not self._audit_writer.done(), "the audit writer has stopped")
         state.set("policy", self._policy.current is not None, "no policy in force")
+        problem = self._sealing_problem()
+        state.set("tile_sealing", not problem, problem)
 
     async def publish(self) -> None:
         """Publishes each service whose status changed; logs the change in one record

@@ -58,6 +58,7 @@ from gateway.domain.audit.merkle import (
     root_nodes,
 )
 from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof
+from gateway.domain.audit.tiles import inside_sealed
 from gateway.errors import Conflict, OutcomeUnknown, StoreUnavailable
 from gateway.store.connection import (
     REDIS_FAILURES,
@@ -66,6 +67,7 @@ from gateway.store.connection import (
     unavailable_on_error,
 )
 from gateway.store.intents import Intent, IntentWriter, KeyIndex, Projection, RotateKey, Values
+from gateway.store.sealed_log import SealedReads
 
 log = logging.getLogger("agentgw.audit")
 
@@ -142,6 +144,7 @@ class AuditLog:
         self.clock = clock
         self._script = load_script(client, "commit")
         self._publish = load_script(client, "publish_checkpoint")
+        self._read_entries = load_script(client, "read_entries")
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._head: Head | None = None
@@ -156,6 +159,10 @@ class AuditLog:
         self.on_failure: Callable[[str], None] = lambda error: None
         # Called with the entries of each appended batch and the new head's seq.
         self.on_append: Callable[[int, int], None] = lambda entries, seq: None
+        # Appends are refused once this many entries are not sealed into tiles (0:
+        # never); the sealed log (tiles) serves what Redis no longer holds.
+        self.backlog_limit = 0
+        self.sealed: SealedReads | None = None
 
     async def commit(
         self, drafts: list[EntryDraft], intent: Intent = None, conflict: str = "state changed"
@@ -322,6 +329,9 @@ class AuditLog:
                 keep = (len(batch) + 1) // 2
                 self._queue[:0], batch = batch[keep:], batch[:keep]
                 continue
+            if status == "backlog":
+                self._failed(batch, self._backlog_full(int(reply[1])))
+                return
             position = int(reply[1]) - 1
             culprit = batch.pop(position)
             if status == "failed":
@@ -331,6 +341,13 @@ class AuditLog:
                 self._wakeup.set()
         self._failed(
             batch, StoreUnavailable("audit log append kept conflicting with other writers")
+        )
+
+    def _backlog_full(self, unsealed: int) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the audit log holds {unsealed} entries not sealed into the tile store, "
+            f"the most it may (audit.tiles.max_unsealed_entries {self.backlog_limit}): "
+            "sealing is failing; see the gateway's health and alerts"
         )
 
     def _failed(self, batch: list[_Pending], error: Exception) -> None:
@@ -360,6 +377,7 @@ class AuditLog:
             "keys": [v for change in grown.key_changes for v in key_history_fields(change)],
             "items": items,
             "lines": sum(len(entries) for entries in grown.entries),
+            "backlog": self.backlog_limit,
         }
         return index.keys, json.dumps(payload, ensure_ascii=False), values.list, projections
 
@@ -489,22 +507,40 @@ class AuditLog:
             raise StoreUnavailable(f"the published checkpoint is malformed: {e}") from e
 
     async def read_lines(self, start_seq: int, end_seq: int) -> list[str]:
-        """Entries start_seq..end_seq inclusive, as stored (JSON lines)."""
+        """Entries start_seq..end_seq inclusive, as stored (JSON lines): from Redis,
+        and from the tile store for those sealed and trimmed from Redis."""
+        if end_seq < start_seq:
+            return []
         with unavailable_on_error("reading audit entries"):
-            lines = await self.client.lrange(self.keys.audit_entries, start_seq - 1, end_seq - 1)
-        return [str(line) for line in lines]
+            reply = await self._read_entries(
+                keys=[self.keys.audit_entries, self.keys.audit_sealed], args=[start_seq, end_seq]
+            )
+        trimmed, lines = int(reply[0]), [str(line) for line in reply[1:]]
+        if start_seq > trimmed:
+            return lines
+        older = await self._sealed().lines(start_seq, min(end_seq, trimmed))
+        return older + lines
 
     async def read_lines_at(self, seqs: Sequence[int]) -> list[str | None]:
-        """The entries at `seqs` as stored (None where there is none): one LINDEX each,
-        pipelined into one round trip. For probing a few entries of a long log."""
+        """The entries at `seqs` as stored (None where there is none), in one script
+        call (and tile reads for the sealed ones). For probing a few entries."""
         if not seqs:
             return []
         with unavailable_on_error("reading audit entries"):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for seq in seqs:
-                    pipe.lindex(self.keys.audit_entries, seq - 1)
-                lines = await pipe.execute()
-        return [None if line is None else str(line) for line in lines]
+            reply = await self._read_entries(
+                keys=[self.keys.audit_entries, self.keys.audit_sealed], args=["at", *seqs]
+            )
+        trimmed = int(reply[0])
+        found: list[str | None] = [None if line is None else str(line) for line in reply[1:]]
+        for i, seq in enumerate(seqs):
+            if 1 <= seq <= trimmed:
+                found[i] = (await self._sealed().lines(seq, seq))[0]
+        return found
+
+    def _sealed(self) -> SealedReads:
+        if self.sealed is None:
+            raise StoreUnavailable("the audit log is sealed into tiles, and no tile store is set")
+        return self.sealed
 
     async def inclusion_proof(self, seq: int, tree_size: int) -> InclusionProof:
         """Proof that entry `seq` is in the tree of `tree_size` entries (0: the head).
@@ -552,15 +588,30 @@ class AuditLog:
         with unavailable_on_error("reading audit tree nodes"):
             values = await self.client.hmget(self.keys.audit_tree, [node_field(n) for n in ids])
         nodes: dict[NodeId, bytes] = {}
+        missing = []
         for node, value in zip(ids, values, strict=True):
             try:
                 nodes[node] = bytes.fromhex(str(value)) if value is not None else b""
             except ValueError:
                 nodes[node] = b""
-            if len(nodes[node]) != HASH_SIZE:
-                # Entries appended before tree nodes were stored have none.
-                raise Conflict(f"audit tree node {node_field(node)} is missing or malformed")
+            if value is None:
+                missing.append(node)
+            elif len(nodes[node]) != HASH_SIZE:
+                raise Conflict(f"audit tree node {node_field(node)} is malformed")
+        if missing:
+            # Read after the nodes: a node trimmed meanwhile is in a sealed tile by now.
+            sealed = await self._sealed_size()
+            for node in missing:
+                if not inside_sealed(node, sealed):
+                    # Entries appended before tree nodes were stored have none.
+                    raise Conflict(f"audit tree node {node_field(node)} is missing")
+            nodes.update(await self._sealed().nodes(missing))
         return nodes
+
+    async def _sealed_size(self) -> int:
+        with unavailable_on_error("reading the sealed size"):
+            size = await self.client.hget(self.keys.audit_sealed, "size")
+        return int(str(size or 0))
 
 
 def _head_from(seq: object, hash_: object, frontier: object, key_id: object) -> Head:

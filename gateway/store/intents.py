@@ -195,7 +195,7 @@ def dumps(value: Any) -> str:
 
 
 class KeyIndex:
-    """commit.lua's KEYS: the four audit keys first, then each key once, by index."""
+    """commit.lua's KEYS: the five audit keys first, then each key once, by index."""
 
     def __init__(self, keys: KeySpace) -> None:
         self._index: dict[str, int] = {
@@ -203,6 +203,7 @@ class KeyIndex:
             keys.audit_entries: 2,
             keys.audit_tree: 3,
             keys.audit_keys: 4,
+            keys.audit_sealed: 5,
         }
 
     def __call__(self, key: str) -> int:

@@ -126,6 +126,17 @@ class KeySpace:
         return f"{self.prefix}:{{audit}}:keys"
 
     @property
+    def audit_sealed(self) -> str:
+        """Hash of the sealed log: size (entries in the tile store), trimmed (entries
+        gone from the list's front), store_id (the tile store sealed into)."""
+        return f"{self.prefix}:{{audit}}:sealed"
+
+    @property
+    def audit_seal_lease(self) -> str:
+        """The replica sealing now (a lease with a TTL)."""
+        return f"{self.prefix}:{{audit}}:seal-lease"
+
+    @property
     def audit_barrier(self) -> str:
         """A small write that WAIT for replicas can count (60 s TTL)."""
         return f"{self.prefix}:{{audit}}:barrier"

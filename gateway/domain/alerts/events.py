@@ -141,6 +141,18 @@ def audit_failure_event(error: str, now: float) -> AlertEvent:
     )
 
 
+def sealing_failure_event(error: str, unsealed: int, now: float) -> AlertEvent:
+    """The sealer could not write the next tiles: entries pile up in Redis, and past
+    audit.tiles.max_unsealed_entries every decision fails closed."""
+    return AlertEvent(
+        event_type="tiles",
+        subject=GATEWAY_SUBJECT,
+        time=now,
+        data={"kind": "seal_failed", "error": error},
+        metrics={"unsealed": float(unsealed)},
+    )
+
+
 def store_unavailable_event(error: str, now: float) -> AlertEvent:
     """Redis stopped answering the gateway's health probe: every decision fails
     closed until it answers again."""

@@ -36,7 +36,7 @@ def _empty() -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class AlertEvent:
-    event_type: str  # decision | outcome | security | hold | audit | store
+    event_type: str  # decision | outcome | security | hold | audit | store | tiles
     subject: str  # an agent_id, or "gateway"
     time: float
     agent_id: str = ""
@@ -228,5 +228,13 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         severity=Severity.CRITICAL,
         cooldown_seconds=60,
         message="audit append failed: {data.error}; decisions fail closed until it recovers",
+    ),
+    AlertRule(
+        name="audit_sealing_failed",
+        condition=_when("the audit log could not be sealed into tiles", event_type="tiles"),
+        severity=Severity.HIGH,
+        cooldown_seconds=300,
+        message="sealing the audit log into tiles failed: {data.error}; "
+        "{metrics.unsealed:.0f} entries wait in Redis",
     ),
 )

@@ -4,7 +4,8 @@
 -- KEYS[1] audit head (hash: seq, hash, frontier, key_id)   KEYS[2] audit entries (list)
 -- KEYS[3] Merkle tree nodes (hash: "<level>:<index>" -> hex node hash)
 -- KEYS[4] audit key history (hash: "<key_id>" -> JSON, "<key_id>:last_seq" -> seq)
--- KEYS[5..] keys the intents name by index. All in the {audit} slot, except a
+-- KEYS[5] the sealed log (hash: size, ...; seal.lua)
+-- KEYS[6..] keys the intents name by index. All in the {audit} slot, except a
 --           decision's claim marker on a single node (store/intents.py).
 -- ARGV[1] the head seq the batch was built on   ARGV[3] the head key_id it was signed for
 -- ARGV[4], ARGV[5] the seq and entry hash of the batch's last entry
@@ -15,6 +16,8 @@
 --          "nodes": ["<level>:<index>", hex, ...] (every subtree the entries complete),
 --          "keys": [field, value, ...] (key history changes: first key, rotations),
 --          "lines": the number of entry lines,
+--          "backlog": the most entries not yet sealed into tiles the log may hold
+--                     (0: no limit); an append that would pass it is refused,
 --          "items": [{"kind": "none" | "decide" | "resolve" | "create" | "remove" |
 --                     "acknowledge", and the fields of its kind (below)}]}
 --
@@ -36,6 +39,8 @@
 --
 -- Returns {'ok'}; {'moved', seq, hash, frontier, key_id} when another writer appended
 -- first or the head names another signing key (a rotation, or a misconfigured replica);
+-- {'backlog', unsealed} when the entries not sealed into tiles would pass the
+-- limit (the tile store is failing: the gateway fails closed);
 -- {'failed', i} when item i's precondition does not hold; {'retry', i} when item i
 -- checks a key an earlier item of the same batch writes. Nothing is written unless
 -- 'ok'. A call resent after its reply was lost (the client retries on a dropped
@@ -152,6 +157,12 @@ end
 
 local batch = cjson.decode(ARGV[2])
 values_base = 5 + batch.lines
+if batch.backlog > 0 then
+  local unsealed = head_seq - tonumber(redis.call('HGET', KEYS[5], 'size') or '0')
+  if unsealed + batch.lines > batch.backlog then
+    return {'backlog', tostring(unsealed)}
+  end
+end
 local touched = {}
 for i, item in ipairs(batch.items) do
   local key, holds = check(item)
