@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -39,14 +37,13 @@ from gateway.api.log_service import LogsService
 from gateway.api.metrics import Metrics, MetricsServer
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.api.status import RequireToken, Servicer, roles_of
-from gateway.api.telemetry import Spans, provider_from_env, server_interceptor
+from gateway.api.telemetry import Spans, server_interceptor
 from gateway.api.tls import CertificateFiles, check_cleartext, is_loopback, server_credentials
-from gateway.config import Config, FirstRun, read_principals
+from gateway.config import Config, read_principals
 from gateway.domain.alerts.events import audit_failure_event, store_unavailable_event
 from gateway.domain.audit.keys import SigningKeys
 from gateway.domain.redaction import Redactor
 from gateway.errors import ConfigError, StoreUnavailable
-from gateway.logs import configure_logging
 from gateway.services.alert_delivery import DeliveryWorker
 from gateway.services.alerting import Alerting
 from gateway.services.approvals import RECHECK_SECONDS, ApprovalDesk
@@ -61,7 +58,6 @@ from gateway.services.quarantine import QuarantineDesk
 from gateway.services.readiness import ReadinessWatch
 from gateway.services.sealing import Sealing
 from gateway.services.security_events import SecurityEvents
-from gateway.services.setup_check import Check, check_setup
 from gateway.store.alert_deliveries import DeliveryQueue
 from gateway.store.alerts import AlertStore
 from gateway.store.audit_log import AuditLog, ReplicaAcks
@@ -620,21 +616,6 @@ class App:
         log.info("gateway stopped")
 
 
-def check(config: Config, first_run: FirstRun | None) -> list[Check]:
-    """`agentgw serve --check`: the transport, then what check_setup checks."""
-    try:
-        check_cleartext(config)
-        if config.tls.enabled:
-            CertificateFiles(config.tls)
-            mode = "mTLS" if config.tls.mutual else "TLS"
-            transport = Check("transport", True, f"{mode} on {config.listen}")
-        else:
-            transport = Check("transport", True, f"cleartext on {config.listen}")
-    except ConfigError as e:
-        transport = Check("transport", False, str(e))
-    return [transport, *check_setup(config, first_run)]
-
-
 def server_options(config: Config) -> list[tuple[str, int]]:
     """gRPC server options: message size, connection idle time, keepalive, stream cap,
     calls waiting to start."""
@@ -678,67 +659,3 @@ def _safe_url(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.split("@", 1)[1]
     return f"{scheme}{sep}{rest.split('?', 1)[0]}"
-
-
-async def serve(config: Config, first_run: FirstRun | None = None) -> None:
-    """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy, the principals and the TLS
-    certificates.
-
-    Logs go to stderr (JSON by default); the lines for the person at the terminal (the
-    address, and on a first start the tokens) go to stdout, so neither mixes into the
-    other. A first start's config is written only once the server listens."""
-    configure_logging(
-        config.log_level, config.redaction, log_format=config.logs.format, file=config.logs.file
-    )
-    tracer_provider = provider_from_env(os.environ)
-    app = App(config, tracer_provider=tracer_provider)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    loop.add_signal_handler(signal.SIGINT, stopping.set)
-    try:
-        if first_run is not None:
-            first_run.make_folder()
-        port = await app.start()
-        if first_run is not None:
-            _write_first_run(first_run)
-        loop.add_signal_handler(signal.SIGHUP, app.reload)
-        host = config.listen.rpartition(":")[0]
-        print(f"agentgw listening on {host}:{port}", flush=True)
-        if first_run is not None:
-            print(first_run_banner(first_run), flush=True)
-        await stopping.wait()
-    finally:
-        await app.stop()
-        if tracer_provider is not None:
-            await asyncio.to_thread(tracer_provider.shutdown)  # exports what is pending
-
-
-def _write_first_run(first_run: FirstRun) -> None:
-    try:
-        first_run.write()
-    except FileExistsError:
-        raise ConfigError(
-            f"{first_run.path}: another process wrote this config while the gateway "
-            "started, so the tokens made for it are void; start the gateway again"
-        ) from None
-    except OSError as e:
-        raise ConfigError(f"{first_run.path}: cannot write the config: {e.strerror}") from e
-
-
-def first_run_banner(first_run: FirstRun) -> str:
-    tokens = first_run.tokens
-    lines = [
-        "",
-        f"First start: generated config {first_run.path} with these tokens.",
-        "They are shown only now (the config keeps only their SHA-256):",
-    ]
-    for name, token in tokens.items():
-        lines.append(f"  {name:<11} {token}")
-    lines += [
-        "For example, in another terminal:",
-        f"  export AGENTGW_TOKEN={tokens.get('demo-agent', '')}",
-        "More principals: agentgw tokens issue NAME --role ROLE",
-        "",
-    ]
-    return "\n".join(lines)

@@ -127,7 +127,7 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from gateway.app import check, serve
+    from gateway.serve import check, serve
     from gateway.config import Overrides, load_config
     from gateway.errors import GatewayError
 
