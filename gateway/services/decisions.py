@@ -33,7 +33,7 @@ from gateway.domain.actions import (
 )
 from gateway.domain.alerts.events import decision_event, security_event
 from gateway.domain.alerts.rules import AlertEvent
-from gateway.domain.audit.entry import AuditEntry, EntryDraft, format_timestamp
+from gateway.domain.audit.entry import MAX_ENTRY_BYTES, AuditEntry, EntryDraft, format_timestamp
 from gateway.domain.audit.events import ActorType, EventType
 from gateway.domain.audit.keys import Signer
 from gateway.domain.detect.engine import detect
@@ -65,6 +65,11 @@ DIGEST_KEY_LABEL = b"agentgw/request-digest/v1\x00"
 # A retry that finds its action being decided by another call waits this long for
 # that call's decision before it is told to retry (ABORTED).
 PENDING_WAIT_SECONDS = 5.0
+
+
+# The most a request may weigh as audited (request_content): its entry must fit
+# MAX_ENTRY_BYTES with the decision's own fields (reason, findings, rules) beside it.
+AUDITED_REQUEST_BYTES = MAX_ENTRY_BYTES - 8 * 1024
 
 
 def new_hold_id() -> str:
@@ -114,6 +119,12 @@ class DecisionPipeline:
         refuse_secret_identifiers(request, self.redactor)
         authorize_agent(principal, request.agent_id)
         content = request_content(request)
+        if len(content) > AUDITED_REQUEST_BYTES:
+            raise InvalidRequest(
+                "parameters",
+                f"the request is {len(content)} bytes as audited (parameters, reasoning, "
+                f"labels, resource); at most {AUDITED_REQUEST_BYTES} fit its audit entry",
+            )
         claim = Claim.new(content_digest(content, self.digest_key))
         # Everything stored, logged or audited from here on uses the redacted copy.
         stored = self.redactor.request(request)

@@ -46,7 +46,14 @@ from gateway.domain.audit.chain import (
     sign_head,
 )
 from gateway.domain.audit.checkpoint import CheckpointError, parse_checkpoint
-from gateway.domain.audit.entry import GENESIS_HASH, AuditEntry, EntryDraft, format_timestamp
+from gateway.domain.audit.entry import (
+    GENESIS_HASH,
+    MAX_ENTRY_BYTES,
+    AuditEntry,
+    EntryDraft,
+    EntryTooLarge,
+    format_timestamp,
+)
 from gateway.domain.audit.keys import KeyFileError, Signer, SigningKeys, TrustedKey
 from gateway.domain.audit.merkle import (
     HASH_SIZE,
@@ -59,7 +66,7 @@ from gateway.domain.audit.merkle import (
 )
 from gateway.domain.audit.proofs import ConsistencyProof, InclusionProof
 from gateway.domain.audit.tiles import inside_sealed
-from gateway.errors import Conflict, OutcomeUnknown, StoreUnavailable
+from gateway.errors import Conflict, InvalidRequest, OutcomeUnknown, StoreUnavailable
 from gateway.store.connection import (
     REDIS_FAILURES,
     SingleConnection,
@@ -289,10 +296,14 @@ class AuditLog:
                 self._failed(batch, e)
                 return
             segments = [p.segment for p in batch]
-            if sum(len(s.drafts) for s in segments) >= OFF_LOOP_ENTRIES:
-                grown = await asyncio.to_thread(extend, start, segments, signer)
-            else:
-                grown = extend(start, segments, signer)
+            try:
+                if sum(len(s.drafts) for s in segments) >= OFF_LOOP_ENTRIES:
+                    grown = await asyncio.to_thread(extend, start, segments, signer)
+                else:
+                    grown = extend(start, segments, signer)
+            except EntryTooLarge:
+                batch = _refuse_too_large(batch, start, signer)
+                continue
             head, built = grown.head, grown.entries
             keys, payload, values, projections = self._script_arguments(batch, grown)
             args: list[str | int] = [start.seq, payload, start.key_id, head.seq, head.hash]
@@ -657,6 +668,26 @@ def _entry_lines(built: Sequence[Sequence[AuditEntry]]) -> list[str | int]:
     """The batch's entry lines in order: commit.lua's ARGV[6..]. Each line is the
     export form that was hashed and signed, passed as it is (never re-encoded)."""
     return [entry.to_json_line() for entries in built for entry in entries]
+
+
+def _refuse_too_large(batch: list[_Pending], start: Head, signer: Signer) -> list[_Pending]:
+    """Fails the commits with an entry too large for a tile (InvalidRequest: nothing
+    is written for them) and returns the others. Rare: each is built once more alone."""
+    kept = []
+    for pending in batch:
+        try:
+            extend(start, [pending.segment], signer)
+        except EntryTooLarge as e:
+            pending.future.set_exception(
+                InvalidRequest(
+                    "audit entry",
+                    f"would be {e.size} bytes, more than the {MAX_ENTRY_BYTES} an audit entry "
+                    "may have: send smaller parameters, reasoning or text",
+                )
+            )
+        else:
+            kept.append(pending)
+    return kept
 
 
 def _fail(batch: list[_Pending], error: Exception) -> None:

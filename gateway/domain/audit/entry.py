@@ -69,6 +69,21 @@ class EntryFormatError(FormatError):
         self.why = why
 
 
+# The most bytes an entry's C may have: a sealed tile's entry bundle prefixes each
+# entry with its length as a uint16 (C2SP tlog-tiles; audit-format.md §3).
+MAX_ENTRY_BYTES: Final = 0xFFFF
+
+
+class EntryTooLarge(EntryFormatError):
+    """An entry whose C would be longer than MAX_ENTRY_BYTES."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            "$", f"the entry would be {size} bytes; an audit entry is at most {MAX_ENTRY_BYTES}"
+        )
+        self.size = size
+
+
 def format_timestamp(unix_seconds: float) -> str:
     """RFC 3339 UTC with exactly six fractional digits, e.g. 2026-11-25T05:55:27.123456Z."""
     try:
@@ -462,6 +477,8 @@ def build_entry(draft: EntryDraft, seq: int, prev_hash: str, signer: Signer) -> 
     # Encode every field once: C for the hash, then the export line from the same text.
     fields = _encoded_fields(unsigned)
     canonical = _assemble(fields)[0]
+    if len(canonical) > MAX_ENTRY_BYTES:
+        raise EntryTooLarge(len(canonical))
     entry_hash = entry_hash_of(canonical)
     signature = signer.sign(signed_message(entry_hash)).hex()
     fields["entry_hash"] = f'"{entry_hash}"'

@@ -23,12 +23,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.domain.audit.entry import MAX_ENTRY_BYTES
 from gateway.domain.audit.errors import AuditError
 from gateway.domain.audit.merkle import HASH_SIZE, NodeId, node_hash
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT  # 256
-MAX_ENTRY_BYTES = 0xFFFF  # an entry bundle's uint16 length prefix
 
 
 class TileError(AuditError):
