@@ -248,6 +248,7 @@ class App:
         self.integrity = LogIntegrity(self.audit, observe, self.clock)
         sealer = Sealer(self.client, keys, tile_store, config.audit.tiles.margin_entries)
         self.sealing = Sealing(sealer, config.audit.tiles, observe, self.clock)
+        self.metrics.audit_unsealed.set_function(lambda: self.sealing.unsealed)
         self.desk = ApprovalDesk(
             self.hold_state, self.audit, self.listener, self.clock, redactor, observe
         )

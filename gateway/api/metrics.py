@@ -84,6 +84,11 @@ class Metrics:
         self.audit_head_seq = Gauge(
             "agentgw_audit_head_seq", "The audit log's last entry, as last seen.", registry=r
         )
+        self.audit_unsealed = Gauge(
+            "agentgw_audit_unsealed_entries",
+            "Audit entries not yet sealed into the tile store, as this replica last saw.",
+            registry=r,
+        )
         self.checkpoint_age = Gauge(
             "agentgw_checkpoint_age_seconds",
             "Seconds since this replica last published a checkpoint (-1: not yet).",

@@ -2,7 +2,7 @@
 
 Checks what a start would load, in the order it loads it, and reports each: the
 config (already parsed by the caller), the policy, the audit signing key and the
-rotated keys, and the Redis the gateway would use. Nothing is written: a missing
+rotated keys, the tile store, and the Redis the gateway would use. Nothing is written: a missing
 signing key is reported as one a first start would create, never created, and the
 external Redis is not contacted (a start reports an unreachable one in one line).
 The transport (cleartext refusal, TLS files) is checked by the app, which owns it.
@@ -18,6 +18,7 @@ from gateway.domain.audit.keys import KeyFileError, Signer
 from gateway.domain.policy.loader import default_policy, load_policy_file
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.store.embedded import find_server_binary
+from gateway.store.tile_store import DirectoryTileStore, TileStoreError
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,24 @@ def check_setup(config: Config, first_run: FirstRun | None) -> list[Check]:
         _config(config, first_run),
         _policy(config),
         *_keys(config),
+        _tile_store(config),
         _redis(config),
     ]
+
+
+def _tile_store(config: Config) -> Check:
+    store = DirectoryTileStore(config.tile_dir_path)
+    try:
+        identity = store.identity(create=False)
+    except TileStoreError as e:
+        return Check("tile store", False, str(e))
+    if identity is None:
+        return Check(
+            "tile store",
+            True,
+            f"{store.describe()}: empty, the first seal makes it (replicas must share one)",
+        )
+    return Check("tile store", True, f"{store.describe()}: store {identity}")
 
 
 def _config(config: Config, first_run: FirstRun | None) -> Check:

@@ -79,6 +79,13 @@ def test_decisions_holds_and_alerts_are_counted(metered: tuple[RunningGateway, s
     assert value(text, "agentgw_audit_batch_entries_sum") >= 3 + 1 + LOOP
     assert value(text, "agentgw_audit_head_seq") >= 3 + 1 + LOOP
     assert value(text, "agentgw_checkpoint_age_seconds") >= 0  # published at start
+    # Fewer than 256 entries: none sealed, all of them wait in Redis.
+    head = gw.audit_head()
+    wait_for(
+        lambda: value(scrape(url, token_for("auditor-1")), "agentgw_audit_unsealed_entries")
+        == head,
+        what="the unsealed entries gauge",
+    )
     # Holds: pending, then resolved with its time to resolution.
     wait_for(
         lambda: value(scrape(url, token_for("auditor-1")), "agentgw_holds_pending") == 2,

@@ -80,9 +80,17 @@ def test_each_broken_part_is_named_and_the_exit_code_is_1(tmp_path: Path) -> Non
     assert "not 0011223344556677" in done.stdout
 
     (rotated / "0011223344556677.pem").unlink()
+    identity = tmp_path / "data" / "tiles" / "agentgw-tile-store.json"
+    identity.parent.mkdir()
+    identity.write_text("{not json")
+    done = check("--config", str(path), cwd=tmp_path)
+    assert (done.returncode, lines_of(done)["tile"]) == (1, "FAILED"), done.stdout
+
+    identity.write_text('{"store_id": "5a17"}')
     done = check("--config", str(path), cwd=tmp_path)
     assert done.returncode == 0, done.stdout
     assert f"key {Signer.load(key).key_id}" in done.stdout
+    assert "store 5a17" in done.stdout
 
 
 def test_transport_problems_are_found_before_anything_starts(tmp_path: Path) -> None:
