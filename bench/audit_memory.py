@@ -141,7 +141,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"{'entries':>9} {'Redis used':>12} {'list':>11} {'tree':>11} {'in Redis':>9} {'tiles':>12}")
+    print(
+        f"{'entries':>9} {'Redis used':>12} {'list':>11} {'tree':>11} {'in Redis':>9} {'tiles':>12}"
+    )
     for row in rows:
         print(
             f"{row['entries']:>9} {row['redis_used_bytes']:>12,} {row['entries_list_bytes']:>11,} "

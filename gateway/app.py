@@ -38,6 +38,7 @@ from gateway.api.metrics import Metrics, MetricsServer
 from gateway.api.services import AlertsService, ApprovalsService, AuditService, GatewayService
 from gateway.api.status import RequireToken, Servicer, roles_of
 from gateway.api.telemetry import Spans, server_interceptor
+from gateway.api.tile_server import TileServer, serve_tiles
 from gateway.api.tls import CertificateFiles, check_cleartext, is_loopback, server_credentials
 from gateway.config import Config, read_principals
 from gateway.domain.alerts.events import audit_failure_event, store_unavailable_event
@@ -58,6 +59,7 @@ from gateway.services.quarantine import QuarantineDesk
 from gateway.services.readiness import ReadinessWatch
 from gateway.services.sealing import Sealing
 from gateway.services.security_events import SecurityEvents
+from gateway.services.tile_files import TileFiles
 from gateway.store.alert_deliveries import DeliveryQueue
 from gateway.store.alerts import AlertStore
 from gateway.store.audit_log import AuditLog, ReplicaAcks
@@ -121,6 +123,7 @@ class App:
         self.certificates: CertificateFiles | None = None  # with TLS
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
+        self.tile_server: TileServer | None = None  # the audit log as tlog-tiles
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -353,6 +356,9 @@ class App:
         self._health_watch = self._spawn(self._watch_health(), "health watch")
         if config.metrics.listen is not None:
             self._serve_metrics(config.metrics.listen, auth)
+        if config.tiles.listen is not None:
+            files = TileFiles(self.audit, self.sealing.sealer)
+            self.tile_server = serve_tiles(config, auth, self.certificates, files)
         log.info("gateway listening", extra={"listen": config.listen, "port": self.port})
         return self.port
 
@@ -580,6 +586,9 @@ class App:
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)
             self.metrics_server = None
+        if self.tile_server is not None:
+            await asyncio.to_thread(self.tile_server.stop)
+            self.tile_server = None
         with contextlib.suppress(ValueError):
             FAILURE_LISTENERS.remove(self.metrics.redis_errors.inc)
         if hasattr(self, "alerting"):

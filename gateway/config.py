@@ -92,6 +92,14 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class TileServerSettings:
+    """The audit log as tlog-tiles over HTTP (the `tiles:` section, --tiles-listen)."""
+
+    listen: str | None = None  # HOST:PORT; None: no tile server
+    public: bool = False  # serve without a token (auditor or admin) when True
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
     data_dir: Path = DEFAULT_DATA_DIR
@@ -102,6 +110,7 @@ class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    tiles: TileServerSettings = field(default_factory=TileServerSettings)
     # Serve cleartext on a non-loopback address (--insecure): tokens then travel in
     # the clear, so it must be asked for.
     insecure: bool = False
@@ -153,6 +162,7 @@ class Overrides:
     tls_client_ca: Path | None = None
     insecure: bool = False
     metrics_listen: str | None = None
+    tiles_listen: str | None = None
 
 
 # --- the file: one function per top-level section ----------------------------------
@@ -184,6 +194,7 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         "server": _server,
         "tls": _tls,
         "metrics": _metrics,
+        "tiles": _tiles,
         "logs": _logs,
         "alerts": _alerts,
     }
@@ -490,6 +501,15 @@ def _metrics(r: _ConfigReader, node: Node) -> dict[str, MetricsSettings]:
     return {"metrics": MetricsSettings(listen=listen, public=public, refresh_seconds=refresh)}
 
 
+def _tiles(r: _ConfigReader, node: Node) -> dict[str, TileServerSettings]:
+    m = r.mapping(node, "tiles", ("listen", "public"))
+    listen = None
+    if "listen" in m:
+        listen = _check_listen(r, m["listen"], r.string(m["listen"], "tiles.listen"))
+    public = r.boolean(m["public"], "tiles.public") if "public" in m else False
+    return {"tiles": TileServerSettings(listen=listen, public=public)}
+
+
 def _logs(r: _ConfigReader, node: Node) -> dict[str, LogSettings]:
     return {"logs": read_log_settings(r, node, r.base_dir)}
 
@@ -576,6 +596,11 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, F
         flag = "--metrics-listen" if overrides.metrics_listen else "AGENTGW_METRICS_LISTEN"
         checked = _check_listen(YamlReader(flag), None, metrics_listen)
         changes["metrics"] = replace(config.metrics, listen=checked)
+    tiles_listen = overrides.tiles_listen or env.get("AGENTGW_TILES_LISTEN")
+    if tiles_listen:
+        flag = "--tiles-listen" if overrides.tiles_listen else "AGENTGW_TILES_LISTEN"
+        checked = _check_listen(YamlReader(flag), None, tiles_listen)
+        changes["tiles"] = replace(config.tiles, listen=checked)
     # Channel URLs and keys may come from the environment (they are secrets).
     channels = resolve_secrets(config.alerts.channels, env, config.source)
     changes["alerts"] = replace(config.alerts, channels=channels)

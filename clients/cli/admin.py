@@ -48,6 +48,12 @@ def add_serve_command(sub: Commands) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http(s)://HOST:PORT/metrics (env AGENTGW_METRICS_LISTEN)",
     )
+    serve.add_argument(
+        "--tiles-listen",
+        metavar="HOST:PORT",
+        help="serve the audit log as tlog-tiles at http(s)://HOST:PORT/ (read-only; "
+        "env AGENTGW_TILES_LISTEN, config tiles:)",
+    )
     tls = serve.add_argument_group("TLS (config tls:)")
     tls.add_argument(
         "--tls-cert", type=Path, help="the server's PEM certificate chain (env AGENTGW_TLS_CERT)"
@@ -127,9 +133,9 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from gateway.serve import check, serve
     from gateway.config import Overrides, load_config
     from gateway.errors import GatewayError
+    from gateway.serve import check, serve
 
     overrides = Overrides(
         config_file=args.config,
@@ -142,6 +148,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
         metrics_listen=args.metrics_listen,
+        tiles_listen=args.tiles_listen,
     )
     try:
         config, first_run = load_config(overrides, os.environ)

@@ -9,12 +9,17 @@ parses flags, fetches, and prints. `audit query|report` are in `queries.py`.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
+import ssl
 import sys
 import threading
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentgw.v1 import audit_pb2
 from clients.cli import queries
@@ -31,7 +36,8 @@ from clients.cli.common import (
     print_result,
 )
 from clients.wire import consistency_proof_from_proto, entry_from_proto, inclusion_proof_from_proto
-from gateway.domain.audit.checkpoint import Checkpoint
+from gateway.domain.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
+from gateway.domain.audit.entry import MAX_ENTRY_BYTES
 from gateway.domain.audit.keys import KeyFileError, KeySet, TrustAnchor
 from gateway.domain.audit.proofs import (
     EntryLineError,
@@ -47,6 +53,19 @@ from gateway.domain.audit.proofs import (
     load_checkpoint,
     read_note,
 )
+from gateway.domain.audit.tiles import (
+    TILE_WIDTH,
+    ExpectedFiles,
+    TileError,
+    bundle_widths,
+    decode_lines,
+    entry_data,
+    file_difference,
+    lines_path,
+)
+
+if TYPE_CHECKING:
+    from gateway.domain.audit.verify import VerifyReport
 
 
 def add_commands(sub: Commands) -> None:
@@ -73,8 +92,8 @@ def add_commands(sub: Commands) -> None:
         help="the latest published checkpoint instead of a newly signed one",
     )
     checkpoint.set_defaults(run=run_audit_checkpoint)
-    verify = audit.add_parser("verify", help="verify an export offline")
-    verify.add_argument("export", type=Path)
+    verify = audit.add_parser("verify", help="verify an export offline, or the tiles at --url")
+    verify.add_argument("export", type=Path, nargs="?", help="the export file (or give --url)")
     verify.add_argument(
         "--keys",
         type=Path,
@@ -86,6 +105,7 @@ def add_commands(sub: Commands) -> None:
         "--checkpoint", type=Path, help="checkpoint from `agentgw audit checkpoint`"
     )
     verify.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    add_url_arguments(verify)
     add_output_options(verify)
     verify.set_defaults(run=run_audit_verify)
     in_place = add_client_options(
@@ -216,6 +236,15 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         raise CliError("--key-id picks the anchor out of --keys: give --keys too")
     keys = None if args.keys is None else _key_set_file(args.keys)
     anchor = _trust_key(args) or args.key_id
+    if args.url is not None:
+        if args.export is not None or args.checkpoint is not None:
+            raise CliError(
+                "--url verifies the served log against its own checkpoint: give no "
+                "export file and no --checkpoint"
+            )
+        return _verify_served_log(args, keys, anchor)
+    if args.export is None:
+        raise CliError("give the export file to verify, or --url URL of a tile server")
     if not args.export.is_file():
         raise CliError(f"{args.export}: no such file")
     note = None
@@ -235,29 +264,44 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         start_method="fork" if forkable else "spawn",
         anchor=anchor,
     )
+    return _reported(args, report)
+
+
+def _reported(
+    args: argparse.Namespace,
+    report: VerifyReport,
+    served: _ServedLines | None = None,
+) -> int:
+    """Prints a verification's report; with `served`, where the served log's lines are."""
     if report.ok:
-        print_result(
-            {
-                "ok": True,
-                "count": report.count,
-                "root_hash": report.root_hash,
-                "head_hash": report.head_hash,
-            },
-            is_json(args),
-            lambda: f"OK: {report.count} entries verified; root {report.root_hash}",
-        )
+        document = {
+            "ok": True,
+            "count": report.count,
+            "root_hash": report.root_hash,
+            "head_hash": report.head_hash,
+        }
+        text = f"OK: {report.count} entries verified; root {report.root_hash}"
+        if served is not None:
+            document |= {"url": served.fetch.base, "files_checked": served.files_checked}
+            text += f"; {served.files_checked} files of {served.fetch.base} agree"
+        print_result(document, is_json(args), lambda: text)
         return EXIT_OK
     failure = report.failure
     assert failure is not None
     where = "" if failure.line_number is None else f" at line {failure.line_number}"
+    document = {
+        "ok": False,
+        "kind": str(failure.kind.value),
+        "seq": failure.seq,
+        "line": failure.line_number,
+        "message": failure.message,
+    }
+    if served is not None and failure.line_number is not None:
+        path, line = served.where(failure.line_number)
+        document["path"] = path
+        where = f" at {path} line {line}"
     print_result(
-        {
-            "ok": False,
-            "kind": str(failure.kind.value),
-            "seq": failure.seq,
-            "line": failure.line_number,
-            "message": failure.message,
-        },
+        document,
         is_json(args),
         lambda: f"FAILED {failure.kind.value}{where}: {failure.message}",
     )
@@ -297,6 +341,170 @@ def run_audit_verify_in_place(args: argparse.Namespace) -> int:
         ),
     )
     return EXIT_FAILED
+
+
+# --- verifying the log a tile server serves ------------------------------------------
+
+# The most a file of the log can be: a checkpoint note (with cosignatures), a bundle
+# of 256 entries of at most MAX_ENTRY_BYTES, their export lines (C plus the entry hash
+# and signature members), a tile.
+NOTE_LIMIT = 1 << 16
+BUNDLE_LIMIT = TILE_WIDTH * (2 + MAX_ENTRY_BYTES)
+LINES_LIMIT = TILE_WIDTH * (MAX_ENTRY_BYTES + 512)
+
+
+def add_url_arguments(parser: argparse.ArgumentParser) -> None:
+    served = parser.add_argument_group("a tile server's log (agentgw serve --tiles-listen)")
+    served.add_argument(
+        "--url",
+        help="verify the log served as tlog-tiles at URL, streamed: its checkpoint, every "
+        "lines/ bundle, and that tile/entries/ and tile/<L>/ agree with them",
+    )
+    served.add_argument(
+        "--token",
+        default=os.environ.get("AGENTGW_TOKEN"),
+        help="with --url: an auditor's bearer token (env AGENTGW_TOKEN)",
+    )
+    served.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=Path(os.environ["AGENTGW_TLS_CA"]) if os.environ.get("AGENTGW_TLS_CA") else None,
+        help="with an https --url: trust this CA (env AGENTGW_TLS_CA; default: the system's)",
+    )
+    served.add_argument(
+        "--timeout", type=float, default=30.0, help="with --url: seconds per request"
+    )
+
+
+class ServedLogFailed(Exception):
+    """A file of the served log could not be fetched, or disagrees with the lines."""
+
+    def __init__(self, kind: str, path: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.path = path
+
+
+class _TileFetch:
+    """GETs files under a tile server's URL, with the bearer token, one at a time."""
+
+    def __init__(self, url: str, token: str | None, tls_ca: Path | None, timeout: float) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise CliError(f"--url {url}: expected an http:// or https:// URL")
+        self.base = url.rstrip("/") + "/"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout = timeout
+        self.context = None
+        if tls_ca is not None:
+            try:
+                self.context = ssl.create_default_context(cafile=str(tls_ca))
+            except (OSError, ssl.SSLError) as e:
+                raise CliError(f"--tls-ca {tls_ca}: {e}") from None
+
+    def get(self, path: str, limit: int) -> bytes:
+        url = self.base + path
+        request = urllib.request.Request(url, headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as got:
+                data: bytes = got.read(limit + 1)
+        except urllib.error.HTTPError as e:
+            reason = " ".join(e.read(300).decode("utf-8", "replace").split())
+            e.close()
+            why = f"HTTP {e.code}" + (f" ({reason})" if reason else "")
+            raise ServedLogFailed("fetch_failed", path, f"GET {url}: {why}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            why = " ".join(str(getattr(e, "reason", e)).split())
+            raise ServedLogFailed("fetch_failed", path, f"GET {url}: {why}") from None
+        if len(data) > limit:
+            raise ServedLogFailed("fetch_failed", path, f"GET {url}: more than {limit} bytes")
+        return data
+
+
+class _ServedLines:
+    """The served log's export lines, a bundle at a time (`lines/<N>`, the last one
+    partial), for the streaming verifier; once the verifier has taken a bundle's lines,
+    the standard files they imply (tile/entries/<N>, tile/0/<N> and the tiles above)
+    are fetched and compared, so a standard client sees the log the lines are.
+    Holds a bundle or two at a time (its lines, or its expected and served files),
+    and one unfinished tile per level."""
+
+    def __init__(self, fetch: _TileFetch, size: int) -> None:
+        self.fetch = fetch
+        self.size = size
+        self.files_checked = 0
+
+    def where(self, line_number: int) -> tuple[str, int]:
+        """The lines file of the stream's line `line_number` and its line in that file."""
+        index, offset = divmod(line_number - 1, TILE_WIDTH)
+        return lines_path(index, min(TILE_WIDTH, self.size - index * TILE_WIDTH)), offset + 1
+
+    def lines(self) -> Iterator[str]:
+        expected = ExpectedFiles(self.size)
+        for index, width in bundle_widths(self.size):
+            path = lines_path(index, width)
+            try:
+                lines = decode_lines(self.fetch.get(path, LINES_LIMIT))
+            except (TileError, UnicodeDecodeError) as e:
+                raise ServedLogFailed(
+                    "fetch_failed", path, f"{path}: not lines of text: {e}"
+                ) from None
+            if len(lines) != width:
+                raise ServedLogFailed(
+                    "tile_mismatch", path, f"{path}: {len(lines)} lines, not {width}"
+                )
+            self.files_checked += 1
+            yield from lines
+            # Here the verifier has taken every line: a line's own failure came first.
+            entries = []
+            for number, line in enumerate(lines, start=1):
+                try:
+                    entries.append(entry_data(line))
+                except TileError as e:
+                    raise ServedLogFailed(
+                        "tile_mismatch", path, f"{path} line {number}: {e}"
+                    ) from None
+            del lines
+            files = expected.bundle(index, entries)
+            del entries
+            for file, wanted in files:
+                own = file.startswith(("tile/entries/", "tile/0/"))
+                self._compare(file, wanted, path if own else f"the lines up to {path}")
+
+    def _compare(self, file: str, wanted: bytes, source: str) -> None:
+        served = self.fetch.get(file, BUNDLE_LIMIT)
+        difference = file_difference(file, served, wanted)
+        if difference is not None:
+            raise ServedLogFailed(
+                "tile_mismatch", file, f"{file} does not agree with {source}: {difference}"
+            )
+        self.files_checked += 1
+
+
+def _verify_served_log(
+    args: argparse.Namespace, keys: KeySet | None, anchor: TrustAnchor | str | None
+) -> int:
+    """`audit verify --url`: the served checkpoint, then every entry streamed through
+    the offline verifier (in this process: memory stays that of a bundle or two)."""
+    from gateway.domain.audit.verify import verify_export
+
+    fetch = _TileFetch(args.url, args.token, args.tls_ca, args.timeout)
+    try:
+        note = fetch.get("checkpoint", NOTE_LIMIT).decode("utf-8", "replace")
+        try:
+            size = parse_checkpoint(note).size
+        except CheckpointError:
+            size = 0  # the verifier names what is wrong with it, before any line
+        served = _ServedLines(fetch, size)
+        report = verify_export(served.lines(), keys, note, anchor=anchor)
+    except ServedLogFailed as e:
+        failed = e
+        print_result(
+            {"ok": False, "kind": failed.kind, "path": failed.path, "message": str(failed)},
+            is_json(args),
+            lambda: f"FAILED {failed.kind}: {failed}",
+        )
+        return EXIT_FAILED
+    return _reported(args, report, served)
 
 
 def _trust_key(args: argparse.Namespace) -> TrustAnchor | None:

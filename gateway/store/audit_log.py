@@ -563,7 +563,7 @@ class AuditLog:
             inclusion_range(seq, tree_size, 0)
         size = inclusion_range(seq, tree_size, await self._head_size())
         plan, leaf, root = inclusion_plan(seq - 1, size), (0, seq - 1), root_nodes(size)
-        nodes = await self._read_nodes([leaf, *plan.node_ids, *root])
+        nodes = await self.read_nodes([leaf, *plan.node_ids, *root])
         return InclusionProof(
             seq=seq,
             tree_size=size,
@@ -577,7 +577,7 @@ class AuditLog:
         size = consistency_range(old_size, new_size, await self._head_size())
         plan = consistency_plan(old_size, size)
         old_root, new_root = root_nodes(old_size), root_nodes(size)
-        nodes = await self._read_nodes([*plan.node_ids, *old_root, *new_root])
+        nodes = await self.read_nodes([*plan.node_ids, *old_root, *new_root])
         return ConsistencyProof(
             old_size=old_size,
             new_size=size,
@@ -591,7 +591,7 @@ class AuditLog:
             seq = await self.client.hget(self.keys.audit_head, "seq")
         return int(str(seq or 0))
 
-    async def _read_nodes(self, wanted: list[NodeId]) -> dict[NodeId, bytes]:
+    async def read_nodes(self, wanted: list[NodeId]) -> dict[NodeId, bytes]:
         """The stored tree nodes `wanted`, with one HMGET; Conflict if one is missing."""
         ids = list(dict.fromkeys(wanted))
         if not ids:

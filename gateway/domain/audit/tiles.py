@@ -19,13 +19,14 @@ leaves are all below S. Pure: no I/O.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
-from gateway.domain.audit.entry import MAX_ENTRY_BYTES
+from gateway.domain.audit.entry import MAX_ENTRY_BYTES, read_export_object, read_signed_line
 from gateway.domain.audit.errors import AuditError
-from gateway.domain.audit.merkle import HASH_SIZE, NodeId, node_hash
+from gateway.domain.audit.merkle import HASH_SIZE, NodeId, leaf_hash_of, node_hash, root_of
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT  # 256
@@ -79,9 +80,9 @@ def lines_path(index: int, width: int = TILE_WIDTH) -> str:
     return str(TilePath("lines", 0, index, width))
 
 
-_INDEX = r"((?:x\d{3}/)*\d{3})"
-_WIDTH = r"(?:\.p/([1-9]\d{0,2}))?"
-_PATH = re.compile(rf"(?:tile/(0|[1-9]\d?|entries)|(lines))/{_INDEX}{_WIDTH}")
+_INDEX = r"((?:x[0-9]{3}/)*[0-9]{3})"
+_WIDTH = r"(?:\.p/([1-9][0-9]{0,2}))?"
+_PATH = re.compile(rf"(?:tile/(0|[1-9][0-9]?|entries)|(lines))/{_INDEX}{_WIDTH}")
 
 
 def parse_tile_path(path: str) -> TilePath:
@@ -215,3 +216,148 @@ def nodes_below_tile(level: int, index: int) -> list[NodeId]:
         for up in range(TILE_HEIGHT)
         for i in range(1 << (TILE_HEIGHT - up))
     ]
+
+
+# --- serving and checking a log by its files ---------------------------------------------
+
+
+def leaves_needed(path: TilePath) -> int:
+    """The tree size from which the file exists: a level-L tile of width W at index N
+    needs (N*256 + W) * 256^L leaves; a bundle or lines file of width W, N*256 + W."""
+    level = path.level if path.kind == "tile" else 0
+    return (path.index * TILE_WIDTH + path.width) << (TILE_HEIGHT * level)
+
+
+def full_file(path: TilePath) -> TilePath:
+    """The full tile or bundle a partial one is a prefix of (itself when full)."""
+    return replace(path, width=TILE_WIDTH)
+
+
+def file_prefix(path: TilePath, data: bytes) -> bytes:
+    """The bytes of partial `path` from those of its full file: its first W hashes,
+    entries or lines (every file of a tile only grows at its end). TileError if the
+    full file is shorter."""
+    width = path.width
+    if path.kind == "tile":
+        if len(data) < width * HASH_SIZE:
+            raise TileError(f"{full_file(path)} has fewer than {width} hashes")
+        return data[: width * HASH_SIZE]
+    at = 0
+    for _ in range(width):
+        if path.kind == "entries":
+            if at + 2 > len(data):
+                raise TileError(f"{full_file(path)} has fewer than {width} entries")
+            at += 2 + int.from_bytes(data[at : at + 2], "big")
+        else:
+            end = data.find(b"\n", at)
+            if end < 0:
+                raise TileError(f"{full_file(path)} has fewer than {width} lines")
+            at = end + 1
+    if at > len(data):
+        raise TileError(f"{full_file(path)}: an entry is cut off")
+    return data[:at]
+
+
+def entry_data(line: str) -> bytes:
+    """An export line's entry as a bundle holds it: its canonical bytes C
+    (docs/audit-format.md §3). TileError unless the line is a canonical entry."""
+    signed = read_signed_line(line)
+    if signed is not None:
+        return signed.canonical
+    try:
+        return read_export_object(json.loads(line), line)[1]
+    except (ValueError, RecursionError) as e:
+        raise TileError(f"not a canonical export line: {e}") from None
+
+
+def bundle_widths(size: int) -> Iterator[tuple[int, int]]:
+    """(index, width) of each entry bundle of a tree of `size`, in order: all full
+    but the last, which is partial unless `size` is a multiple of 256. Lazily."""
+    for index in range((size + TILE_WIDTH - 1) // TILE_WIDTH):
+        yield index, min(TILE_WIDTH, size - index * TILE_WIDTH)
+
+
+class ExpectedFiles:
+    """The standard files a log of `size` entries is served as (tlog-tiles: every
+    entry bundle and every hash tile, full and partial, of each level), worked out
+    from the entries a bundle at a time, in order. It keeps the hashes of one
+    unfinished tile per level above 0, so memory is O(log size) tiles: a client that
+    streams a log checks every tile a standard client could fetch at little cost."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._next = 0  # the bundle expected next
+        self._pending: list[list[bytes]] = []  # [L - 1]: level L's hashes of its open tile
+
+    def bundle(self, index: int, entries: Sequence[bytes]) -> list[tuple[str, bytes]]:
+        """(path, bytes) of the files bundle `index` completes: its entry bundle and
+        level-0 tile, each higher-level tile it fills, and after the last bundle the
+        partial tile of each level above 0. TileError out of order or width."""
+        width = min(TILE_WIDTH, self.size - index * TILE_WIDTH)
+        if index != self._next or width <= 0 or len(entries) != width:
+            raise TileError(
+                f"bundle {index} of {len(entries)} entries is not the next of a log of {self.size}"
+            )
+        self._next += 1
+        leaves = [leaf_hash_of(data) for data in entries]
+        files = [
+            (entries_path(index, width), encode_bundle(entries)),
+            (tile_path(0, index, width), encode_tile(leaves)),
+        ]
+        if width == TILE_WIDTH:
+            self._carry(1, index, root_of(leaves), files)
+        if self._next * TILE_WIDTH >= self.size:
+            for above, hashes in enumerate(self._pending):
+                level = above + 1
+                if hashes:
+                    at = self.size >> (TILE_HEIGHT * (level + 1))
+                    files.append((tile_path(level, at, len(hashes)), encode_tile(hashes)))
+        return files
+
+    def _carry(self, level: int, below: int, hash_: bytes, files: list[tuple[str, bytes]]) -> None:
+        """Hash `below` of `level`: the root of full tile `below` of the level under it."""
+        while len(self._pending) < level:
+            self._pending.append([])
+        hashes = self._pending[level - 1]
+        hashes.append(hash_)
+        if len(hashes) == TILE_WIDTH:
+            index = below // TILE_WIDTH
+            files.append((tile_path(level, index), encode_tile(hashes)))
+            root = root_of(hashes)
+            hashes.clear()
+            self._carry(level + 1, index, root, files)
+
+
+def file_difference(path: str, served: bytes, expected: bytes) -> str | None:
+    """Where a served file first differs from the expected one, in words (None when
+    they are equal): `entry 17 differs`, `it has 3 hashes, not 4`."""
+    if served == expected:
+        return None
+    kind = parse_tile_path(path).kind
+    got: list[bytes]
+    want: list[bytes]
+    if kind == "entries":
+        one, many = "entry", "entries"
+        try:
+            got = decode_bundle(served)
+        except TileError as e:
+            return f"it is not an entry bundle ({e})"
+        want = decode_bundle(expected)
+    elif kind == "lines":
+        one, many = "line", "lines"
+        got, want = _split_lines(served), _split_lines(expected)
+    else:
+        one, many = "hash", "hashes"
+        got = [served[i : i + HASH_SIZE] for i in range(0, len(served), HASH_SIZE)]
+        want = [expected[i : i + HASH_SIZE] for i in range(0, len(expected), HASH_SIZE)]
+    for index, (mine, theirs) in enumerate(zip(got, want, strict=False)):
+        if mine != theirs:
+            return f"{one} {index} differs"
+    return f"it has {len(got)} {many}, not {len(want)}"
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
