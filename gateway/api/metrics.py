@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc
@@ -30,9 +29,9 @@ from prometheus_client import (
 )
 
 from gateway.api.auth import Authenticator
+from gateway.api.http_endpoint import SOCKET_SECONDS, HttpEndpoint, bearer_refusal
 from gateway.domain.actions import Decision
 from gateway.domain.principals import Role
-from gateway.errors import GatewayError
 
 log = logging.getLogger("agentgw.metrics")
 
@@ -174,9 +173,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsServer:
-    """`/metrics` over HTTP(S) in a thread of its own, so a scrape never waits for the
-    event loop (and a busy loop never delays a scrape)."""
+class MetricsServer(HttpEndpoint):
+    """`/metrics` over HTTP(S) in threads of its own (http_endpoint.py), so a scrape
+    never waits for the event loop (and a busy loop never delays a scrape)."""
 
     def __init__(
         self,
@@ -185,48 +184,13 @@ class MetricsServer:
         auth: Authenticator | None,
         tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
-        host, _, port = listen.rpartition(":")
-        handler = _handler(metrics, auth)
-        self.server = _Server((host.strip("[]"), int(port)), handler, tls)
-        self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="agentgw-metrics", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        tls: Callable[[], ssl.SSLContext] | None,
-    ) -> None:
-        self.tls = tls
-        super().__init__(address, handler)
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = super().get_request()
-        if self.tls is None:
-            return sock, address
-        # The context is asked for at each connection: renewed files apply at once.
-        # The handshake happens in the connection's own thread, at its first read, so
-        # a client that connects and says nothing holds up no one else.
-        wrapped = self.tls().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return wrapped, address
+        super().__init__(listen, _handler(metrics, auth), tls, "agentgw-metrics")
 
 
 def _handler(metrics: Metrics, auth: Authenticator | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = SOCKET_SECONDS
+
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self._answer(404, b"not found: the metrics are at /metrics\n")
@@ -238,17 +202,10 @@ def _handler(metrics: Metrics, auth: Authenticator | None) -> type[BaseHTTPReque
             self._answer(200, metrics.text(), CONTENT_TYPE_LATEST)
 
         def _refusal(self) -> tuple[int, bytes] | None:
-            if auth is None:
-                return None
             header = self.headers.get("Authorization")
-            metadata = () if header is None else (("authorization", header),)
-            try:
-                principal = auth.authenticate(metadata)
-            except GatewayError as e:
-                return 401, f"{e}\n".encode()
-            if principal.role not in SCRAPER_ROLES:
-                return 403, b"metrics are for auditor and admin principals\n"
-            return None
+            forbidden = "metrics are for auditor and admin principals"
+            refused = bearer_refusal(auth, header, SCRAPER_ROLES, forbidden)
+            return None if refused is None else (refused[0], f"{refused[1]}\n".encode())
 
         def _answer(self, status: int, body: bytes, kind: str = "text/plain") -> None:
             self.send_response(status)

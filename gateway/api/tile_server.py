@@ -10,27 +10,23 @@ gateway's certificate when it has one, and refuses a token-protected endpoint in
 cleartext off loopback. Full tiles and bundles are immutable and say so (a year of
 `Cache-Control`); the checkpoint and partial files are `no-cache`.
 
-The server runs in threads of its own, never on the event loop: each request hands
-its read to the app's loop (`run_coroutine_threadsafe`) and waits for it at most
-ANSWER_SECONDS. A fixed pool of WORKERS threads answers; at most WAITING more
-connections wait for one, and any beyond are closed unanswered, so that slow or many
-clients cannot take more threads than that. Every socket read or write times out after
-SOCKET_SECONDS, and http.server bounds the request line (64 KiB) and the headers (100
-lines of 64 KiB).
+The server runs in threads of its own (http_endpoint.py: a bounded pool, socket
+timeouts), never on the event loop: each request hands its read to the app's loop
+(`run_coroutine_threadsafe`) and waits for it at most ANSWER_SECONDS; http.server
+bounds the request line (64 KiB) and the headers (100 lines of 64 KiB).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import ssl
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from gateway.api.auth import Authenticator
+from gateway.api.http_endpoint import SOCKET_SECONDS, HttpEndpoint, bearer_refusal
 from gateway.api.tls import CertificateFiles, is_loopback
 from gateway.config import Config
 from gateway.domain.principals import Role
@@ -40,17 +36,14 @@ from gateway.services.tile_files import TileFiles
 log = logging.getLogger("agentgw.tiles")
 
 READER_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
-WORKERS = 8
-WAITING = 32
-SOCKET_SECONDS = 10.0
 ANSWER_SECONDS = 10.0
 IMMUTABLE = "public, max-age=31536000, immutable"
 TEXT = "text/plain; charset=utf-8"
 OCTETS = "application/octet-stream"
 
 
-class TileServer:
-    """The tile files over HTTP(S) in threads of its own (see the module docstring)."""
+class TileServer(HttpEndpoint):
+    """The tile files over HTTP(S) (see the module docstring)."""
 
     def __init__(
         self,
@@ -61,21 +54,7 @@ class TileServer:
         tls: Callable[[], ssl.SSLContext] | None = None,
         answer_seconds: float = ANSWER_SECONDS,
     ) -> None:
-        host, _, port = listen.rpartition(":")
-        handler = _handler(files, auth, loop, answer_seconds)
-        self.server = _Server((host.strip("[]"), int(port)), handler, tls)
-        self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="agentgw-tiles", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
+        super().__init__(listen, _handler(files, auth, loop, answer_seconds), tls, "agentgw-tiles")
 
 
 def serve_tiles(
@@ -102,57 +81,6 @@ def serve_tiles(
     server.start()
     log.info("tile server listening", extra={"listen": listen, "port": server.port})
     return server
-
-
-class _Server(HTTPServer):
-    """An HTTPServer whose requests run on a bounded pool (see the module docstring)."""
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        tls: Callable[[], ssl.SSLContext] | None,
-    ) -> None:
-        self.tls = tls
-        self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, "agentgw-tiles")
-        self._slots = threading.BoundedSemaphore(WORKERS + WAITING)
-        super().__init__(address, handler)
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = super().get_request()
-        if self.tls is None:
-            return sock, address
-        # As metrics.py: the handshake happens in the worker, at the first read, under
-        # the socket timeout; the context is asked for at each connection.
-        wrapped = self.tls().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return wrapped, address
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # every worker busy, enough waiting: closed
-            return
-        try:
-            self._pool.submit(self._answer, request, client_address)
-        except RuntimeError:  # the pool is shut down: the server is stopping
-            self._slots.release()
-            self.shutdown_request(request)
-
-    def _answer(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            self._slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that went away or stalled past the timeout: not worth a traceback.
-        log.debug("tile request failed", exc_info=True, extra={"client": str(client_address)})
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._pool.shutdown(wait=True)
 
 
 def _handler(
@@ -196,17 +124,9 @@ def _handler(
             return 200, found.data, OCTETS, IMMUTABLE if found.immutable else "no-cache"
 
         def _refusal(self) -> tuple[int, str] | None:
-            if auth is None:
-                return None
             header = self.headers.get("Authorization")
-            metadata = () if header is None else (("authorization", header),)
-            try:
-                principal = auth.authenticate(metadata)
-            except GatewayError as e:
-                return 401, str(e)
-            if principal.role not in READER_ROLES:
-                return 403, "the audit log's tiles are for auditor and admin principals"
-            return None
+            forbidden = "the audit log's tiles are for auditor and admin principals"
+            return bearer_refusal(auth, header, READER_ROLES, forbidden)
 
         def _not_allowed(self) -> None:
             self._answer(*_error(405, "the tile server is read-only: GET only"))

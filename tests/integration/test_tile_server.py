@@ -27,7 +27,7 @@ import redis
 
 from clients.cli import main
 from clients.cli.auditor import _ServedLines, _TileFetch
-from gateway.api import tile_server
+from gateway.api import http_endpoint
 from gateway.api.tile_server import TileServer
 from gateway.app import App
 from gateway.config import (
@@ -635,8 +635,8 @@ def test_a_read_that_takes_too_long_is_a_503(loop: asyncio.AbstractEventLoop) ->
 def test_connections_beyond_the_workers_and_the_queue_are_closed_unanswered(
     loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tile_server, "WORKERS", 1)
-    monkeypatch.setattr(tile_server, "WAITING", 1)
+    monkeypatch.setattr(http_endpoint, "WORKERS", 1)
+    monkeypatch.setattr(http_endpoint, "WAITING", 1)
     with standalone(FakeFiles("ok"), loop) as url:
         port = int(url.rsplit(":", 1)[1])
         # One silent client holds the only worker, another waits for it.

@@ -1,0 +1,122 @@
+"""What the gateway's HTTP endpoints share: the metrics (metrics.py) and the tile
+server (tile_server.py).
+
+`HttpEndpoint` runs an http.server handler in threads of its own, never on the event
+loop: a fixed pool of WORKERS threads answers, at most WAITING more connections wait
+for one, and any beyond are closed unanswered, so that slow or many clients cannot
+take more threads than that (a handler sets its socket `timeout`). With TLS, each
+connection is wrapped with the context asked for at that moment (renewed certificate
+files apply at once), and the handshake happens in the worker at its first read,
+under the socket timeout: a client that connects and says nothing holds up no one
+else. `bearer_refusal` is the one token check of both: a bearer token of one of the
+allowed roles, or nothing when the endpoint is public.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+from gateway.api.auth import Authenticator
+from gateway.domain.principals import Role
+from gateway.errors import GatewayError
+
+log = logging.getLogger("agentgw.http")
+
+WORKERS = 8
+WAITING = 32
+SOCKET_SECONDS = 10.0  # each socket read or write of a request
+
+
+class HttpEndpoint:
+    """A handler served on `listen` (HOST:PORT) until `stop`; `port` is the bound one."""
+
+    def __init__(
+        self,
+        listen: str,
+        handler: type[BaseHTTPRequestHandler],
+        tls: Callable[[], ssl.SSLContext] | None,
+        name: str,
+    ) -> None:
+        host, _, port = listen.rpartition(":")
+        self.server = _BoundedServer((host.strip("[]"), int(port)), handler, tls, name)
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+
+def bearer_refusal(
+    auth: Authenticator | None, header: str | None, roles: frozenset[Role], forbidden: str
+) -> tuple[int, str] | None:
+    """(401, why) or (403, `forbidden`) unless the `Authorization` header names a
+    principal of one of `roles`; None when it does, or when `auth` is None (public)."""
+    if auth is None:
+        return None
+    metadata = () if header is None else (("authorization", header),)
+    try:
+        principal = auth.authenticate(metadata)
+    except GatewayError as e:
+        return 401, str(e)
+    if principal.role not in roles:
+        return 403, forbidden
+    return None
+
+
+class _BoundedServer(HTTPServer):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        tls: Callable[[], ssl.SSLContext] | None,
+        name: str,
+    ) -> None:
+        self.tls = tls
+        self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, name)
+        self._slots = threading.BoundedSemaphore(WORKERS + WAITING)
+        super().__init__(address, handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        if self.tls is None:
+            return sock, address
+        wrapped = self.tls().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return wrapped, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # every worker busy, enough waiting: closed
+            return
+        try:
+            self._pool.submit(self._answer, request, client_address)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._slots.release()
+            self.shutdown_request(request)
+
+    def _answer(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away or stalled past the timeout: not worth a traceback.
+        log.debug("http request failed", exc_info=True, extra={"client": str(client_address)})
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=True)
