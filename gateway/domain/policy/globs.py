@@ -45,19 +45,10 @@ def translate_glob(pattern: str, dialect: GlobDialect) -> str:
         if char == "?":
             out.append("[^/]" if path else ".")
         elif char == "[":
-            j = i + 1
-            negate = j < n and pattern[j] == "!"
-            if negate:
-                j += 1
-            start = j
-            # A "]" right after "[" or "[!" is a member, as in fnmatch.
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
+            negate, members, j = character_class(pattern, i)
             if j >= n:
                 raise ValueError(f"unclosed '[' at position {i}")
-            body = "".join("\\" + c if c in _CLASS_SPECIAL else c for c in pattern[start:j])
+            body = "".join("\\" + c if c in _CLASS_SPECIAL else c for c in members)
             char_class = f"[^{body}]" if negate else f"[{body}]"
             # In a path a character class never matches the separator.
             out.append("(?!/)" + char_class if path else char_class)
@@ -71,6 +62,22 @@ def translate_glob(pattern: str, dialect: GlobDialect) -> str:
     except re.error as exc:
         raise ValueError(exc.msg) from None
     return source
+
+
+def character_class(pattern: str, i: int) -> tuple[bool, str, int]:
+    """The `[...]` set that opens at `pattern[i]`: (negated, its members, the index of
+    its closing "]", or len(pattern) when it is not closed). A "]" right after "[" or
+    "[!" is a member, as in fnmatch."""
+    j, n = i + 1, len(pattern)
+    negated = j < n and pattern[j] == "!"
+    if negated:
+        j += 1
+    start = j
+    if j < n and pattern[j] == "]":
+        j += 1
+    while j < n and pattern[j] != "]":
+        j += 1
+    return negated, pattern[start:j], j
 
 
 def compile_globs(

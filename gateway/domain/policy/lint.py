@@ -24,7 +24,7 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from gateway.domain.policy.evaluator import predicate_holds
-from gateway.domain.policy.globs import GlobDialect, compile_globs
+from gateway.domain.policy.globs import GlobDialect, character_class, compile_globs
 from gateway.domain.policy.model import (
     GlobSet,
     JsonValue,
@@ -434,17 +434,8 @@ def _character_classes(pattern: str) -> list[tuple[bool, str]]:
     i, n = 0, len(pattern)
     while i < n:
         if pattern[i] == "[":
-            j = i + 1
-            negated = j < n and pattern[j] == "!"
-            if negated:
-                j += 1
-            start = j
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            found.append((negated, pattern[start:j]))
-            i = j
+            negated, members, i = character_class(pattern, i)
+            found.append((negated, members))
         i += 1
     return found
 
