@@ -3,7 +3,9 @@
 `Sealer.seal_once` seals the next 256 entries when the log has them, in this order:
 
 1. take the seal lease (`audit_seal_lease`, SET NX with a TTL): one replica seals at
-   a time; the others wait for the lease or for the next tile;
+   a time; the others wait for the lease or for the next tile. A replica checks its
+   store's identity before (so one on another store never takes it), reads the
+   sealed size again under it, and gives it up when sealing fails;
 2. read the 256 entries and their leaf hashes from Redis and check them against
    each other (each line's C hashes to its stored leaf; each entry's prev_hash is
    the entry hash before it): tiles are immutable, so nothing unsound goes in;
@@ -27,6 +29,7 @@ lines by bundle, nodes from their hash tiles), with a small cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -213,9 +216,29 @@ class Sealer:
         """Seals the next tile if 256 entries wait and this sealer gets the lease.
         True if it sealed one; SealError / StoreUnavailable when it cannot."""
         state = await self.state()
+        if state.store_id is not None:
+            # Every round, whether or not a tile waits: a replica on another store says
+            # so (readiness) before it serves reads, and never takes the others' lease.
+            await self._store_id(state.store_id)
         if state.head - state.size < TILE_WIDTH or not await self._take_lease():
             return False
+        try:
+            return await self._seal_next()
+        except (SealError, TileStoreError, TileError):
+            # A lease kept by a sealer that fails would be renewed by it every round,
+            # and no replica whose store works could seal: give it up.
+            with contextlib.suppress(StoreUnavailable):
+                await self.release()
+            raise
+
+    async def _seal_next(self) -> bool:
+        """Steps 2 to 4, under the lease."""
         self.on_step("lease")
+        # Read again under the lease: another sealer may have sealed (and trimmed)
+        # since the first read, before its lease ended.
+        state = await self.state()
+        if state.head - state.size < TILE_WIDTH:
+            return False
         store_id = await self._store_id(state.store_id)
         start = state.size
         lines, leaves = await self._read_tile_inputs(state)
@@ -300,7 +323,8 @@ class Sealer:
             values = await self.client.hmget(self.keys.audit_tree, [node_field(n) for n in leaves])
         if len(lines) != TILE_WIDTH or any(v is None for v in values):
             raise SealError(f"entries {start + 1}..{start + TILE_WIDTH} are not all in Redis")
-        return [str(line) for line in lines], [bytes.fromhex(str(v)) for v in values]
+        hashes = _node_hashes(values, tile_path(0, start // TILE_WIDTH))
+        return [str(line) for line in lines], hashes
 
     async def _previous_hash(self, state: SealedState) -> str:
         """The entry hash of the entry before the tile (the genesis hash for the first)."""
@@ -311,9 +335,16 @@ class Sealer:
                 line = await self.client.lindex(
                     self.keys.audit_entries, state.size - 1 - state.trimmed
                 )
+        else:
+            try:
+                (line,) = await SealedLog(self.store).lines(state.size, state.size)
+            except StoreUnavailable as e:
+                # The tile store failed, not Redis: sealing fails loudly (services/sealing.py).
+                raise TileStoreError(str(e)) from e
+        try:
             return str(json.loads(str(line))["entry_hash"])
-        lines = await SealedLog(self.store).lines(state.size, state.size)
-        return str(json.loads(lines[0])["entry_hash"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise SealError(f"entry {state.size} is not a sound export line: {e}") from e
 
     async def _hashes(self, level: int, index: int) -> list[bytes]:
         """The 256 hashes of a higher-level tile, from the tree nodes in Redis."""
@@ -322,10 +353,19 @@ class Sealer:
             values = await self.client.hmget(self.keys.audit_tree, [node_field(n) for n in nodes])
         if any(v is None for v in values):
             raise SealError(f"the nodes of {tile_path(level, index)} are not all in Redis")
-        return [bytes.fromhex(str(v)) for v in values]
+        return _node_hashes(values, tile_path(level, index))
 
     async def _write(self, path: str, data: bytes) -> None:
         await asyncio.to_thread(self.store.write, path, data)  # TileStoreError: the store
+
+
+def _node_hashes(values: Sequence[object], tile: str) -> list[bytes]:
+    """Stored tree nodes as bytes; SealError (loud, not a crash of the sealer's loop)
+    if one is not hex. A wrong length is encode_tile's TileError."""
+    try:
+        return [bytes.fromhex(str(v)) for v in values]
+    except ValueError as e:
+        raise SealError(f"a tree node of {tile} in Redis is malformed: {e}") from e
 
 
 def _check_entries(

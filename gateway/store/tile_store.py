@@ -5,11 +5,12 @@ store can be added beside `DirectoryTileStore` without touching the log. Files a
 written once and never changed: `write` of a path that exists succeeds only if the
 bytes are the same (a sealer that crashed after writing is simply run again), and
 refuses otherwise (TileConflict: the store and Redis disagree, which must never be
-papered over). A directory store writes a temporary file, fsyncs it, renames it into
-place and fsyncs the folder, so a reader sees a whole file or none, also across a
-crash. Replicas on different hosts must share one store (one directory on a shared
-file system, or one bucket); its identity file (`agentgw-tile-store.json`) lets a
-replica tell that the store it has is the one the log was sealed into.
+papered over). A directory store writes a temporary file, fsyncs it, links it into
+place and fsyncs the folder (and each folder it creates, into its parent), so a
+reader sees a whole file or none, also across a crash. Replicas on different hosts
+must share one store (one directory on a shared file system, or one bucket); its
+identity file (`agentgw-tile-store.json`) lets a replica tell that the store it has
+is the one the log was sealed into.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class DirectoryTileStore(TileStore):
                 raise TileConflict(
                     f"tile store {self.root}: {path} exists with other bytes than the log's"
                 )
+            # Written by a sealer that may have died before it fsynced the folder: the
+            # caller is about to record it as sealed, so make its name durable now.
+            try:
+                _fsync_folder(target.parent)
+            except OSError as e:
+                raise TileStoreError(f"tile store {self.root}: syncing {path}: {e.strerror}") from e
             return
         try:
             _write_durably(target, data)
@@ -118,7 +125,7 @@ class DirectoryTileStore(TileStore):
 def _write_durably(target: Path, data: bytes) -> None:
     """A temporary file beside `target`, fsynced, linked into place (FileExistsError
     if `target` exists), the folder fsynced: a whole file or none, after a crash too."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_folders(target.parent)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -130,8 +137,23 @@ def _write_durably(target: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-    folder = os.open(target.parent, os.O_RDONLY)
+    _fsync_folder(target.parent)
+
+
+def _make_folders(folder: Path) -> None:
+    """`folder` and its missing parents, each fsynced into its parent: a file fsynced
+    into a folder whose own name a crash loses is lost with it."""
+    if folder.is_dir():
+        return
+    _make_folders(folder.parent)
+    with contextlib.suppress(FileExistsError):  # made meanwhile; a file there fails later
+        folder.mkdir()
+    _fsync_folder(folder.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(folder)
+        os.fsync(fd)
     finally:
-        os.close(folder)
+        os.close(fd)
