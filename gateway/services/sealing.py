@@ -46,6 +46,7 @@ class Sealing:
         self.unsealed = 0  # entries not sealed yet, as last seen
         self.error = ""  # why the last attempt failed ("" when it did not)
         self._wrong_store = ""
+        self._logged = ""  # the failure last logged at ERROR
 
     def appended(self, entries: int, seq: int) -> None:
         """AuditLog.on_append: a batch that completed a tile wakes the sealer."""
@@ -85,15 +86,20 @@ class Sealing:
             with contextlib.suppress(StoreUnavailable):
                 state = await self.sealer.state()
                 self.unsealed = state.head - state.size
-            log.error(
+            # Logged when the reason changes; the alert's cooldown spaces the alerts.
+            log.log(
+                logging.DEBUG if str(e) == self._logged else logging.ERROR,
                 "sealing the audit log failed: %s",
                 e,
                 extra={"category": "error", "unsealed": self.unsealed},
             )
+            self._logged = str(e)
             self._observe(sealing_failure_event(str(e), self.unsealed, self._clock()))
             return
         self.unsealed = state.head - state.size
-        self.error = self._wrong_store = ""
+        if self._logged:
+            log.info("sealing the audit log works again", extra={"category": "error"})
+        self.error = self._wrong_store = self._logged = ""
 
     async def stop(self) -> None:
         with contextlib.suppress(StoreUnavailable):

@@ -188,6 +188,7 @@ class Sealer:
         self.lease_ms = max(1, round(lease_seconds * 1000))
         self.owner = owner or secrets.token_hex(8)
         self._seal = load_script(client, "seal")
+        self._lease = load_script(client, "seal_lease")
         self.sealed = 0  # tiles this sealer sealed (for tests and logs)
         # Called between the steps (for tests that stop a sealer there).
         self.on_step: Callable[[str], None] = lambda step: None
@@ -286,22 +287,15 @@ class Sealer:
 
     async def _take_lease(self) -> bool:
         with unavailable_on_error("taking the seal lease"):
-            if await self.client.set(
-                self.keys.audit_seal_lease, self.owner, nx=True, px=self.lease_ms
-            ):
-                return True
-            holder = await self.client.get(self.keys.audit_seal_lease)
-            if holder is not None and str(holder) == self.owner:
-                await self.client.pexpire(self.keys.audit_seal_lease, self.lease_ms)
-                return True
-        return False
+            held = await self._lease(
+                keys=[self.keys.audit_seal_lease], args=["take", self.owner, self.lease_ms]
+            )
+        return bool(int(held))
 
     async def release(self) -> None:
-        """Gives the lease up (at stop), if this sealer holds it."""
+        """Gives the lease up (at stop, or when sealing failed), if this sealer holds it."""
         with unavailable_on_error("releasing the seal lease"):
-            holder = await self.client.get(self.keys.audit_seal_lease)
-            if holder is not None and str(holder) == self.owner:
-                await self.client.delete(self.keys.audit_seal_lease)
+            await self._lease(keys=[self.keys.audit_seal_lease], args=["release", self.owner])
 
     async def _store_id(self, sealed_into: str | None) -> str:
         own = await asyncio.to_thread(self.store.identity, sealed_into is None)
