@@ -82,8 +82,9 @@ def test_decisions_holds_and_alerts_are_counted(metered: tuple[RunningGateway, s
     # Fewer than 256 entries: none sealed, all of them wait in Redis.
     head = gw.audit_head()
     wait_for(
-        lambda: value(scrape(url, token_for("auditor-1")), "agentgw_audit_unsealed_entries")
-        == head,
+        lambda: (
+            value(scrape(url, token_for("auditor-1")), "agentgw_audit_unsealed_entries") == head
+        ),
         what="the unsealed entries gauge",
     )
     # Holds: pending, then resolved with its time to resolution.
