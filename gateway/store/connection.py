@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -36,11 +37,11 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterDownError,
     MaxConnectionsError,
     MovedError,
+    NoScriptError,
     RedisClusterException,
     RedisError,
     ResponseError,
@@ -371,8 +372,34 @@ def script_text(name: str) -> str:
     return "\n".join(scripts.joinpath(f"{part}.lua").read_text() for part in parts)
 
 
-def load_script(client: aioredis.Redis, name: str) -> AsyncScript:
-    return client.register_script(script_text(name))
+class LuaScript:
+    """scripts/<name>.lua, run with EVALSHA. A server that does not know it yet (a
+    fresh or restarted one) gets it with EVAL, which runs it on the server its keys
+    name and caches it there: redis-py's own fallback, SCRIPT LOAD, goes to every
+    master of a cluster, and fails while any one of them is down, failing a call
+    whose keys are on a master that is up."""
+
+    def __init__(self, client: aioredis.Redis, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.text = script_text(name)
+        self.sha = hashlib.sha1(self.text.encode("utf-8")).hexdigest()
+
+    async def __call__(
+        self,
+        keys: Sequence[str] = (),
+        args: Sequence[str | int | float | bytes] = (),
+        client: aioredis.Redis | None = None,
+    ) -> Any:
+        runner = client or self.client
+        try:
+            return await runner.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await runner.eval(self.text, len(keys), *keys, *args)
+
+
+def load_script(client: aioredis.Redis, name: str) -> LuaScript:
+    return LuaScript(client, name)
 
 
 # Called on every Redis failure `unavailable_on_error` turns into an error (the app
