@@ -104,12 +104,13 @@ def test_rate_limit_can_hold_instead_of_deny(make_gateway: Callable[..., Running
 def test_a_flood_of_large_requests_does_not_grow_redis_with_their_content(
     make_gateway: Callable[..., RunningGateway], raw: redis.Redis
 ) -> None:
-    # With the default limits: one agent sends 300 requests of 60 KB in the same
-    # instant. A handful fit the byte window; the rest are refused and recorded by
-    # digest and size, so Redis grows by far less than their content (18 MB).
+    # With the default limits: one agent sends 300 requests of 50 KB (as large as an
+    # audit entry allows) in the same instant. A handful fit the byte window; the rest
+    # are refused and recorded by digest and size, so Redis grows by far less than
+    # their content (15 MB).
     gw = make_gateway()
     agent = gw.agent()
-    blob = "y" * 60_000
+    blob = "y" * 50_000
     before = int(raw.info("memory")["used_memory"])
     verdicts = [
         agent.submit("upload", session_id=f"f{n}", parameters={"a": n, "blob": blob}).verdict
@@ -117,9 +118,9 @@ def test_a_flood_of_large_requests_does_not_grow_redis_with_their_content(
     ]
     grown = int(raw.info("memory")["used_memory"]) - before
     admitted = verdicts.count(gateway_pb2.VERDICT_ALLOW)
-    assert 0 < admitted <= 2_000_000 // 60_000
+    assert 0 < admitted <= 2_000_000 // 50_000
     assert verdicts.count(gateway_pb2.VERDICT_DENY) == 300 - admitted
-    assert grown < admitted * 60_000 * 2 + 300 * 4_000, grown
+    assert grown < admitted * 50_000 * 2 + 300 * 4_000, grown
 
 
 # --- outcomes ---------------------------------------------------------------------
