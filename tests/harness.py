@@ -68,6 +68,18 @@ class ManualClock:
         self.offset += seconds
 
 
+def start_and_stop(app: App) -> None:
+    """Starts `app` on a loop of its own and stops it: raises what starting raised."""
+
+    async def start() -> None:
+        try:
+            await app.start()
+        finally:
+            await app.stop(grace=0)
+
+    asyncio.run(start())
+
+
 class RunningGateway:
     def __init__(self, config: Config, clock: ManualClock, tracer_provider: Any = None) -> None:
         self.config = config

@@ -11,7 +11,7 @@ import asyncio
 import grpc
 import pytest
 
-from gateway.domain.audit.entry import MAX_ENTRY_BYTES, EntryDraft, format_timestamp
+from gateway.domain.audit.entry import MAX_ENTRY_BYTES, EntryDraft
 from gateway.errors import InvalidRequest
 from gateway.services.decisions import AUDITED_REQUEST_BYTES
 from tests.harness import RunningGateway
@@ -35,17 +35,7 @@ def test_a_request_too_large_to_audit_is_refused_and_writes_nothing(gw: RunningG
 
 
 def draft(size: int) -> EntryDraft:
-    return EntryDraft(
-        timestamp=format_timestamp(0),
-        event_type="note",
-        actor="admin-1",
-        actor_type="user",
-        action_id="",
-        action_type="",
-        resource="",
-        details={"text": "y" * size},
-        outcome="",
-    )
+    return EntryDraft.of_no_action(0, "note", "admin-1", "user", {"text": "y" * size}, "")
 
 
 def test_an_entry_too_large_fails_its_own_commit_and_spares_the_batch(gw: RunningGateway) -> None:

@@ -21,7 +21,7 @@ from gateway.app import App
 from gateway.config import Config, MetricsSettings, TlsSettings
 from gateway.errors import ConfigError
 from tests.certificates import Authority
-from tests.harness import RunningGateway, token_for, wait_for
+from tests.harness import RunningGateway, start_and_stop, token_for, wait_for
 
 LOOP = 5  # the default loop window
 
@@ -165,16 +165,9 @@ def test_metrics_are_served_over_tls_when_the_gateway_has_a_certificate(
 def test_a_token_protected_endpoint_is_refused_in_cleartext_off_loopback(
     gateway_config: Config,
 ) -> None:
-    import asyncio
 
     config = replace(gateway_config, metrics=MetricsSettings(listen="0.0.0.0:0"))
     app = App(config)
 
-    async def start() -> None:
-        try:
-            await app.start()
-        finally:
-            await app.stop(grace=0)
-
     with pytest.raises(ConfigError, match=r"refusing to serve metrics on 0\.0\.0\.0:0 without TLS"):
-        asyncio.run(start())
+        start_and_stop(app)

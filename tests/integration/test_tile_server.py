@@ -48,7 +48,7 @@ from gateway.errors import ConfigError, StoreUnavailable
 from gateway.services.tile_files import TileFile
 from gateway.store.keys import KeySpace
 from tests.certificates import Authority
-from tests.harness import RunningGateway, token_for, wait_for
+from tests.harness import RunningGateway, start_and_stop, token_for, wait_for
 from tests.tlog_tiles_reference import (
     FetchError,
     InconsistentLogError,
@@ -511,14 +511,8 @@ def test_a_token_protected_tile_server_is_refused_in_cleartext_off_loopback(
     config = replace(gateway_config, tiles=TileServerSettings(listen="0.0.0.0:0"))
     app = App(config)
 
-    async def start() -> None:
-        try:
-            await app.start()
-        finally:
-            await app.stop(grace=0)
-
     with pytest.raises(ConfigError, match=r"refusing to serve the audit log on 0\.0\.0\.0:0"):
-        asyncio.run(start())
+        start_and_stop(app)
 
 
 # --- config and flags ---------------------------------------------------------------------

@@ -17,7 +17,6 @@ from gateway.domain.audit.canonical import canonical_json
 from gateway.domain.audit.entry import (
     GENESIS_HASH,
     AuditEntry,
-    EntryDraft,
     EntryFormatError,
     SignedLine,
     build_entry,
@@ -31,24 +30,9 @@ from gateway.domain.audit.entry import (
     signature_is_valid,
 )
 from gateway.domain.audit.keys import Signer
+from tests.audit_drafts import sample_draft as draft
 
 SIGNER = Signer.from_seed(bytes(range(32)))
-
-
-def draft(**changes: Any) -> EntryDraft:
-    fields: dict[str, Any] = {
-        "timestamp": "2026-11-25T05:55:27.123456Z",
-        "event_type": "decision",
-        "actor": "agent-7",
-        "actor_type": "agent",
-        "action_id": "act-1",
-        "action_type": "payments.transfer",
-        "resource": "account:42",
-        "details": {"amount": 12.5, "nested": {"b": [1, "x"], "a": None}},
-        "outcome": "allow",
-    }
-    fields.update(changes)
-    return EntryDraft(**fields)
 
 
 def test_genesis_hash_is_sha256_of_the_genesis_label() -> None:

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from gateway.domain.audit.canonical import COMPILED
 from gateway.domain.audit.entry import (
     GENESIS_HASH,
-    EntryDraft,
     SignedLine,
     build_entry,
     read_export_object,
@@ -24,27 +23,12 @@ from gateway.domain.audit.entry import (
 from gateway.domain.audit.keys import KeySet, Signer
 from gateway.domain.audit.line_reader import read_signed_bytes
 from gateway.domain.audit.verify import FailureKind, verify_export
+from tests.audit_drafts import sample_draft as draft
 
 pytestmark = pytest.mark.skipif(not COMPILED, reason="msgspec and orjson are not installed")
 
 SIGNER = Signer.from_seed(b"\x09" * 32)
 KEYS = KeySet.for_signer("agentgw.example/audit", SIGNER)
-
-
-def draft(**changes: Any) -> EntryDraft:
-    fields: dict[str, Any] = {
-        "timestamp": "2026-11-25T05:55:27.123456Z",
-        "event_type": "action_decided",
-        "actor": "agent-7",
-        "actor_type": "agent",
-        "action_id": "act-1",
-        "action_type": "payments.transfer",
-        "resource": "account:42",
-        "details": {"amount": 12.5, "nested": {"b": [1, "x"], "a": None}},
-        "outcome": "allow",
-    }
-    fields.update(changes)
-    return EntryDraft(**fields)
 
 
 def strict_reading(data: bytes) -> SignedLine | None:
