@@ -75,7 +75,6 @@ class Sealing:
         """Seals what waits; records (and alerts on) a failure of the tile store."""
         try:
             await self.sealer.seal_all()
-            state = await self.sealer.state()
         except StoreUnavailable as e:
             # Redis: the health watch reports it (and its alert); sealing waits.
             log.warning("sealing waits for Redis: %s", e, extra={"category": "error"})
@@ -83,9 +82,7 @@ class Sealing:
         except (SealError, TileStoreError, TileError) as e:
             self.error = str(e)
             self._wrong_store = str(e) if isinstance(e, WrongTileStore) else ""
-            with contextlib.suppress(StoreUnavailable):
-                state = await self.sealer.state()
-                self.unsealed = state.head - state.size
+            self.unsealed = self.sealer.last_state.unsealed
             # Logged when the reason changes; the alert's cooldown spaces the alerts.
             log.log(
                 logging.DEBUG if str(e) == self._logged else logging.ERROR,
@@ -96,7 +93,8 @@ class Sealing:
             self._logged = str(e)
             self._observe(sealing_failure_event(str(e), self.unsealed, self._clock()))
             return
-        self.unsealed = state.head - state.size
+        # seal_all ends on a state read that found nothing more to seal: it is current.
+        self.unsealed = self.sealer.last_state.unsealed
         if self._logged:
             log.info("sealing the audit log works again", extra={"category": "error"})
         self.error = self._wrong_store = self._logged = ""

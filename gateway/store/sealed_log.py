@@ -94,6 +94,10 @@ class SealedState:
     store_id: str | None
     head: int  # entries in the log
 
+    @property
+    def unsealed(self) -> int:
+        return self.head - self.size
+
 
 def node_field(node: NodeId) -> str:
     return f"{node[0]}:{node[1]}"
@@ -190,21 +194,25 @@ class Sealer:
         self._seal = load_script(client, "seal")
         self._lease = load_script(client, "seal_lease")
         self.sealed = 0  # tiles this sealer sealed (for tests and logs)
+        self.last_state = SealedState(0, 0, None, 0)  # as `state` last read it
         # Called between the steps (for tests that stop a sealer there).
         self.on_step: Callable[[str], None] = lambda step: None
 
     async def state(self) -> SealedState:
+        """The sealed log and the head, in one round trip (both in the {audit} slot);
+        kept as `last_state`."""
         with unavailable_on_error("reading the sealed log"):
-            size, trimmed, store_id = await self.client.hmget(
-                self.keys.audit_sealed, ["size", "trimmed", "store_id"]
-            )
-            head = await self.client.hget(self.keys.audit_head, "seq")
-        return SealedState(
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.keys.audit_sealed, ["size", "trimmed", "store_id"])
+                pipe.hget(self.keys.audit_head, "seq")
+                (size, trimmed, store_id), head = await pipe.execute()
+        self.last_state = SealedState(
             int(str(size or 0)),
             int(str(trimmed or 0)),
             None if store_id is None else str(store_id),
             int(str(head or 0)),
         )
+        return self.last_state
 
     async def seal_all(self) -> int:
         """Seals tiles while the log has 256 unsealed entries; returns how many."""
@@ -221,7 +229,7 @@ class Sealer:
             # Every round, whether or not a tile waits: a replica on another store says
             # so (readiness) before it serves reads, and never takes the others' lease.
             await self._store_id(state.store_id)
-        if state.head - state.size < TILE_WIDTH or not await self._take_lease():
+        if state.unsealed < TILE_WIDTH or not await self._take_lease():
             return False
         try:
             return await self._seal_next()
@@ -238,7 +246,7 @@ class Sealer:
         # Read again under the lease: another sealer may have sealed (and trimmed)
         # since the first read, before its lease ended.
         state = await self.state()
-        if state.head - state.size < TILE_WIDTH:
+        if state.unsealed < TILE_WIDTH:
             return False
         store_id = await self._store_id(state.store_id)
         start = state.size
