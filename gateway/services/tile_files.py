@@ -14,7 +14,6 @@ It reads, never writes, and knows nothing of HTTP (gateway/api/tile_server.py).
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from gateway.domain.audit.tiles import (
@@ -33,8 +32,7 @@ from gateway.domain.audit.tiles import (
 )
 from gateway.errors import InvalidRequest, StoreUnavailable
 from gateway.store.audit_log import AuditLog
-from gateway.store.sealed_log import Sealer
-from gateway.store.tile_store import TileStoreError
+from gateway.store.sealed_log import SealedLog, Sealer
 
 CHECKPOINT = "checkpoint"
 
@@ -53,6 +51,7 @@ class TileFiles:
     def __init__(self, audit: AuditLog, sealer: Sealer) -> None:
         self.audit = audit
         self.sealer = sealer  # its state: the head and the sealed size; its store
+        self._store = SealedLog(sealer.store)
 
     async def read(self, path: str) -> TileFile | None:
         """The file at `path`, or None if the log has no such file (yet).
@@ -74,7 +73,7 @@ class TileFiles:
             return None
         try:
             if leaves_needed(full_file(tile)) <= state.size:
-                data = await self._sealed(full_file(tile))
+                data = await self._store.file(str(full_file(tile)))
                 if tile.partial:
                     data = file_prefix(tile, data)
             else:
@@ -82,18 +81,6 @@ class TileFiles:
         except TileError as e:
             raise StoreUnavailable(f"{tile}: the stored log is not sound: {e}") from e
         return TileFile(data, immutable=not tile.partial)
-
-    async def _sealed(self, tile: TilePath) -> bytes:
-        store = self.sealer.store
-        try:
-            data = await asyncio.to_thread(store.read, str(tile))
-        except TileStoreError as e:
-            raise StoreUnavailable(str(e)) from e
-        if data is None:
-            raise StoreUnavailable(
-                f"tile store {store.describe()} has no {tile}, which the log was sealed into"
-            )
-        return data
 
     async def _built(self, tile: TilePath) -> bytes:
         """The file from Redis (AuditLog's reads, which fall back to the tile store

@@ -131,7 +131,7 @@ class SealedLog:
         if index in self._bundles:
             self._bundles.move_to_end(index)
             return self._bundles[index]
-        data = await self._read(lines_path(index))
+        data = await self.file(lines_path(index))
         try:
             lines = decode_lines(data)
         except (TileError, UnicodeDecodeError) as e:
@@ -148,13 +148,14 @@ class SealedLog:
             return self._tiles[key]
         path = tile_path(level, index)
         try:
-            hashes = decode_tile(await self._read(path))
+            hashes = decode_tile(await self.file(path))
         except TileError as e:
             raise StoreUnavailable(f"tile store: {path} is malformed: {e}") from e
         _remember(self._tiles, key, hashes, CACHED_TILES)
         return hashes
 
-    async def _read(self, path: str) -> bytes:
+    async def file(self, path: str) -> bytes:
+        """A sealed file's bytes; StoreUnavailable if the store fails or lacks it."""
         try:
             data = await asyncio.to_thread(self.store.read, path)
         except TileStoreError as e:
