@@ -285,9 +285,11 @@ class App:
         await asyncio.wait_for(self.listener.subscribed.wait(), 10)
 
         auth = Authenticator(config.principals)
-        config_file = Path(config.source)
+        # The config's file (not one made in code, "<...>"), watched also before it
+        # exists: a first start writes it only once the server listens.
+        config_file = None if config.source.startswith("<") else Path(config.source)
         self.principals = PrincipalReloader(
-            config_file if config_file.is_file() else None,
+            config_file,
             config.principals,
             lambda: read_principals(config),
             auth.replace,

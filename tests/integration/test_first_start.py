@@ -64,6 +64,21 @@ class Streams:
             reader.join(5)
 
 
+def submit_code(port: int, token: str) -> grpc.StatusCode:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            gateway_pb2_grpc.GatewayStub(channel).Submit(
+                gateway_pb2.ActionRequest(
+                    action_id=os.urandom(6).hex(), session_id="t", action_type="search"
+                ),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+        except grpc.RpcError as e:
+            return e.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
 @pytest.fixture
 def started() -> Iterator[list[Streams]]:
     processes: list[Streams] = []
@@ -116,6 +131,17 @@ def test_a_start_that_cannot_listen_writes_no_config_and_the_next_start_shows_ne
             timeout=10,
         )
     assert decision.verdict == gateway_pb2.VERDICT_ALLOW
+    # The config it wrote after listening is the one it watches: a token issued into
+    # it now works without a restart.
+    issued = subprocess.run(
+        [AGENTGW, "tokens", "issue", "billing-7", "--role", "agent", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.splitlines()[1]
+    wait_for(lambda: submit_code(port, token) == grpc.StatusCode.OK, 30, "the issued token")
     second.stop()
     # stderr is the logs and nothing else: every line is a JSON record, and no token
     # is in any of them.
