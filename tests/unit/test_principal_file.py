@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+import yaml
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
@@ -128,7 +129,15 @@ names = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
 comments = st.sampled_from(["", "  # c", "   # another: comment"])
 
 
+def _as_written(name: str) -> str:
+    """`name` as a careful hand would write it: quoted where YAML would read the bare
+    word as something else (`no`, `on`, `null` are booleans or null to YAML 1.1)."""
+    return name if yaml.safe_load(name) == name else f'"{name}"'
+
+
 @settings(max_examples=150, deadline=None)
+@example(items=[("no", "")], indent=2, new="yes", trailing_section=False)
+@example(items=[("a", "")], indent=2, new="null", trailing_section=True)
 @given(
     st.lists(st.tuples(names, comments), min_size=1, max_size=5, unique_by=lambda t: t[0]),
     st.sampled_from([2, 4]),
@@ -142,7 +151,7 @@ def test_any_edit_then_its_inverse_gives_the_text_back(
     lines = ["# top", "principals:"]
     for n, (name, comment) in enumerate(items):
         lines += [
-            f"{pad}- name: {name}{comment}",
+            f"{pad}- name: {_as_written(name)}{comment}",
             f"{pad}  role: agent",
             f"{pad}  token_sha256: {n:063x}a",
         ]
