@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -34,7 +35,8 @@ SOCKET_SECONDS = 10.0  # each socket read or write of a request
 
 
 class HttpEndpoint:
-    """A handler served on `listen` (HOST:PORT) until `stop`; `port` is the bound one."""
+    """A handler served on `listen` (HOST:PORT, or [IPv6]:PORT) until `stop`; `port`
+    is the bound one."""
 
     def __init__(
         self,
@@ -83,6 +85,8 @@ class _BoundedServer(HTTPServer):
         name: str,
     ) -> None:
         self.tls = tls
+        if ":" in address[0]:  # an IPv6 address, written [::1]:PORT in `listen`
+            self.address_family = socket.AF_INET6
         self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, name)
         self._slots = threading.BoundedSemaphore(WORKERS + WAITING)
         super().__init__(address, handler)

@@ -136,6 +136,18 @@ def test_a_public_endpoint_needs_no_token(make_gateway: Callable[..., RunningGat
     assert "agentgw_decision_duration_seconds" in text
 
 
+def test_an_ipv6_loopback_address_is_served(make_gateway: Callable[..., RunningGateway]) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    gw = make_gateway(metrics=MetricsSettings(listen="[::1]:0", public=True))
+    assert gw.app.metrics_server is not None
+    text = scrape(f"http://[::1]:{gw.app.metrics_server.port}/metrics", None)
+    assert "agentgw_decision_duration_seconds" in text
+
+
 def test_metrics_are_served_over_tls_when_the_gateway_has_a_certificate(
     make_gateway: Callable[..., RunningGateway], tmp_path: Path
 ) -> None:
