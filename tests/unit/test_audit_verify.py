@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.domain.audit import entry as entry_module
 from gateway.domain.audit import inspection
 from gateway.domain.audit import verify as verify_module
 from gateway.domain.audit.canonical import canonical_json
@@ -196,6 +197,30 @@ def test_malformed_line(line: str, why: str) -> None:
     assert failure.line_number == 7
     assert failure.message.startswith(why)
     assert failure.message.endswith("(malformed)")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_signed_entry_longer_than_a_bundle_holds_is_malformed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int
+) -> None:
+    """A writer that ignored the limit signs an entry of C > 65,535 bytes: hash and
+    signature are sound, but no tile could hold it (audit-format.md §8, §9)."""
+    entries = [*ENTRIES[:6]]
+    with monkeypatch.context() as m:
+        m.setattr(entry_module, "MAX_ENTRY_BYTES", 1 << 20)
+        big = replace(draft(7), details={"note": "x" * 0xFFFF})
+        entries.append(build_entry(big, 7, entries[-1].entry_hash, SIGNER))
+    size = len(entries[-1].forms[0])
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(lines_of(entries)))
+    report = verify_export(export, KEYS, workers=workers)
+    assert report.failure == VerifyFailure(
+        FailureKind.MALFORMED,
+        7,
+        7,
+        f"seq 7: the entry is {size} bytes; an audit entry is at most 65535 (malformed)",
+    )
+    assert (report.count, report.head_hash) == (6, entries[5].entry_hash)
 
 
 def test_edited_entry() -> None:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.domain.audit.canonical import COMPILED
 from gateway.domain.audit.entry import (
     ENTRY_HASH_PREFIX,
+    MAX_ENTRY_BYTES,
     SIGNATURE_PREFIX,
     EntryFormatError,
     SignedLine,
@@ -189,7 +190,11 @@ def inspect_lines(
     for number, data in numbered:
         read = _fast_read(data)
         # (find, not in: `in` on bytes costs a TypeError raised and cleared inside)
-        if read is not None and data.find(_ROTATION_MARK_BYTES) < 0:
+        if (
+            read is not None
+            and len(read.canonical) <= MAX_ENTRY_BYTES
+            and data.find(_ROTATION_MARK_BYTES) < 0
+        ):
             digest = hashlib.sha256(ENTRY_HASH_PREFIX + read.canonical).digest()
             public = candidates.get(read.key_id)
             if public is not None and digest.hex() == read.entry_hash:
@@ -281,6 +286,14 @@ def _inspect_line(
             return slow
         read = slow
     seq = read.seq
+    if len(read.canonical) > MAX_ENTRY_BYTES:  # no tile's bundle could hold it
+        return _problem(
+            line_number,
+            seq,
+            FailureKind.MALFORMED,
+            f"the entry is {len(read.canonical)} bytes; an audit entry is at most "
+            f"{MAX_ENTRY_BYTES}",
+        )
     if entry_hash_of(read.canonical) != read.entry_hash:
         return _problem(
             line_number, seq, FailureKind.EDITED, "entry_hash does not match its contents"
