@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,6 +23,8 @@ from google.protobuf import json_format
 from agentgw.v1 import approvals_pb2_grpc, audit_pb2_grpc
 from clients.agent import Metadata, bearer
 from clients.transport import Tls, TlsFileError, open_channel
+from gateway.domain.audit.query import micros_from_text
+from gateway.errors import InvalidRequest
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 # The exit codes (docs/cli.md, "Exit codes"). 3..6 say what became of an action:
@@ -46,6 +49,26 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 class CliError(Exception):
     """A usage or input problem: printed, exit code 2."""
+
+
+# A time before now, as `--since 15m` (s, m, h, d, w) takes it.
+_SPAN = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def micros_of_time(flag: str, text: str, now: float) -> int:
+    """Microseconds since the epoch of an RFC 3339 time (UTC without an offset), a
+    date (UTC midnight), or a span before `now` (seconds since the epoch) as 15m, 2h,
+    7d; a CliError naming `flag` otherwise."""
+    span = _SPAN.fullmatch(text.strip())
+    if span:
+        return round((now - float(span.group(1)) * _UNIT_SECONDS[span.group(2)]) * 1_000_000)
+    try:
+        return micros_from_text(flag, text)
+    except InvalidRequest:
+        raise CliError(
+            f"{flag}: {text!r} is not an RFC 3339 time, a date, or a span like 15m, 2h, 7d"
+        ) from None
 
 
 # Refusals whose status message is written for the person who made the call (it names

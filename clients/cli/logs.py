@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from clients.cli.common import (
     add_client_options,
     add_output_options,
     is_json,
+    micros_of_time,
     one_line,
     print_records,
     quiet_stdout,
@@ -33,15 +33,11 @@ from clients.cli.common import (
     stub_for,
 )
 from clients.wire import struct_to_python
-from gateway.domain.audit.query import micros_from_text
-from gateway.errors import InvalidRequest
 
 # The gateway's (gateway/domain/log_records.py); repeated here because the CLI
 # imports no server code. The gateway checks them again.
 CATEGORIES = ("action", "decision", "error", "security", "performance", "user")
 LEVELS = ("debug", "info", "warning", "error", "critical")
-_SPAN = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def add_commands(sub: Commands) -> None:
@@ -75,19 +71,6 @@ def logs_stub(args: argparse.Namespace) -> tuple[logs_pb2_grpc.LogsStub, Metadat
     return stub_for(args, logs_pb2_grpc.LogsStub)
 
 
-def parse_time(flag: str, text: str, now: float) -> float:
-    """Seconds since the epoch of an RFC 3339 time, a date, or a span before `now`."""
-    span = _SPAN.fullmatch(text.strip())
-    if span:
-        return now - float(span.group(1)) * _UNIT_SECONDS[span.group(2)]
-    try:
-        return micros_from_text(flag, text) / 1_000_000
-    except InvalidRequest:
-        raise CliError(
-            f"{flag}: {text!r} is not an RFC 3339 time, a date, or a span like 15m, 2h, 7d"
-        ) from None
-
-
 def log_query(args: argparse.Namespace, now: float) -> logs_pb2.LogQuery:
     request = logs_pb2.LogQuery(
         categories=args.category,
@@ -99,9 +82,9 @@ def log_query(args: argparse.Namespace, now: float) -> logs_pb2.LogQuery:
         follow=args.follow,
     )
     if args.since is not None:
-        request.since.FromNanoseconds(round(parse_time("--since", args.since, now) * 1e9))
+        request.since.FromMicroseconds(micros_of_time("--since", args.since, now))
     if args.until is not None:
-        request.until.FromNanoseconds(round(parse_time("--until", args.until, now) * 1e9))
+        request.until.FromMicroseconds(micros_of_time("--until", args.until, now))
     return request
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from clients.cli.common import (
     add_output_options,
     audit_stub,
     is_json,
+    micros_of_time,
     print_records,
 )
 from clients.wire import entry_from_proto, report_from_proto
@@ -32,7 +34,6 @@ from gateway.domain.audit.query import (
     Report,
     build_report,
     check_max_entries,
-    micros_from_text,
     security_reasons,
     select,
 )
@@ -62,9 +63,10 @@ def add_commands(audit: Commands) -> None:
         p.add_argument(
             "--since",
             metavar="TIME",
-            help="entries stamped at or after TIME: RFC 3339 (UTC if no offset) or a date",
+            help="entries stamped at or after TIME: RFC 3339 (UTC if no offset), a date, "
+            "or a span before now (15m, 2h, 7d)",
         )
-        p.add_argument("--until", metavar="TIME", help="entries stamped before TIME")
+        p.add_argument("--until", metavar="TIME", help="entries stamped before TIME (the same)")
         p.add_argument(
             "--export",
             type=Path,
@@ -109,8 +111,9 @@ def _query_error(e: InvalidRequest) -> CliError:
 
 def _period(args: argparse.Namespace) -> tuple[int | None, int | None]:
     """--since and --until in microseconds since the epoch (None when not given)."""
-    since = None if args.since is None else micros_from_text("start_time", args.since)
-    until = None if args.until is None else micros_from_text("end_time", args.until)
+    now = time.time()
+    since = None if args.since is None else micros_of_time("--since", args.since, now)
+    until = None if args.until is None else micros_of_time("--until", args.until, now)
     return since, until
 
 

@@ -356,6 +356,29 @@ def test_cli_query_prints_a_table_or_export_lines(
     assert (code, out, err) == (0, "no matching entries\n", "0 entries\n")
 
 
+def test_cli_periods_take_spans_before_now(
+    story: Story, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The story's clock runs ahead of the CLI's: seqs 1-2 are stamped before the CLI's
+    now, 3-7 an hour after it and 8 two hours after."""
+    gw = story.gw
+
+    def seqs(*period: str) -> list[int]:
+        code, out, _ = cli(capsys, "query", "--json", *period, gw=gw)
+        assert code == 0
+        return [json.loads(line)["seq"] for line in out.splitlines()]
+
+    assert seqs("--since", "1h") == seqs() == list(range(1, 9))
+    assert seqs("--until", "0s") == [1, 2]
+    assert seqs("--since", "0.5m") == list(range(1, 9))
+    assert seqs("--since", "0s") == list(range(3, 9))
+    assert seqs("--until", "1h") == []
+    code, out, _ = cli(capsys, "report", "--since", "2w", "--until", "0s", "--json", gw=gw)
+    assert code == 0 and json.loads(out)["total"] == 2
+    code, _, err = cli(capsys, "query", "--since", "3 days", gw=gw)
+    assert code == 2 and "a span like 15m, 2h, 7d" in err
+
+
 def test_cli_report_prints_a_table_or_json(
     story: Story, capsys: pytest.CaptureFixture[str]
 ) -> None:
