@@ -29,9 +29,9 @@ What is redacted (the built-ins always apply; `RedactionRules` only adds to them
   sendgrid, slack, square_oauth, stripe, telegram_token), widened where a plugin
   misses current formats (GitHub fine-grained tokens, Stripe test keys, sk-proj- and
   sk-ant- keys, a JWT's signature) and extended with Google, Hugging Face, npm_ token
-  and Discord webhook formats. detect-secrets is not a runtime dependency: its
-  scanner is line-oriented with process-wide settings, pulls in `requests` for
-  verification, and measured 0.35 ms (ten regex plugins) to 6.5 ms (defaults) for
+  and Discord webhook formats and agentgw's own `agw_` tokens. detect-secrets is not
+  a runtime dependency: its scanner is line-oriented with process-wide settings,
+  pulls in `requests` for verification, and measured 0.35 ms (ten regex plugins) to 6.5 ms (defaults) for
   the strings of one typical request, against tens of microseconds for this module.
 """
 
@@ -248,6 +248,8 @@ _FORMATS = re.compile(
             # JWT / JWS: base64url('{"...') . payload [. signature]
             r"e(?<![A-Za-z0-9_\-]e)yJ[A-Za-z0-9_\-]{8,}={0,2}\.[A-Za-z0-9_\-]{8,}={0,2}"
             r"(?:\.[A-Za-z0-9_\-+/]*=*)?",
+            # agentgw's own bearer tokens (agw_ and 32 random bytes in base64url)
+            r"a(?<![A-Za-z0-9_\-]a)gw_[A-Za-z0-9_\-]{43,}",
             # AWS access key ids; Google API keys
             r"A(?<![A-Za-z0-9]A)(?:(?:3T[A-Z0-9]|BIA|CCA|KIA|SIA)[0-9A-Z]{16}(?![A-Za-z0-9])"
             r"|Iza[0-9A-Za-z_\-]{35})",

@@ -37,6 +37,7 @@ JWT = (
     ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
 )
 TOKENS = {
+    "agentgw": "agw_q3Xr0-9_ZkYb7TmWc2LpNd4HsVf8GjA1eUo6iKyRn5B",
     "aws": "AKIAIOSFODNN7EXAMPLE",
     "aws_session": "ASIAY34FZKBOKMUTVV7A",
     "github": "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
@@ -704,6 +705,7 @@ format_tokens: st.SearchStrategy[str] = st.one_of(
     ),
     prefixed("npm_", alnum, 36),
     prefixed("hf_", alnum, 34),
+    prefixed("agw_", b64url, 43),
     jwts(),
 )
 
