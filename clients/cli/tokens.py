@@ -112,6 +112,8 @@ def edit_config(args: argparse.Namespace, change: str, name: str, role: str, tok
     from gateway.errors import ConfigError
 
     path, _ = config_path(Overrides(config_file=args.config, data_dir=args.data_dir), os.environ)
+    # Through a symlink, the file it names: replacing the link would leave that unchanged.
+    path = path.resolve()
     edits: dict[str, Callable[[str], str]] = {
         "add": lambda text: add_principal(text, str(path), name, Role(role), token_digest(token)),
         "replace": lambda text: replace_token(text, str(path), name, token_digest(token)),
@@ -206,14 +208,15 @@ def _replace_file(path: Path, text: str) -> None:
     over `path` and fsyncs the folder: a crash leaves the old file or the new one."""
     info = path.stat()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, info.st_mode & 0o7777)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with contextlib.suppress(PermissionError):
+                os.fchown(f.fileno(), info.st_uid, info.st_gid)
+            os.fchmod(f.fileno(), info.st_mode & 0o7777)  # as it was, whatever the umask
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        with contextlib.suppress(PermissionError):
-            os.chown(temporary, info.st_uid, info.st_gid)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -44,11 +44,14 @@ class Authenticator:
     ) -> Principal:
         """The caller: by its bearer token, or by the names of its verified client
         certificate (`peer`), or both when they agree."""
-        header = None
-        for key, value in metadata or ():
-            if key == "authorization":
-                header = value.decode() if isinstance(value, bytes) else value
-                break
+        headers = [
+            value.decode() if isinstance(value, bytes) else value
+            for key, value in metadata or ()
+            if key == "authorization"
+        ]
+        if len(headers) > 1:  # which one counts would be a proxy's guess and ours
+            raise Unauthenticated("more than one 'authorization' metadata entry; send one")
+        header = headers[0] if headers else None
         by_certificate = self._certificate_principal(peer)
         if header is None:
             if by_certificate is not None:

@@ -20,6 +20,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -60,13 +61,14 @@ class HttpEndpoint:
 
 
 def bearer_refusal(
-    auth: Authenticator | None, header: str | None, roles: frozenset[Role], forbidden: str
+    auth: Authenticator | None, headers: Message, roles: frozenset[Role], forbidden: str
 ) -> tuple[int, str] | None:
-    """(401, why) or (403, `forbidden`) unless the `Authorization` header names a
-    principal of one of `roles`; None when it does, or when `auth` is None (public)."""
+    """(401, why) or (403, `forbidden`) unless the request's `Authorization` header
+    (exactly one) names a principal of one of `roles`; None when it does, or when
+    `auth` is None (public)."""
     if auth is None:
         return None
-    metadata = () if header is None else (("authorization", header),)
+    metadata = [("authorization", value) for value in headers.get_all("Authorization", [])]
     try:
         principal = auth.authenticate(metadata)
     except GatewayError as e:

@@ -202,9 +202,8 @@ def _handler(metrics: Metrics, auth: Authenticator | None) -> type[BaseHTTPReque
             self._answer(200, metrics.text(), CONTENT_TYPE_LATEST)
 
         def _refusal(self) -> tuple[int, bytes] | None:
-            header = self.headers.get("Authorization")
             forbidden = "metrics are for auditor and admin principals"
-            refused = bearer_refusal(auth, header, SCRAPER_ROLES, forbidden)
+            refused = bearer_refusal(auth, self.headers, SCRAPER_ROLES, forbidden)
             return None if refused is None else (refused[0], f"{refused[1]}\n".encode())
 
         def _answer(self, status: int, body: bytes, kind: str = "text/plain") -> None:

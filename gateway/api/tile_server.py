@@ -124,9 +124,8 @@ def _handler(
             return 200, found.data, OCTETS, IMMUTABLE if found.immutable else "no-cache"
 
         def _refusal(self) -> tuple[int, str] | None:
-            header = self.headers.get("Authorization")
             forbidden = "the audit log's tiles are for auditor and admin principals"
-            return bearer_refusal(auth, header, READER_ROLES, forbidden)
+            return bearer_refusal(auth, self.headers, READER_ROLES, forbidden)
 
         def _not_allowed(self) -> None:
             self._answer(*_error(405, "the tile server is read-only: GET only"))

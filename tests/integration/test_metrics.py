@@ -4,6 +4,7 @@ choice), speaks TLS when the gateway does, and is refused in cleartext off loopb
 
 from __future__ import annotations
 
+import http.client
 import socket
 import ssl
 import urllib.error
@@ -127,6 +128,24 @@ def test_the_endpoint_wants_an_auditors_or_admins_token(
         scrape(url, token)
     assert refused.value.code == status
     assert "agentgw_decisions" not in refused.value.read().decode()
+
+
+def test_two_authorization_headers_are_refused(metered: tuple[RunningGateway, str]) -> None:
+    gw, _ = metered
+    assert gw.app.metrics_server is not None
+    connection = http.client.HTTPConnection("127.0.0.1", gw.app.metrics_server.port, timeout=10)
+    try:
+        for first, second in [("agent-1", "auditor-1"), ("auditor-1", "agent-1")]:
+            connection.putrequest("GET", "/metrics")
+            connection.putheader("Authorization", f"Bearer {token_for(first)}")
+            connection.putheader("Authorization", f"Bearer {token_for(second)}")
+            connection.endheaders()
+            answer = connection.getresponse()
+            body = answer.read().decode()
+            assert answer.status == 401, (first, second)
+            assert "more than one 'authorization'" in body
+    finally:
+        connection.close()
 
 
 def test_a_public_endpoint_needs_no_token(make_gateway: Callable[..., RunningGateway]) -> None:
