@@ -31,8 +31,9 @@ What is redacted (the built-ins always apply; `RedactionRules` only adds to them
   sk-ant- keys, a JWT's signature) and extended with Google, Hugging Face, npm_ token
   and Discord webhook formats and agentgw's own `agw_` tokens. detect-secrets is not
   a runtime dependency: its scanner is line-oriented with process-wide settings,
-  pulls in `requests` for verification, and measured 0.35 ms (ten regex plugins) to 6.5 ms (defaults) for
-  the strings of one typical request, against tens of microseconds for this module.
+  pulls in `requests` for verification, and measured 0.35 ms (ten regex plugins) to
+  6.5 ms (defaults) for the strings of one typical request, against tens of
+  microseconds for this module.
 """
 
 from __future__ import annotations
