@@ -1,9 +1,11 @@
 """Watching a file the gateway reads while it runs (the policy, the config's principals).
 
-`WatchedFile` keeps the file's (mtime_ns, size) stamp; `watch()` polls it and calls
-`reload()` when it changes. A subclass says what reloading means, and keeps what is
-in force when the new content is bad. `reload()` also runs on SIGHUP: both run on the
-event loop's thread, so they never race each other.
+`WatchedFile` keeps the file's stamp (inode, mtime, ctime, size); `watch()` polls it
+and calls `reload()` when it changes: a file renamed into place with the same size and
+an mtime kept from its copy is a change too (another inode). A subclass says what
+reloading means, and keeps what is in force when the new content is bad. `reload()`
+also runs on SIGHUP: both run on the event loop's thread, so they never race each
+other.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-_FileStamp = tuple[int, int] | None
+_FileStamp = tuple[int, int, int, int, int] | None
 
 
 class WatchedFile:
@@ -34,7 +36,7 @@ class WatchedFile:
         self._stamp = self._file_stamp()
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Reload whenever the file's (mtime_ns, size) changes; runs until cancelled."""
+        """Reload whenever the file's stamp changes; runs until cancelled."""
         if self._path is None:
             # Nothing to watch, but the owner still gets a task it can cancel.
             await asyncio.Event().wait()
@@ -54,4 +56,4 @@ class WatchedFile:
         except OSError:
             # A missing file is a state like any other: reload() reports it once.
             return None
-        return (stat.st_mtime_ns, stat.st_size)
+        return (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)

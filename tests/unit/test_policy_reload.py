@@ -200,3 +200,27 @@ def test_watch_without_path_waits_until_cancelled() -> None:
 
     asyncio.run(scenario())
     assert reloader.current is default_policy()
+
+
+def test_watch_notices_a_file_renamed_into_place_with_the_same_size_and_mtime(
+    policy_file: Path,
+) -> None:
+    """What `cp -p` then `mv` does: only the inode tells the new file from the old."""
+    reloader = PolicyReloader(policy_file)
+    replacement = policy_file.with_name("policy.yaml.new")
+    replacement.write_text(VALID_ALLOW.replace("allow", "deny "), encoding="utf-8")
+    old = policy_file.stat()
+    assert replacement.stat().st_size == old.st_size
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(reloader.watch(interval=0.01))
+        try:
+            os.replace(replacement, policy_file)
+            await wait_until(lambda: reloader.current.default_verdict is Verdict.DENY)
+        finally:
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
