@@ -284,7 +284,7 @@ class App:
             self._spawn(self.embedded.supervise(), "redis supervisor")
         await asyncio.wait_for(self.listener.subscribed.wait(), 10)
 
-        auth = Authenticator(config.principals)
+        self.auth = auth = Authenticator(config.principals)
         # The config's file (not one made in code, "<...>"), watched also before it
         # exists: a first start writes it only once the server listens.
         config_file = None if config.source.startswith("<") else Path(config.source)

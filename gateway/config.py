@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -531,15 +532,31 @@ def config_path(overrides: Overrides, env: Mapping[str, str]) -> tuple[Path, boo
     return (data_dir or DEFAULT_DATA_DIR) / CONFIG_FILE_NAME, True
 
 
+def read_config_file(path: Path) -> str:
+    """The config file's text. A file every user may write is refused (ConfigError):
+    whoever can write it can add an admin principal."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: the config is not UTF-8 text ({e.reason})") from None
+    if mode & stat.S_IWOTH:
+        raise ConfigError(
+            f"{path}: the config is writable by every user (mode {stat.S_IMODE(mode):04o}), "
+            f"so anyone on this host could add a principal; run `chmod o-w {path}`"
+        )
+    return text
+
+
 def read_principals(config: Config) -> tuple[Principal, ...]:
     """The principals the config file lists now (to take up a change while serving):
     the whole file must parse, and the principals must hang together with the TLS
     settings in force, as at start. ConfigError otherwise."""
     path = Path(config.source)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config: {e.strerror}") from None
+    text = read_config_file(path)
     principals = parse_config(text, str(path), path.parent.resolve()).principals
     if not principals:
         raise ConfigError(f"{path}: principals: at least one principal is required")
@@ -561,7 +578,7 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> tuple[Config, F
             first_run = first_run_config(config_file)
     elif not config_file.exists():
         raise ConfigError(f"{config_file}: config file not found")
-    text = first_run.text if first_run else config_file.read_text(encoding="utf-8")
+    text = first_run.text if first_run else read_config_file(config_file)
     config = parse_config(text, str(config_file), config_file.parent.resolve())
     if data_dir is None and config.data_dir == DEFAULT_DATA_DIR and in_data_dir:
         data_dir = config_file.parent

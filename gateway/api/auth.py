@@ -7,30 +7,99 @@ against the client CA). Tokens are compared by their SHA-256 digest, as stored i
 the config. A call with both must have them name the same principal. Which role may
 call which RPC is declared beside each RPC (`gateway/api/services.py`) and listed in
 docs/configuration.md.
+
+A call that stays open (a stream, a long wait) is checked again whenever the
+principals change (`replace`): one whose credentials no longer name the principal it
+opened as, unchanged and of an allowed role, is ended (`OpenCall.revoked`), so that a
+revoked or demoted principal keeps nothing it opened before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from gateway.domain.principals import Principal, Role, token_digest
 from gateway.errors import Forbidden, Unauthenticated
 
 
+class OpenCall:
+    """A call in progress on the event loop, as `Authenticator.open_call` registers it.
+
+    `revoked` is the refusal that ends it once the principals changed under it; while
+    `waiting` (inside the method, not handing gRPC a message), its task is cancelled
+    so that the call ends at once rather than at its next message.
+    """
+
+    def __init__(
+        self, recheck: Callable[[], Principal], principal: Principal, roles: frozenset[Role]
+    ) -> None:
+        self.recheck = recheck
+        self.principal = principal
+        self.roles = roles
+        self.task = asyncio.current_task()
+        self.waiting = False
+        self.revoked: Unauthenticated | Forbidden | None = None
+
+    def check(self) -> None:
+        """Sets `revoked` unless the call's credentials still name its principal,
+        unchanged and of one of its roles; cancels the task when it is waiting."""
+        if self.revoked is not None:
+            return
+        try:
+            now = self.recheck()
+            require_role(now, self.roles)
+            if now != self.principal:
+                raise Unauthenticated(f"principal '{now.name}' has changed; call again")
+        except (Unauthenticated, Forbidden) as e:
+            kind = Forbidden if isinstance(e, Forbidden) else Unauthenticated
+            self.revoked = kind(f"{e} (the config changed while this call was open)")
+            if self.waiting and self.task is not None:
+                self.task.cancel()
+
+
 class Authenticator:
     def __init__(self, principals: Iterable[Principal]) -> None:
+        self._open: set[OpenCall] = set()
         self.replace(principals)
 
     def replace(self, principals: Iterable[Principal]) -> None:
         """Puts these principals in force (the config file changed): from the next
-        call on, a token or certificate no longer listed is refused. One assignment,
-        so a caller on another thread (the metrics endpoint) sees old or new whole."""
+        call on, a token or certificate no longer listed is refused, and each open
+        call is checked again (on the event loop's thread, where calls run). One
+        assignment, so a caller on another thread (the metrics endpoint) sees old or
+        new whole."""
         principals = tuple(principals)
         self._tables = (
             {p.token_sha256: p for p in principals if p.token_sha256},
             {p.client_certificate: p for p in principals if p.client_certificate},
         )
+        for call in tuple(self._open):
+            call.check()
+
+    @property
+    def open_calls(self) -> int:
+        """How many calls are held open now (`open_call`)."""
+        return len(self._open)
+
+    @contextlib.contextmanager
+    def open_call(
+        self,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        peer: frozenset[str],
+        principal: Principal,
+        roles: frozenset[Role],
+    ) -> Iterator[OpenCall]:
+        """Registers a call of `principal` (authenticated from `metadata` and `peer`)
+        for as long as the block runs, to be checked again on each `replace`."""
+        call = OpenCall(lambda: self.authenticate(metadata, peer), principal, roles)
+        self._open.add(call)
+        try:
+            yield call
+        finally:
+            self._open.discard(call)
 
     @property
     def by_certificate(self) -> bool:

@@ -74,7 +74,7 @@ class GatewayService(Servicer):
         decision = await self.pipeline.submit(principal, action, trace_id)
         return convert.decision_to_proto(decision)
 
-    @rpc(Role.AGENT)
+    @rpc(Role.AGENT, waits=True)
     async def Await(
         self,
         request: gateway_pb2.AwaitRequest,

@@ -12,19 +12,21 @@ also gets in the `agentgw-ref` trailing metadata.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import secrets
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, ParamSpec, TypeVar, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
-from gateway.api.auth import Authenticator, peer_names, require_role
+from gateway.api.auth import Authenticator, OpenCall, peer_names, require_role
 from gateway.api.decoding import Received, open_request
 from gateway.domain.audit.errors import AuditError
 from gateway.domain.audit.events import ActorType
@@ -102,8 +104,17 @@ class Servicer:
         self.redactor = redactor or Redactor()
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
-        peer = peer_names(context.auth_context()) if self.auth.by_certificate else frozenset()
-        return self.auth.authenticate(context.invocation_metadata(), peer)
+        return self.auth.authenticate(context.invocation_metadata(), self._peer(context))
+
+    def _peer(self, context: grpc.aio.ServicerContext) -> frozenset[str]:
+        return peer_names(context.auth_context()) if self.auth.by_certificate else frozenset()
+
+    def _held_open(
+        self, context: grpc.aio.ServicerContext, principal: Principal, roles: frozenset[Role]
+    ) -> contextlib.AbstractContextManager[OpenCall]:
+        """The call registered as open (`Authenticator.open_call`) for a block."""
+        metadata = context.invocation_metadata()
+        return self.auth.open_call(metadata, self._peer(context), principal, roles)
 
     async def _refuse(
         self,
@@ -126,6 +137,7 @@ class Servicer:
 S = TypeVar("S", bound=Servicer)
 Req = TypeVar("Req")
 Res = TypeVar("Res")
+T = TypeVar("T")
 P = ParamSpec("P")
 
 _ROLES = "agentgw_roles"
@@ -139,10 +151,14 @@ def roles_of(behaviour: Any) -> frozenset[Role] | None:
 
 def rpc(
     *roles: Role,
+    waits: bool = False,
 ) -> Callable[
     [Callable[[S, Req, grpc.aio.ServicerContext, Principal], Awaitable[Res]]],
     Callable[[S, Received, grpc.aio.ServicerContext], Awaitable[Res]],
 ]:
+    """Wraps a unary method (see the module's text). With `waits` (a method that may
+    wait long, as Await), the call is held open: it ends with UNAUTHENTICATED or
+    PERMISSION_DENIED as soon as the principals change so that it no longer may."""
     allowed = frozenset(roles)
 
     def wrap(
@@ -158,7 +174,13 @@ def rpc(
                 principal = self._authenticate(context)
                 require_role(principal, allowed)  # a refusal names the principal
                 message = self._open(request, name)
-                answer = await method(self, cast(Req, message), context, principal)
+                if not waits:
+                    answer = await method(self, cast(Req, message), context, principal)
+                else:
+                    with self._held_open(context, principal, allowed) as call:
+                        answer = await _revocable(
+                            call, method(self, cast(Req, message), context, principal)
+                        )
                 self._counted(name, grpc.StatusCode.OK, started)
                 return answer
             except grpc.aio.AbortError:
@@ -177,7 +199,9 @@ def rpc(
 def stream_rpc(
     *roles: Role,
 ) -> Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]]:
-    """Like `rpc`, for server-streaming methods written as async generators."""
+    """Like `rpc`, for server-streaming methods written as async generators; every
+    stream is held open (`rpc`'s `waits`): a revoked or demoted principal's stream
+    ends at once, and never gets another message."""
     allowed = frozenset(roles)
 
     def wrap(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
@@ -193,8 +217,18 @@ def stream_rpc(
                 principal = self._authenticate(context)
                 require_role(principal, allowed)  # a refusal names the principal
                 message = self._open(request, name)
-                async for item in method(self, message, context, principal):
-                    yield item
+                with self._held_open(context, principal, allowed) as call:
+                    items = method(self, message, context, principal)
+                    try:
+                        while True:
+                            try:
+                                item = await _revocable(call, anext(items))
+                            except StopAsyncIteration:
+                                break
+                            yield item
+                    finally:
+                        if isinstance(items, AsyncGenerator):  # its cleanup, now
+                            await items.aclose()
                 self._counted(name, grpc.StatusCode.OK, started)
                 return
             except grpc.aio.AbortError:
@@ -208,6 +242,26 @@ def stream_rpc(
         return handler
 
     return wrap
+
+
+async def _revocable(call: OpenCall, step: Awaitable[T]) -> T:
+    """Awaits `step` unless `call` is revoked, before or while it runs: then raises
+    its refusal. Only a cancel of this task by the revocation is taken as that; any
+    other cancel (the client went away) stays one."""
+    if call.revoked is not None:
+        raise call.revoked
+    call.waiting = True
+    try:
+        return await step
+    except asyncio.CancelledError:
+        revoked = call.revoked
+        task = asyncio.current_task()
+        if revoked is None or task is None or task.cancelling() != 1:
+            raise
+        task.uncancel()
+        raise revoked from None
+    finally:
+        call.waiting = False
 
 
 async def refuse(

@@ -719,6 +719,20 @@ def test_missing_env_config_file_is_refused(tmp_path: Path) -> None:
         load_config(Overrides(), {"AGENTGW_CONFIG": str(missing)})
 
 
+@pytest.mark.parametrize("mode", [0o666, 0o602, 0o777])
+def test_a_config_every_user_may_write_is_refused(tmp_path: Path, mode: int) -> None:
+    path = full_principals_file(tmp_path / "etc", "")
+    path.chmod(mode)
+    with pytest.raises(ConfigError) as caught:
+        load_config(Overrides(config_file=path), {})
+    assert str(caught.value) == (
+        f"{path}: the config is writable by every user (mode {mode:04o}), so anyone on this "
+        f"host could add a principal; run `chmod o-w {path}`"
+    )
+    path.chmod(0o664)  # writable by its group only: taken
+    assert load_config(Overrides(config_file=path), {})[0].principals
+
+
 def test_file_errors_name_the_real_path_and_line(tmp_path: Path) -> None:
     path = write_config(tmp_path / "etc", "log_level: INFO\nbogus: 1\n")
     with pytest.raises(ConfigError) as caught:
