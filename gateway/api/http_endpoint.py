@@ -8,13 +8,16 @@ take more threads than that (a handler sets its socket `timeout`). With TLS, eac
 connection is wrapped with the context asked for at that moment (renewed certificate
 files apply at once), and the handshake happens in the worker at its first read,
 under the socket timeout: a client that connects and says nothing holds up no one
-else. `bearer_refusal` is the one token check of both: a bearer token of one of the
-allowed roles, or nothing when the endpoint is public.
+else; `BoundedHandler` gives a request's head one deadline in all (a client that
+trickles it holds a worker no longer). `bearer_refusal` is the one token check of
+both: a bearer token of one of the allowed roles, or nothing when the endpoint is
+public.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import socket
 import ssl
@@ -33,6 +36,36 @@ log = logging.getLogger("agentgw.http")
 WORKERS = 8
 WAITING = 32
 SOCKET_SECONDS = 10.0  # each socket read or write of a request
+
+
+class BoundedHandler(BaseHTTPRequestHandler):
+    """A handler whose request head (request line and headers, and the TLS handshake
+    before them) must arrive within `timeout` seconds in all, not only per read: a
+    client trickling it a byte at a time, or idling on a kept-alive connection, is cut
+    off (its socket shut down) and frees its worker. Writes keep the per-write timeout."""
+
+    timeout = SOCKET_SECONDS
+
+    def handle_one_request(self) -> None:
+        timer = threading.Timer(self.timeout, self._cut_off)
+        timer.daemon = True
+        self._head_deadline = timer
+        timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            timer.cancel()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self._head_deadline.cancel()  # the head is in: the answer has the write timeout
+        return parsed
+
+    def _cut_off(self) -> None:
+        # The plain socket's shutdown, also under TLS: it wakes the blocked read at once
+        # and leaves the TLS object to the thread reading with it.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self.connection, socket.SHUT_RDWR)
 
 
 class HttpEndpoint:

@@ -29,7 +29,12 @@ from prometheus_client import (
 )
 
 from gateway.api.auth import Authenticator
-from gateway.api.http_endpoint import SOCKET_SECONDS, HttpEndpoint, bearer_refusal
+from gateway.api.http_endpoint import (
+    SOCKET_SECONDS,
+    BoundedHandler,
+    HttpEndpoint,
+    bearer_refusal,
+)
 from gateway.domain.actions import Decision
 from gateway.domain.principals import Role
 
@@ -188,7 +193,7 @@ class MetricsServer(HttpEndpoint):
 
 
 def _handler(metrics: Metrics, auth: Authenticator | None) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(BoundedHandler):
         timeout = SOCKET_SECONDS
 
         def do_GET(self) -> None:

@@ -8,7 +8,8 @@ so that any tlog-tiles client can fetch and verify the log and `agentgw audit ve
 of an auditor or admin principal unless `tiles.public` is set, speaks TLS with the
 gateway's certificate when it has one, and refuses a token-protected endpoint in
 cleartext off loopback. Full tiles and bundles are immutable and say so (a year of
-`Cache-Control`); the checkpoint and partial files are `no-cache`.
+`Cache-Control`, `public` only when the server is, else `private`: no shared cache
+hands a token-protected file on); the checkpoint and partial files are `no-cache`.
 
 The server runs in threads of its own (http_endpoint.py: a bounded pool, socket
 timeouts), never on the event loop: each request hands its read to the app's loop
@@ -26,7 +27,12 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from gateway.api.auth import Authenticator
-from gateway.api.http_endpoint import SOCKET_SECONDS, HttpEndpoint, bearer_refusal
+from gateway.api.http_endpoint import (
+    SOCKET_SECONDS,
+    BoundedHandler,
+    HttpEndpoint,
+    bearer_refusal,
+)
 from gateway.api.tls import CertificateFiles, is_loopback
 from gateway.config import Config
 from gateway.domain.principals import Role
@@ -37,7 +43,10 @@ log = logging.getLogger("agentgw.tiles")
 
 READER_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
 ANSWER_SECONDS = 10.0
-IMMUTABLE = "public, max-age=31536000, immutable"
+# A full file never changes; `public` lets shared caches keep it only when anyone may
+# read it: a token-protected one is `private` (RFC 9111 §3.5), never handed on.
+IMMUTABLE_PUBLIC = "public, max-age=31536000, immutable"
+IMMUTABLE_PRIVATE = "private, max-age=31536000, immutable"
 TEXT = "text/plain; charset=utf-8"
 OCTETS = "application/octet-stream"
 
@@ -89,7 +98,9 @@ def _handler(
     loop: asyncio.AbstractEventLoop,
     answer_seconds: float,
 ) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    immutable = IMMUTABLE_PUBLIC if auth is None else IMMUTABLE_PRIVATE
+
+    class Handler(BoundedHandler):
         timeout = SOCKET_SECONDS
         server_version = "agentgw-tiles"
 
@@ -121,7 +132,7 @@ def _handler(
                 return _error(404, f"{path}: the log has no such file")
             if found.note:
                 return 200, found.data, TEXT, "no-cache"
-            return 200, found.data, OCTETS, IMMUTABLE if found.immutable else "no-cache"
+            return 200, found.data, OCTETS, immutable if found.immutable else "no-cache"
 
         def _refusal(self) -> tuple[int, str] | None:
             forbidden = "the audit log's tiles are for auditor and admin principals"

@@ -20,6 +20,7 @@ from gateway.domain.audit.tiles import (
     TILE_WIDTH,
     TileError,
     TilePath,
+    check_full_file,
     encode_bundle,
     encode_lines,
     encode_tile,
@@ -76,6 +77,8 @@ class TileFiles:
                 data = await self._store.file(str(full_file(tile)))
                 if tile.partial:
                     data = file_prefix(tile, data)
+                else:
+                    check_full_file(tile, data)
             else:
                 data = await self._built(tile)
         except TileError as e:

@@ -217,7 +217,7 @@ def test_served_files_are_the_bytes_the_reference_computes_from_the_export(
         assert (status, body) == (200, data), path
         assert headers["Content-Type"] == "application/octet-stream"
         partial = ".p/" in path
-        immutable = "public, max-age=31536000, immutable"
+        immutable = "private, max-age=31536000, immutable"  # it wants a token
         assert headers["Cache-Control"] == ("no-cache" if partial else immutable), path
     # Partial files inside full tiles: sealed ones are prefixes of the store's file,
     # the unsealed ones prefixes of what Redis holds.
@@ -423,6 +423,16 @@ def test_the_tiles_want_an_auditor_or_admin_token_unless_public(
     assert body.decode().startswith(public.config.audit.origin + "\n")
     # What the reference client's own fetch (no token at all) reads.
     assert http_get(f"{url_of(public)}/checkpoint") == body
+
+
+def test_only_a_public_logs_full_files_may_be_kept_by_shared_caches(
+    make_gateway: Callable[..., RunningGateway], raw: redis.Redis
+) -> None:
+    public = tiles_gateway(make_gateway, public=True)
+    build_log(public, raw, SEALED, SIZE)
+    for path in ("tile/0/000", "tile/entries/000", "tile/0/002"):  # sealed, and in Redis
+        status, headers, _ = get(url_of(public), path, token=None)
+        assert (status, headers["Cache-Control"]) == (200, "public, max-age=31536000, immutable")
 
 
 def test_paths_beyond_the_head_are_absent_and_malformed_ones_refused(

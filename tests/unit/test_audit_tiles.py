@@ -23,6 +23,7 @@ from gateway.domain.audit.tiles import (
     TILE_WIDTH,
     TileError,
     TilePath,
+    check_full_file,
     decode_bundle,
     decode_lines,
     decode_tile,
@@ -349,3 +350,31 @@ def test_inside_sealed_is_whether_the_nodes_reference_tile_is_full_in_the_sealed
     # Full in a tree of the sealed size, by the reference's own arithmetic.
     full = tile_index < reference.full_tile_count(level, sealed)
     assert inside_sealed((height, index), sealed) == full
+
+
+@pytest.mark.parametrize(
+    ("kind", "full"),
+    [
+        ("tile", encode_tile([bytes([i]) * 32 for i in range(TILE_WIDTH)])),
+        ("entries", encode_bundle([b"e%d" % i for i in range(TILE_WIDTH)])),
+        ("lines", encode_lines([f"line {i}" for i in range(TILE_WIDTH)])),
+    ],
+)
+def test_a_full_file_is_exactly_its_256_hashes_entries_or_lines(kind: str, full: bytes) -> None:
+    path = TilePath(kind, 0, 3, TILE_WIDTH)
+    check_full_file(path, full)
+    for wrong, why in [(full[:-1], "fewer than 256|cut off"), (full + b"\n", "more than 256")]:
+        with pytest.raises(TileError, match=why):
+            check_full_file(path, wrong)
+    with pytest.raises(TileError, match="more than 256"):
+        check_full_file(path, full + full)
+    for tiny in (b"", full[:1]):
+        with pytest.raises(TileError):
+            check_full_file(path, tiny)
+
+
+def test_an_index_past_every_log_parses_as_one_beyond_every_log() -> None:
+    """Without int()'s limit of 4,300 digits: any index over 20 digits is past every log."""
+    huge = parse_tile_path("tile/0/x100/" + "x000/" * 1500 + "000")
+    assert huge.index == 1 << 64
+    assert parse_tile_path("tile/0/x018/x446/x744/x073/x709/x551/615").index == 2**64 - 1

@@ -85,6 +85,10 @@ _WIDTH = r"(?:\.p/([1-9][0-9]{0,2}))?"
 _PATH = re.compile(rf"(?:tile/(0|[1-9][0-9]?|entries)|(lines))/{_INDEX}{_WIDTH}")
 
 
+# A tile index no log reaches (a log has fewer than 2**64 entries).
+BEYOND_EVERY_LOG = 1 << 64
+
+
 def parse_tile_path(path: str) -> TilePath:
     """The tile, bundle or lines file a path names; TileError unless it is the one
     way to write it (no leading x000 group, W 1..255, level 0..63)."""
@@ -97,7 +101,10 @@ def parse_tile_path(path: str) -> TilePath:
     width = int(width_text) if width_text else TILE_WIDTH
     if width_text and width >= TILE_WIDTH:
         raise TileError(f"{path}: a partial tile has 1 to 255 entries")
-    index = int(index_text.replace("x", "").replace("/", ""))
+    digits = index_text.replace("x", "").replace("/", "")
+    # More than 20 digits lies past every log (fewer than 2**64 entries), and past
+    # what int() reads (4,300 digits): one index beyond any tile stands for them all.
+    index = int(digits) if len(digits.lstrip("0")) <= 20 else BEYOND_EVERY_LOG
     if lines:
         return TilePath("lines", 0, index, width)
     if level_text == "entries":
@@ -256,6 +263,14 @@ def file_prefix(path: TilePath, data: bytes) -> bytes:
     if at > len(data):
         raise TileError(f"{full_file(path)}: an entry is cut off")
     return data[:at]
+
+
+def check_full_file(path: TilePath, data: bytes) -> None:
+    """TileError unless `data` is exactly 256 hashes, entries or lines: the shape of
+    the full file `path` (a file cut short, or with more after it, is not served)."""
+    if file_prefix(path, data) != data:
+        unit = "hashes" if path.kind == "tile" else path.kind
+        raise TileError(f"{path} has more than {path.width} {unit}")
 
 
 def entry_data(line: str) -> bytes:
