@@ -9,14 +9,10 @@ parses flags, fetches, and prints. `audit query|report` are in `queries.py`.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import ssl
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +31,7 @@ from clients.cli.common import (
     output,
     print_result,
 )
+from clients.cli.tile_fetch import ServedLogFailed, TileFetch, printable
 from clients.wire import consistency_proof_from_proto, entry_from_proto, inclusion_proof_from_proto
 from gateway.domain.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from gateway.domain.audit.entry import MAX_ENTRY_BYTES
@@ -303,7 +300,7 @@ def _reported(
     print_result(
         document,
         is_json(args),
-        lambda: f"FAILED {failure.kind.value}{where}: {failure.message}",
+        lambda: f"FAILED {failure.kind.value}{where}: {printable(failure.message)}",
     )
     return EXIT_FAILED
 
@@ -376,50 +373,6 @@ def add_url_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class ServedLogFailed(Exception):
-    """A file of the served log could not be fetched, or disagrees with the lines."""
-
-    def __init__(self, kind: str, path: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.path = path
-
-
-class _TileFetch:
-    """GETs files under a tile server's URL, with the bearer token, one at a time."""
-
-    def __init__(self, url: str, token: str | None, tls_ca: Path | None, timeout: float) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise CliError(f"--url {url}: expected an http:// or https:// URL")
-        self.base = url.rstrip("/") + "/"
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.timeout = timeout
-        self.context = None
-        if tls_ca is not None:
-            try:
-                self.context = ssl.create_default_context(cafile=str(tls_ca))
-            except (OSError, ssl.SSLError) as e:
-                raise CliError(f"--tls-ca {tls_ca}: {e}") from None
-
-    def get(self, path: str, limit: int) -> bytes:
-        url = self.base + path
-        request = urllib.request.Request(url, headers=self.headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as got:
-                data: bytes = got.read(limit + 1)
-        except urllib.error.HTTPError as e:
-            reason = " ".join(e.read(300).decode("utf-8", "replace").split())
-            e.close()
-            why = f"HTTP {e.code}" + (f" ({reason})" if reason else "")
-            raise ServedLogFailed("fetch_failed", path, f"GET {url}: {why}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            why = " ".join(str(getattr(e, "reason", e)).split())
-            raise ServedLogFailed("fetch_failed", path, f"GET {url}: {why}") from None
-        if len(data) > limit:
-            raise ServedLogFailed("fetch_failed", path, f"GET {url}: more than {limit} bytes")
-        return data
-
-
 class _ServedLines:
     """The served log's export lines, a bundle at a time (`lines/<N>`, the last one
     partial), for the streaming verifier; once the verifier has taken a bundle's lines,
@@ -428,7 +381,7 @@ class _ServedLines:
     Holds a bundle or two at a time (its lines, or its expected and served files),
     and one unfinished tile per level."""
 
-    def __init__(self, fetch: _TileFetch, size: int) -> None:
+    def __init__(self, fetch: TileFetch, size: int) -> None:
         self.fetch = fetch
         self.size = size
         self.files_checked = 0
@@ -487,7 +440,7 @@ def _verify_served_log(
     the offline verifier (in this process: memory stays that of a bundle or two)."""
     from gateway.domain.audit.verify import verify_export
 
-    fetch = _TileFetch(args.url, args.token, args.tls_ca, args.timeout)
+    fetch = TileFetch(args.url, args.token, args.tls_ca, args.timeout)
     try:
         note = fetch.get("checkpoint", NOTE_LIMIT).decode("utf-8", "replace")
         try:
@@ -501,7 +454,7 @@ def _verify_served_log(
         print_result(
             {"ok": False, "kind": failed.kind, "path": failed.path, "message": str(failed)},
             is_json(args),
-            lambda: f"FAILED {failed.kind}: {failed}",
+            lambda: f"FAILED {failed.kind}: {printable(str(failed))}",
         )
         return EXIT_FAILED
     return _reported(args, report, served)

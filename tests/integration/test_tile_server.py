@@ -26,7 +26,8 @@ import pytest
 import redis
 
 from clients.cli import main
-from clients.cli.auditor import _ServedLines, _TileFetch
+from clients.cli.auditor import _ServedLines
+from clients.cli.tile_fetch import TileFetch
 from gateway.api import http_endpoint
 from gateway.api.tile_server import TileServer
 from gateway.app import App
@@ -289,7 +290,7 @@ def test_audit_verify_url_fetches_one_bundle_at_a_time_as_the_verifier_reads(
     build_log(gw, raw, 256, 260)
     asked: list[str] = []
 
-    class Recording(_TileFetch):
+    class Recording(TileFetch):
         def get(self, path: str, limit: int) -> bytes:
             asked.append(path)
             return super().get(path, limit)
