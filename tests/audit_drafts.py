@@ -1,10 +1,11 @@
-"""An entry draft with a value of every JSON kind, for the audit format's unit tests."""
+"""Entry drafts for tests: one with a value of every JSON kind (the audit format's unit
+tests), and the plain note tests commit straight to the audit log."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.domain.audit.entry import EntryDraft
+from gateway.domain.audit.entry import EntryDraft, format_timestamp
 
 
 def sample_draft(**changes: Any) -> EntryDraft:
@@ -22,3 +23,18 @@ def sample_draft(**changes: Any) -> EntryDraft:
     }
     fields.update(changes)
     return EntryDraft(**fields)
+
+
+def note_draft(n: int) -> EntryDraft:
+    """A note by an admin, numbered `n`: an entry committed without a decision."""
+    return EntryDraft(
+        timestamp=format_timestamp(0),
+        event_type="note",
+        actor="admin-1",
+        actor_type="user",
+        action_id="",
+        action_type="",
+        resource="",
+        details={"n": n},
+        outcome="",
+    )

@@ -164,16 +164,8 @@ class _DeadlineHTTP(http.client.HTTPConnection):
         self.sock = _DeadlineSocket(self.sock, self.deadline)
 
 
-class _DeadlineHTTPS(http.client.HTTPSConnection):
-    """An HTTPS connection whose answer must have come by `deadline` (time.monotonic)."""
-
-    def __init__(self, host: str, *, deadline: float, **kwargs: Any) -> None:
-        super().__init__(host, **kwargs)
-        self.deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock, self.deadline)
+class _DeadlineHTTPS(_DeadlineHTTP, http.client.HTTPSConnection):
+    """The same over TLS (HTTPSConnection's connect wraps the socket first)."""
 
 
 class _DeadlineSocket:

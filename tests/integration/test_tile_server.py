@@ -39,7 +39,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
-from gateway.domain.audit.entry import EntryDraft, format_timestamp, read_export_object
+from gateway.domain.audit.entry import read_export_object
 from gateway.domain.audit.note import note_verifier_key
 from gateway.domain.detect.anomaly import AnomalySettings
 from gateway.domain.detect.engine import DetectionSettings
@@ -48,6 +48,7 @@ from gateway.domain.detect.rates import AgentLimits, RateSettings
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.services.tile_files import TileFile
 from gateway.store.keys import KeySpace
+from tests.audit_drafts import note_draft
 from tests.certificates import Authority
 from tests.harness import RunningGateway, start_and_stop, token_for, wait_for
 from tests.tlog_tiles_reference import (
@@ -488,19 +489,8 @@ def test_the_tiles_are_served_over_tls_with_the_gateway_certificate(
         tiles=TileServerSettings(listen="127.0.0.1:0"),
     )
     audit = gw.app.audit
-    draft = EntryDraft(
-        timestamp=format_timestamp(0),
-        event_type="note",
-        actor="admin-1",
-        actor_type="user",
-        action_id="",
-        action_type="",
-        resource="",
-        details={"n": 1},
-        outcome="",
-    )
     for _ in range(3):
-        gw.run(audit.commit([draft]))
+        gw.run(audit.commit([note_draft(1)]))
     gw.run(audit.checkpoint())
     assert gw.app.tile_server is not None
     url = f"https://localhost:{gw.app.tile_server.port}"

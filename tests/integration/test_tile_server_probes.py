@@ -36,13 +36,13 @@ from clients.cli import main
 from clients.cli.auditor import LINES_LIMIT, NOTE_LIMIT
 from gateway.api import http_endpoint, tile_server
 from gateway.config import TileServerSettings
-from gateway.domain.audit.entry import EntryDraft, format_timestamp
 from gateway.domain.audit.note import note_verifier_key
 from gateway.domain.audit.tiles import encode_index
 from gateway.domain.detect.anomaly import AnomalySettings
 from gateway.domain.detect.engine import DetectionSettings
 from gateway.domain.detect.profile import ProfileSettings
 from gateway.domain.detect.rates import AgentLimits, RateSettings
+from tests.audit_drafts import note_draft
 from tests.harness import GatewayLogs, RunningGateway, token_for, wait_for
 from tests.hostile_tile_server import (
     HostileTileServer,
@@ -87,20 +87,7 @@ def grow(gw: RunningGateway, until: int) -> None:
     """Entries committed straight to the audit log until it has `until`."""
     head = gw.audit_head()
     while head < until:
-        batch = [
-            EntryDraft(
-                timestamp=format_timestamp(0),
-                event_type="note",
-                actor="admin-1",
-                actor_type="user",
-                action_id="",
-                action_type="",
-                resource="",
-                details={"n": head + i},
-                outcome="",
-            )
-            for i in range(min(64, until - head))
-        ]
+        batch = [note_draft(head + i) for i in range(min(64, until - head))]
         gw.run(gw.app.audit.commit(batch))
         head = gw.audit_head()
     assert head == until
