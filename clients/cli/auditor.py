@@ -36,6 +36,7 @@ from clients.wire import consistency_proof_from_proto, entry_from_proto, inclusi
 from gateway.domain.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from gateway.domain.audit.entry import MAX_ENTRY_BYTES
 from gateway.domain.audit.keys import KeyFileError, KeySet, TrustAnchor
+from gateway.domain.audit.merkle import HASH_SIZE, fold_subtrees, root_nodes
 from gateway.domain.audit.proofs import (
     EntryLineError,
     ProofFailed,
@@ -51,14 +52,19 @@ from gateway.domain.audit.proofs import (
     read_note,
 )
 from gateway.domain.audit.tiles import (
+    TILE_HEIGHT,
     TILE_WIDTH,
     ExpectedFiles,
     TileError,
     bundle_widths,
     decode_lines,
+    decode_tile,
     entry_data,
     file_difference,
     lines_path,
+    node_from_tile,
+    tile_of,
+    tile_path,
 )
 
 if TYPE_CHECKING:
@@ -99,7 +105,10 @@ def add_commands(sub: Commands) -> None:
     )
     add_anchor_arguments(verify)
     verify.add_argument(
-        "--checkpoint", type=Path, help="checkpoint from `agentgw audit checkpoint`"
+        "--checkpoint",
+        type=Path,
+        help="checkpoint from `agentgw audit checkpoint`: the export must match it; with "
+        "--url, one saved before that the served log must extend (not rolled back, forked)",
     )
     verify.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     add_url_arguments(verify)
@@ -234,12 +243,25 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     keys = None if args.keys is None else _key_set_file(args.keys)
     anchor = _trust_key(args) or args.key_id
     if args.url is not None:
-        if args.export is not None or args.checkpoint is not None:
-            raise CliError(
-                "--url verifies the served log against its own checkpoint: give no "
-                "export file and no --checkpoint"
-            )
-        return _verify_served_log(args, keys, anchor)
+        if args.export is not None:
+            raise CliError("--url verifies the served log: give no export file")
+        saved = None
+        if args.checkpoint is not None:
+            if keys is None:
+                raise CliError(
+                    "--checkpoint with --url is checked with the key history: give --keys"
+                )
+            try:
+                saved = _saved_checkpoint("--checkpoint", args.checkpoint, keys)
+            except ProofFailed as e:
+                refused = str(e)
+                print_result(
+                    {"ok": False, "kind": "checkpoint_signature", "message": refused},
+                    is_json(args),
+                    lambda: f"FAILED {refused}",
+                )
+                return EXIT_FAILED
+        return _verify_served_log(args, keys, anchor, saved)
     if args.export is None:
         raise CliError("give the export file to verify, or --url URL of a tile server")
     if not args.export.is_file():
@@ -348,6 +370,7 @@ def run_audit_verify_in_place(args: argparse.Namespace) -> int:
 NOTE_LIMIT = 1 << 16
 BUNDLE_LIMIT = TILE_WIDTH * (2 + MAX_ENTRY_BYTES)
 LINES_LIMIT = TILE_WIDTH * (MAX_ENTRY_BYTES + 512)
+TILE_LIMIT = TILE_WIDTH * HASH_SIZE
 
 
 def add_url_arguments(parser: argparse.ArgumentParser) -> None:
@@ -434,10 +457,15 @@ class _ServedLines:
 
 
 def _verify_served_log(
-    args: argparse.Namespace, keys: KeySet | None, anchor: TrustAnchor | str | None
+    args: argparse.Namespace,
+    keys: KeySet | None,
+    anchor: TrustAnchor | str | None,
+    saved: Checkpoint | None = None,
 ) -> int:
     """`audit verify --url`: the served checkpoint, then every entry streamed through
-    the offline verifier (in this process: memory stays that of a bundle or two)."""
+    the offline verifier (in this process: memory stays that of a bundle or two);
+    with `saved` (a checkpoint the auditor kept from before), the served log must
+    extend it, or it was rolled back or forked."""
     from gateway.domain.audit.verify import verify_export
 
     fetch = TileFetch(args.url, args.token, args.tls_ca, args.timeout)
@@ -449,6 +477,8 @@ def _verify_served_log(
             size = 0  # the verifier names what is wrong with it, before any line
         served = _ServedLines(fetch, size)
         report = verify_export(served.lines(), keys, note, anchor=anchor)
+        if saved is not None and report.ok:
+            _check_extends(fetch, report.count, saved)
     except ServedLogFailed as e:
         failed = e
         print_result(
@@ -458,6 +488,40 @@ def _verify_served_log(
         )
         return EXIT_FAILED
     return _reported(args, report, served)
+
+
+def _check_extends(fetch: TileFetch, size: int, saved: Checkpoint) -> None:
+    """ServedLogFailed unless the served tree of `size` leaves (its tiles verified
+    against its lines) holds the tree `saved` signed: at least its size, and at that
+    size its root, folded from the served tiles' hashes."""
+    if size < saved.size:
+        raise ServedLogFailed(
+            "rolled_back",
+            "checkpoint",
+            f"the served log has {size} entries, fewer than the {saved.size} of --checkpoint: "
+            "it was rolled back, or is another log",
+        )
+    tiles: dict[tuple[int, int], list[bytes]] = {}
+    hashes = []
+    for node in root_nodes(saved.size):
+        level, index, _, _ = tile_of(node)
+        if (level, index) not in tiles:
+            row = size >> (TILE_HEIGHT * level)  # the tree's hashes at this tile level
+            width = min(TILE_WIDTH, row - index * TILE_WIDTH)
+            path = tile_path(level, index, width)
+            try:
+                tiles[(level, index)] = decode_tile(fetch.get(path, TILE_LIMIT), width)
+            except TileError as e:
+                raise ServedLogFailed("tile_mismatch", path, f"{path}: {e}") from None
+        hashes.append(node_from_tile(node, tiles[(level, index)]))
+    root = fold_subtrees(hashes)
+    if root != saved.root_hash:
+        raise ServedLogFailed(
+            "forked",
+            "checkpoint",
+            f"the served log's first {saved.size} entries have root {root.hex()}, not the "
+            f"{saved.root_hash.hex()} of --checkpoint: the log was forked or rewritten",
+        )
 
 
 def _trust_key(args: argparse.Namespace) -> TrustAnchor | None:

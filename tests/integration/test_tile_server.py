@@ -39,7 +39,10 @@ from gateway.config import (
     load_config,
     parse_config,
 )
-from gateway.domain.audit.entry import read_export_object
+from gateway.domain.audit.checkpoint import Checkpoint, sign_checkpoint
+from gateway.domain.audit.entry import format_timestamp, read_export_object
+from gateway.domain.audit.keys import Signer
+from gateway.domain.audit.merkle import leaf_hash_of, root_of
 from gateway.domain.audit.note import note_verifier_key
 from gateway.domain.detect.anomaly import AnomalySettings
 from gateway.domain.detect.engine import DetectionSettings
@@ -268,6 +271,78 @@ def test_audit_verify_url_streams_the_log_and_agrees_with_an_export(
     assert out.startswith(f"OK: {SIZE} entries verified; root {offline['root_hash']}")
 
 
+def saved_checkpoint(
+    gw: RunningGateway,
+    lines: list[str],
+    size: int,
+    folder: Path,
+    root: bytes | None = None,
+    signer: Signer | None = None,
+) -> str:
+    """A checkpoint of the log's first `size` entries as an auditor saved it earlier
+    (`agentgw audit checkpoint`), its root computed here from the export; `root`
+    and `signer` stand in for another log's and another key."""
+    known = lines[:size]
+    if root is None:
+        root = root_of([leaf_hash_of(data) for data in entries_of(known)])
+    head = json.loads(known[-1])["entry_hash"] if known else "0" * 64
+    checkpoint = Checkpoint(gw.config.audit.origin, size, root, head, format_timestamp(0))
+    path = folder / f"checkpoint-{size}.note"
+    path.write_text(
+        sign_checkpoint(checkpoint, signer or gw.app.audit.signing_keys.first), encoding="utf-8"
+    )
+    return str(path)
+
+
+def test_a_served_log_that_extends_a_saved_checkpoint_verifies(
+    served: RunningGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sizes inside sealed tiles, at tile edges, in the full tile in Redis, in the
+    partial edge, and the served size itself."""
+    gw = served
+    keys = str(save_keys(gw, tmp_path, capsys))
+    lines = gw.export_lines()
+    verify = ("audit", "verify", "--url", url_of(gw), "--keys", keys, "--token", AUDITOR)
+    for size in (1, 2, 255, 256, 257, 300, 512, 513, 700, 768, 769, 799, SIZE):
+        saved = saved_checkpoint(gw, lines, size, tmp_path)
+        code, out, err = cli(capsys, *verify, "--checkpoint", saved)
+        assert code == 0 and out.startswith(f"OK: {SIZE} entries verified"), (size, out, err)
+
+
+def test_a_served_log_that_does_not_extend_a_saved_checkpoint_fails(
+    served: RunningGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gw = served
+    keys = str(save_keys(gw, tmp_path, capsys))
+    lines = gw.export_lines()
+    verify = ("audit", "verify", "--url", url_of(gw), "--keys", keys, "--token", AUDITOR)
+    # A log once seen longer: rolled back, or another log served under the same name.
+    saved = saved_checkpoint(gw, [*lines, *lines], SIZE + 100, tmp_path)
+    code, out, _ = cli(capsys, *verify, "--checkpoint", saved)
+    assert (code, out) == (
+        1,
+        f"FAILED rolled_back: the served log has {SIZE} entries, fewer than the {SIZE + 100} "
+        "of --checkpoint: it was rolled back, or is another log\n",
+    )
+    # The same size, another tree: what the auditor was shown then is not what is served.
+    for size in (100, 600, SIZE):
+        saved = saved_checkpoint(gw, lines, size, tmp_path, root=bytes(32))
+        code, out, _ = cli(capsys, *verify, "--checkpoint", saved, "-o", "json")
+        failed = json.loads(out)
+        assert (code, failed["ok"], failed["kind"]) == (1, False, "forked"), size
+        assert f"the served log's first {size} entries have root " in failed["message"]
+    # A checkpoint the log's keys never signed proves nothing: refused before any fetch.
+    forged = saved_checkpoint(gw, lines, 300, tmp_path, signer=Signer.from_seed(b"\x09" * 32))
+    code, out, _ = cli(capsys, *verify, "--checkpoint", forged)
+    assert code == 1 and out.startswith("FAILED checkpoint_signature: --checkpoint ")
+    # Only the key history says which key had to sign it.
+    anchor = verifier_key(gw)
+    code, _, err = cli(
+        capsys, "audit", "verify", "--url", url_of(gw), "--trust-key", anchor, "--checkpoint", saved
+    )
+    assert code == 2 and "give --keys" in err
+
+
 def test_audit_verify_url_without_a_token_fails_naming_the_checkpoint(
     make_gateway: Callable[..., RunningGateway],
     tmp_path: Path,
@@ -320,7 +395,7 @@ def test_audit_verify_takes_an_export_or_a_url_not_both(
     )
     both = ("audit", "verify", str(export), "--url", "http://127.0.0.1:1", "--keys", str(keys))
     code, _, err = cli(capsys, *both)
-    assert code == 2 and "give no export file and no --checkpoint" in err
+    assert code == 2 and "--url verifies the served log: give no export file" in err
     code, _, err = cli(capsys, "audit", "verify", "--url", "ftp://host/", "--keys", str(keys))
     assert (code, err) == (2, "agentgw: --url ftp://host/: expected an http:// or https:// URL\n")
 
