@@ -486,7 +486,7 @@ def test_doc_examples_run_and_show_the_real_output(
         for line in block.splitlines()
         if line.startswith("agentgw audit ")
     ]
-    assert len(commands) == 11
+    assert len(commands) == 12
     outputs = {}
     for args in commands:
         code, out, err = cli(capsys, *args, gw=story.gw)

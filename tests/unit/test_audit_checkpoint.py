@@ -157,6 +157,26 @@ def test_a_tampered_checkpoint_is_rejected() -> None:
         open_checkpoint(note, KEYS)
 
 
+def test_a_signature_spelled_another_way_in_base64_is_rejected() -> None:
+    """68 bytes end in a base64 group with 2 unused bits: setting them, or dropping the
+    padding, spells the same signature another way. One spelling per note."""
+    note = sign_checkpoint(CHECKPOINT, SIGNER)
+    assert open_checkpoint(note, KEYS) == CHECKPOINT
+    body, _, line = note[:-1].rpartition("\n")
+    b64 = line.rsplit(" ", 1)[1]
+    assert b64.endswith("=") and not b64.endswith("==")
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".index(b64[-2])
+    assert last % 4 == 0  # canonical: the unused bits are zero
+    for other in (
+        b64[:-2]
+        + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[last + 1]
+        + "=",
+        b64[:-1],
+    ):
+        with pytest.raises(CheckpointError, match=r"not (canonical|valid) base64"):
+            open_checkpoint(f"{body}\n{line.rsplit(' ', 1)[0]} {other}\n", KEYS)
+
+
 def test_a_checkpoint_signed_by_an_untrusted_key_is_rejected() -> None:
     note = sign_checkpoint(CHECKPOINT, Signer.from_seed(bytes(32)))
     with pytest.raises(CheckpointError, match="no signature by a trusted key"):

@@ -140,6 +140,10 @@ def split_note(note: str) -> tuple[str, list[tuple[str, bytes, bytes]]]:
             blob = base64.b64decode(b64, validate=True)
         except (ValueError, binascii.Error):
             raise NoteError(f"signature by {name!r} is not valid base64") from None
+        if base64.b64encode(blob).decode("ascii") != b64:
+            # Unused bits set, or no padding: another spelling of the same bytes. One
+            # spelling per note, so that no byte of a note can change and it still verify.
+            raise NoteError(f"signature by {name!r} is not canonical base64")
         check_key_name(name)
         if not b64 or len(blob) < 5:
             raise NoteError(f"signature by {name!r} is too short")
