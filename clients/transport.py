@@ -12,6 +12,7 @@ must name the same principal.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,3 +64,18 @@ def open_aio_channel(target: str, tls: Tls | None = None) -> grpc.aio.Channel:
     if tls is None:
         return grpc.aio.insecure_channel(target)
     return grpc.aio.secure_channel(target, tls.credentials(), options=tls.options())
+
+
+def is_local(target: str) -> bool:
+    """Whether a gRPC target (HOST:PORT, [IPv6]:PORT, unix:PATH) or a URL's host:port
+    stays on this host: loopback or a Unix socket, where cleartext crosses no network."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = target.rpartition(":")[0] if target.count(":") == 1 or "]" in target else target
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

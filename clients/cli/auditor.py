@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,13 +26,16 @@ from clients.cli.common import (
     CliError,
     Commands,
     add_client_options,
+    add_insecure_option,
     add_output_options,
     audit_stub,
     is_json,
     output,
     print_result,
+    refuse_cleartext,
 )
 from clients.cli.tile_fetch import ServedLogFailed, TileFetch, printable
+from clients.transport import is_local
 from clients.wire import consistency_proof_from_proto, entry_from_proto, inclusion_proof_from_proto
 from gateway.domain.audit.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from gateway.domain.audit.entry import MAX_ENTRY_BYTES
@@ -394,6 +398,7 @@ def add_url_arguments(parser: argparse.ArgumentParser) -> None:
     served.add_argument(
         "--timeout", type=float, default=30.0, help="with --url: seconds per request"
     )
+    add_insecure_option(served)
 
 
 class _ServedLines:
@@ -468,6 +473,9 @@ def _verify_served_log(
     extend it, or it was rolled back or forked."""
     from gateway.domain.audit.verify import verify_export
 
+    if args.url.startswith("http://"):
+        host = urllib.parse.urlsplit(args.url).netloc
+        refuse_cleartext(f"--url {args.url}", is_local(host), args)
     fetch = TileFetch(args.url, args.token, args.tls_ca, args.timeout)
     try:
         note = fetch.get("checkpoint", NOTE_LIMIT).decode("utf-8", "replace")

@@ -22,7 +22,7 @@ from google.protobuf import json_format
 
 from agentgw.v1 import approvals_pb2_grpc, audit_pb2_grpc
 from clients.agent import Metadata, bearer
-from clients.transport import Tls, TlsFileError, open_channel
+from clients.transport import Tls, TlsFileError, is_local, open_channel
 from gateway.domain.audit.query import micros_from_text
 from gateway.errors import InvalidRequest
 
@@ -171,6 +171,7 @@ def add_client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="bearer token (env AGENTGW_TOKEN)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    add_insecure_option(p)
     tls = p.add_argument_group("TLS")
     tls.add_argument(
         "--tls-ca",
@@ -202,6 +203,26 @@ def add_client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="check the gateway's certificate for this name instead of the address's host",
     )
     return p
+
+
+def add_insecure_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=os.environ.get("AGENTGW_INSECURE", "") in ("1", "true", "yes"),
+        help="send the token in cleartext to a host off loopback (env AGENTGW_INSECURE=1); "
+        "without it such a call is refused: use TLS",
+    )
+
+
+def refuse_cleartext(where: str, local: bool, args: argparse.Namespace) -> None:
+    """CliError when a bearer token would cross the network in cleartext (to `where`,
+    not `local`) and --insecure was not given: as the gateway refuses to serve so."""
+    if not local and args.token and not getattr(args, "insecure", False):
+        raise CliError(
+            f"{where}: refusing to send the token in cleartext off loopback; connect with "
+            "TLS (--tls-ca FILE or --tls), or pass --insecure if the network is trusted"
+        )
 
 
 def server_of(args: argparse.Namespace | None) -> str | None:
@@ -240,8 +261,10 @@ def _env_path(name: str) -> Path | None:
 
 
 def tls_of(args: argparse.Namespace) -> Tls | None:
-    """The TLS settings of the command line; None: plaintext."""
+    """The TLS settings of the command line to connect to --server with; None:
+    plaintext, which a token may take off loopback only with --insecure."""
     if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        refuse_cleartext(f"--server {args.server}", is_local(args.server), args)
         return None
     return Tls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
 
