@@ -32,6 +32,20 @@ class Forbidden(GatewayError):
     """The caller is known but may not do this (PERMISSION_DENIED)."""
 
 
+class ConfigChanged:
+    """Marks the refusal that ends a call already open because the config changed
+    under it (an operator revoked or changed its principal): not an attempt by the
+    caller, so logged but not a security event."""
+
+
+class RevokedUnauthenticated(ConfigChanged, Unauthenticated):
+    """An open call whose credentials no longer name its principal, unchanged."""
+
+
+class RevokedForbidden(ConfigChanged, Forbidden):
+    """An open call whose principal's new role may not make it."""
+
+
 class RecordedRefusal(Forbidden):
     """A refusal its service has already written to the audit log and raised an alert
     for (a separation-of-duties violation): the wire records nothing more."""

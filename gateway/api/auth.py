@@ -22,7 +22,7 @@ import hmac
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from gateway.domain.principals import Principal, Role, token_digest
-from gateway.errors import Forbidden, Unauthenticated
+from gateway.errors import Forbidden, RevokedForbidden, RevokedUnauthenticated, Unauthenticated
 
 
 class OpenCall:
@@ -41,7 +41,16 @@ class OpenCall:
         self.roles = roles
         self.task = asyncio.current_task()
         self.waiting = False
-        self.revoked: Unauthenticated | Forbidden | None = None
+        self.revoked: RevokedUnauthenticated | RevokedForbidden | None = None
+        self._ended: asyncio.Future[None] | None = None
+
+    def ended(self) -> asyncio.Future[None]:
+        """A future done once the call is revoked (for a wait that races it)."""
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+            if self.revoked is not None:
+                self._ended.set_result(None)
+        return self._ended
 
     def check(self) -> None:
         """Sets `revoked` unless the call's credentials still name its principal,
@@ -54,9 +63,11 @@ class OpenCall:
             if now != self.principal:
                 raise Unauthenticated(f"principal '{now.name}' has changed; call again")
         except (Unauthenticated, Forbidden) as e:
-            kind = Forbidden if isinstance(e, Forbidden) else Unauthenticated
+            kind = RevokedForbidden if isinstance(e, Forbidden) else RevokedUnauthenticated
             self.revoked = kind(f"{e} (the config changed while this call was open)")
-            if self.waiting and self.task is not None:
+            if self._ended is not None:
+                self._ended.set_result(None)
+            elif self.waiting and self.task is not None:
                 self.task.cancel()
 
 

@@ -18,7 +18,7 @@ from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2
 from gateway.api import convert
 from gateway.api.auth import Authenticator
 from gateway.api.log_service import agent_log_from_proto, log_response
-from gateway.api.status import Servicer, rpc, stream_rpc
+from gateway.api.status import HEADERS, Servicer, rpc, stream_rpc
 from gateway.api.telemetry import current_trace_id
 from gateway.api.tracing import trace_id_of
 from gateway.domain.audit.entry import AuditEntry
@@ -400,11 +400,11 @@ class AlertsService(Servicer):
         principal: Principal,
     ) -> AsyncIterator[alerts_pb2.Alert]:
         min_severity = convert.severity_from_proto(request.min_severity, "min_severity")
-        alerts = await self.alerting.subscribe(min_severity)
-        # Headers once subscribed: a watcher that has them misses no later alert.
-        await context.send_initial_metadata(())
-        async for alert in alerts:
-            yield convert.alert_to_proto(alert)
+        async with self.alerting.subscribed(min_severity) as alerts:
+            # Headers once subscribed: a watcher that has them misses no later alert.
+            yield HEADERS
+            async for alert in alerts:
+                yield convert.alert_to_proto(alert)
 
     @rpc(Role.ADMIN)
     async def Acknowledge(

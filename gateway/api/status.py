@@ -34,6 +34,7 @@ from gateway.domain.principals import Principal, Role
 from gateway.domain.redaction import Redactor
 from gateway.errors import (
     AlreadyExists,
+    ConfigChanged,
     Conflict,
     Exhausted,
     Forbidden,
@@ -178,7 +179,7 @@ def rpc(
                     answer = await method(self, cast(Req, message), context, principal)
                 else:
                     with self._held_open(context, principal, allowed) as call:
-                        answer = await _revocable(
+                        answer = await _raced(
                             call, method(self, cast(Req, message), context, principal)
                         )
                 self._counted(name, grpc.StatusCode.OK, started)
@@ -225,6 +226,9 @@ def stream_rpc(
                                 item = await _revocable(call, anext(items))
                             except StopAsyncIteration:
                                 break
+                            if item is HEADERS:  # sent here: never while it may be cancelled
+                                await context.send_initial_metadata(())
+                                continue
                             yield item
                     finally:
                         if isinstance(items, AsyncGenerator):  # its cleanup, now
@@ -244,15 +248,22 @@ def stream_rpc(
     return wrap
 
 
+# What a stream method yields for its initial metadata to be sent at that point (as
+# Alerts.Watch does once subscribed): stream_rpc sends it between steps, where a
+# revocation never cancels a gRPC operation in flight.
+HEADERS: Any = object()
+
+
 async def _revocable(call: OpenCall, step: Awaitable[T]) -> T:
-    """Awaits `step` unless `call` is revoked, before or while it runs: then raises
-    its refusal. Only a cancel of this task by the revocation is taken as that; any
-    other cancel (the client went away) stays one."""
+    """Awaits a stream's next step unless `call` is revoked before, while or by the
+    time it runs: then raises its refusal, so no message is sent after a revocation.
+    A revocation cancels this task while it waits here; only that cancel is taken as
+    the refusal, any other (the client went away) stays one."""
     if call.revoked is not None:
         raise call.revoked
     call.waiting = True
     try:
-        return await step
+        result = await step
     except asyncio.CancelledError:
         revoked = call.revoked
         task = asyncio.current_task()
@@ -262,6 +273,28 @@ async def _revocable(call: OpenCall, step: Awaitable[T]) -> T:
         raise revoked from None
     finally:
         call.waiting = False
+    if call.revoked is not None:  # a cancel the step swallowed, or one just missed
+        raise call.revoked
+    return result
+
+
+async def _raced(call: OpenCall, step: Awaitable[T]) -> T:
+    """A long unary wait (`rpc`'s `waits`) run as a task of its own and raced against
+    the revocation, so that however the wait handles a cancel, the call ends at once
+    with the refusal and never answers after it."""
+    work = asyncio.ensure_future(step)
+    ended = call.ended()
+    try:
+        await asyncio.wait((work, ended), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    if call.revoked is not None:
+        work.cancel()
+        with contextlib.suppress(BaseException):
+            await work
+        raise call.revoked
+    return work.result()
 
 
 async def refuse(
@@ -292,7 +325,9 @@ async def refuse(
         extra.update(code=code.name, error=message)
         if isinstance(error, UndecodableRequest | StoreUnavailable) and error.detail:
             extra["detail"] = preview(error.detail, MESSAGE_LIMIT)
-        if code in _SECURITY_CODES or isinstance(error, UndecodableRequest):
+        if isinstance(error, ConfigChanged):  # an operator's revocation, not an attempt
+            log.info("open call ended", extra={"category": "security", **extra})
+        elif code in _SECURITY_CODES or isinstance(error, UndecodableRequest):
             log.warning("call refused", extra={"category": "security", **extra})
             if security is not None and code in _SECURITY_CODES:
                 record_refusal(security, context, rpc_path, principal, error, message)

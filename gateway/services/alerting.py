@@ -220,37 +220,41 @@ class Alerting:
 
     # --- Watch ------------------------------------------------------------------
 
-    async def subscribe(self, min_severity: Severity | None) -> AsyncIterator[Alert]:
-        """Alerts fired (or acknowledged) on any replica from the moment this returns,
-        as they come: the feed is being followed once it has returned."""
+    @contextlib.asynccontextmanager
+    async def subscribed(
+        self, min_severity: Severity | None
+    ) -> AsyncIterator[AsyncIterator[Alert]]:
+        """Alerts fired (or acknowledged) on any replica from the moment the block
+        starts, as they come: the feed is being followed once it has started. The
+        subscription ends with the block, however it ends."""
         queue: asyncio.Queue[Alert | None] = asyncio.Queue(WATCH_QUEUE)
         self._watchers.add(queue)
         self._watched.set()
         try:
-            await asyncio.wait_for(self._following.wait(), FOLLOW_TIMEOUT)
-        except TimeoutError:
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel.
+                async with asyncio.timeout(FOLLOW_TIMEOUT):
+                    await self._following.wait()
+            except TimeoutError:
+                raise StoreUnavailable(
+                    "the alert feed cannot be read (Redis); watch again"
+                ) from None
+            yield self._stream(queue, min_severity)
+        finally:
             self._unsubscribe(queue)
-            raise StoreUnavailable("the alert feed cannot be read (Redis); watch again") from None
-        except BaseException:
-            self._unsubscribe(queue)
-            raise
-        return self._stream(queue, min_severity)
 
     async def _stream(
         self, queue: asyncio.Queue[Alert | None], min_severity: Severity | None
     ) -> AsyncIterator[Alert]:
-        try:
-            while True:
-                alert = await queue.get()
-                if alert is None:
-                    raise Exhausted(
-                        "this watcher fell behind by more than "
-                        f"{WATCH_QUEUE} alerts; watch again (and List what was missed)"
-                    )
-                if min_severity is None or alert.severity.rank >= min_severity.rank:
-                    yield alert
-        finally:
-            self._unsubscribe(queue)
+        while True:
+            alert = await queue.get()
+            if alert is None:
+                raise Exhausted(
+                    "this watcher fell behind by more than "
+                    f"{WATCH_QUEUE} alerts; watch again (and List what was missed)"
+                )
+            if min_severity is None or alert.severity.rank >= min_severity.rank:
+                yield alert
 
     def _unsubscribe(self, queue: asyncio.Queue[Alert | None]) -> None:
         self._watchers.discard(queue)

@@ -474,8 +474,11 @@ class ApprovalDesk:
                         continue
                 # No timer of its own beyond the expiry: app.py wakes every waiter
                 # every RECHECK_SECONDS, and the hold's waiters share that read.
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel
+                # that lands as the wait ends, and a revoked call must end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await woken.wait()
 
     async def _expire_shared(self, hold_id: str) -> Hold:
         """One expire attempt for all the waiters whose hold ran out together."""

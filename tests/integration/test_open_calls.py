@@ -5,6 +5,7 @@ that ends, however it ends, is no longer held (gateway/api/auth.py `OpenCall`)."
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
 from dataclasses import replace
@@ -142,6 +143,29 @@ def test_a_stream_ends_when_its_principal_is_revoked_and_is_let_go(gw: RunningGa
         wait_for(lambda: gw.app.auth.open_calls == 0, 10, "the stream to be let go")
     finally:
         watch.close()
+
+
+def test_an_operators_revocation_is_no_security_event(gw: RunningGateway) -> None:
+    """The calls it ends are logged, not audited and alerted as refused credentials:
+    the revoked principal did not try anything. A caller with an unknown token is."""
+    watch = Watch(gw)
+    try:
+        put_in_force(gw, without("approver-1"))
+        wait_for(lambda: watch.code is not None, 10, "the stream to end")
+    finally:
+        watch.close()
+    stranger = approvals_pb2_grpc.ApprovalsStub(gw.channel)
+    with pytest.raises(grpc.RpcError):
+        stranger.ListHolds(
+            approvals_pb2.ListHoldsRequest(), metadata=(("authorization", "Bearer nope"),)
+        )
+
+    def refusals() -> list[dict[str, Any]]:
+        entries = [json.loads(line) for line in gw.export_lines()]
+        return [e for e in entries if e["event_type"] == "security_authentication_failed"]
+
+    found = wait_for(refusals, 10, "the stranger's refusal to be audited")
+    assert [e["actor"] for e in found] == ["gateway"]  # the stranger; not approver-1
 
 
 def test_a_stream_the_client_cancels_is_let_go(gw: RunningGateway) -> None:
