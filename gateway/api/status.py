@@ -220,19 +220,8 @@ def stream_rpc(
                 message = self._open(request, name)
                 with self._held_open(context, principal, allowed) as call:
                     items = method(self, message, context, principal)
-                    try:
-                        while True:
-                            try:
-                                item = await _revocable(call, anext(items))
-                            except StopAsyncIteration:
-                                break
-                            if item is HEADERS:  # sent here: never while it may be cancelled
-                                await context.send_initial_metadata(())
-                                continue
-                            yield item
-                    finally:
-                        if isinstance(items, AsyncGenerator):  # its cleanup, now
-                            await items.aclose()
+                    async for item in _held_stream(call, items, context):
+                        yield item
                 self._counted(name, grpc.StatusCode.OK, started)
                 return
             except grpc.aio.AbortError:
@@ -252,6 +241,26 @@ def stream_rpc(
 # Alerts.Watch does once subscribed): stream_rpc sends it between steps, where a
 # revocation never cancels a gRPC operation in flight.
 HEADERS: Any = object()
+
+
+async def _held_stream(
+    call: OpenCall, items: AsyncIterator[Any], context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """The messages of a stream held open as `call`: each step revocable, `HEADERS`
+    sent between steps, the method's generator closed however the stream ends."""
+    try:
+        while True:
+            try:
+                item = await _revocable(call, anext(items))
+            except StopAsyncIteration:
+                return
+            if item is HEADERS:  # sent here: never while it may be cancelled
+                await context.send_initial_metadata(())
+                continue
+            yield item
+    finally:
+        if isinstance(items, AsyncGenerator):  # its cleanup, now
+            await items.aclose()
 
 
 async def _revocable(call: OpenCall, step: Awaitable[T]) -> T:
@@ -441,12 +450,44 @@ class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
-        if method not in self.own_methods and method not in self.OPEN_METHODS:
+        if method in self.own_methods or method in self.OPEN_METHODS:
+            return await continuation(handler_call_details)
+        metadata = handler_call_details.invocation_metadata
+        try:
+            principal = self.auth.authenticate(metadata)
+        except Unauthenticated as e:
+            return _refuse_unauthenticated(method, e, self.security)
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.stream_stream is None:
+            return handler
+        return self._held(method, handler, metadata, principal)
+
+    def _held(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler,
+        metadata: Any,
+        principal: Principal,
+    ) -> grpc.RpcMethodHandler:
+        """A bidirectional stream (server reflection) held open as its principal's
+        call: a revocation ends it as it ends the gateway's own streams."""
+        behaviour = handler.stream_stream
+        auth, security = self.auth, self.security
+
+        async def held(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                self.auth.authenticate(handler_call_details.invocation_metadata)
-            except Unauthenticated as e:
-                return _refuse_unauthenticated(method, e, self.security)
-        return await continuation(handler_call_details)
+                with auth.open_call(metadata, frozenset(), principal, frozenset(Role)) as call:
+                    items = behaviour(request_iterator, context)
+                    async for item in _held_stream(call, items, context):
+                        yield item
+            except (Unauthenticated, Forbidden) as e:
+                await refuse(context, method, principal, e, security=security)
+
+        return grpc.stream_stream_rpc_method_handler(
+            held,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 def _refuse_unauthenticated(

@@ -6,13 +6,15 @@ that ends, however it ends, is no longer held (gateway/api/auth.py `OpenCall`)."
 from __future__ import annotations
 
 import json
+import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from gateway.domain.principals import Principal, Role, token_digest
@@ -189,3 +191,28 @@ def test_of_two_streams_only_the_revoked_principals_ends(gw: RunningGateway) -> 
     finally:
         first.close()
         second.close()
+
+
+def test_a_reflection_stream_ends_when_its_principal_is_revoked(gw: RunningGateway) -> None:
+    requests: queue.Queue[reflection_pb2.ServerReflectionRequest | None] = queue.Queue()
+
+    def sent() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        while (request := requests.get()) is not None:
+            yield request
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(gw.channel)
+    answers = stub.ServerReflectionInfo(sent(), metadata=gw.md("agent-1"), timeout=30)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    try:
+        requests.put(ask)
+        assert next(answers).list_services_response.service
+        wait_for(lambda: gw.app.auth.open_calls == 1, 10, "the stream to be held open")
+        put_in_force(gw, without("agent-1"))
+        with pytest.raises(grpc.RpcError) as ended:
+            next(answers)  # ended while it waited for the next request
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert (ended.value.details() or "").endswith(CHANGED)
+        wait_for(lambda: gw.app.auth.open_calls == 0, 10, "the stream to be let go")
+    finally:
+        requests.put(None)
+        answers.cancel()
