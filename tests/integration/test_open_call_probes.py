@@ -15,7 +15,7 @@ import random
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -33,7 +33,7 @@ from agentgw.v1 import (
     logs_pb2_grpc,
 )
 from clients.agent import AgentClient, bearer
-from gateway.domain.audit.entry import EntryDraft, format_timestamp
+from gateway.domain.audit.entry import EntryDraft
 from gateway.domain.principals import Principal, Role, token_digest
 from tests.audit_drafts import note_draft
 from tests.harness import GatewayLogs, RunningGateway, test_principals, wait_for
@@ -151,17 +151,7 @@ def errors(logs: GatewayLogs) -> list[str]:
 
 def big_draft(n: int) -> EntryDraft:
     """A note of about 2 KB, numbered `n`."""
-    return EntryDraft(
-        timestamp=format_timestamp(0),
-        event_type="note",
-        actor="admin-1",
-        actor_type="user",
-        action_id="",
-        action_type="",
-        resource="",
-        details={"n": n, "pad": "x" * 2000},
-        outcome="",
-    )
+    return replace(note_draft(n), details={"n": n, "pad": "x" * 2000})
 
 
 def held_by(gw: RunningGateway, agent: str) -> str:
