@@ -68,7 +68,8 @@ def open_aio_channel(target: str, tls: Tls | None = None) -> grpc.aio.Channel:
 
 def is_local(target: str) -> bool:
     """Whether a gRPC target (HOST:PORT, [IPv6]:PORT, unix:PATH) or a URL's host:port
-    stays on this host: loopback or a Unix socket, where cleartext crosses no network."""
+    stays on this host: loopback or a Unix socket, where cleartext crosses no network.
+    The gateway's rule for what it serves in cleartext too (gateway/api/tls.py)."""
     if target.startswith(("unix:", "unix-abstract:")):
         return True
     host = target.rpartition(":")[0] if target.count(":") == 1 or "]" in target else target

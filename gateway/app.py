@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
 from agentgw.v1 import alerts_pb2, approvals_pb2, audit_pb2, gateway_pb2, logs_pb2
+from clients.transport import is_local
 from gateway.api.auth import Authenticator
 from gateway.api.decoding import add_servicer
 from gateway.api.log_service import LogsService
@@ -39,7 +40,7 @@ from gateway.api.services import AlertsService, ApprovalsService, AuditService, 
 from gateway.api.status import RequireToken, Servicer, roles_of
 from gateway.api.telemetry import Spans, server_interceptor
 from gateway.api.tile_server import TileServer, serve_tiles
-from gateway.api.tls import CertificateFiles, check_cleartext, is_loopback, server_credentials
+from gateway.api.tls import CertificateFiles, check_cleartext, server_credentials
 from gateway.config import Config, read_principals
 from gateway.domain.alerts.events import audit_failure_event, store_unavailable_event
 from gateway.domain.audit.keys import SigningKeys
@@ -468,7 +469,7 @@ class App:
     def _serve_metrics(self, listen: str, auth: Authenticator) -> None:
         settings = self.config.metrics
         tls = self.certificates.ssl_context if self.certificates is not None else None
-        cleartext_ok = settings.public or self.config.insecure or is_loopback(listen)
+        cleartext_ok = settings.public or self.config.insecure or is_local(listen)
         if tls is None and not cleartext_ok:
             raise ConfigError(
                 f"metrics.listen: refusing to serve metrics on {listen} without TLS "

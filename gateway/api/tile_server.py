@@ -26,6 +26,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from clients.transport import is_local
 from gateway.api.auth import Authenticator
 from gateway.api.http_endpoint import (
     SOCKET_SECONDS,
@@ -33,7 +34,7 @@ from gateway.api.http_endpoint import (
     HttpEndpoint,
     bearer_refusal,
 )
-from gateway.api.tls import CertificateFiles, is_loopback
+from gateway.api.tls import CertificateFiles
 from gateway.config import Config
 from gateway.domain.principals import Role
 from gateway.errors import ConfigError, GatewayError, InvalidRequest, StoreUnavailable
@@ -75,7 +76,7 @@ def serve_tiles(
     listen = settings.listen
     assert listen is not None
     tls = certificates.ssl_context if certificates is not None else None
-    if tls is None and not (settings.public or config.insecure or is_loopback(listen)):
+    if tls is None and not (settings.public or config.insecure or is_local(listen)):
         raise ConfigError(
             f"tiles.listen: refusing to serve the audit log on {listen} without TLS (the "
             "auditor's token would travel in cleartext): give the gateway --tls-cert and "

@@ -11,7 +11,6 @@ is not the certificate's) keeps the certificates in use and logs why.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import ssl
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PublicKeyTypes,
 )
 
+from clients.transport import is_local
 from gateway.config import Config, TlsSettings
 from gateway.errors import ConfigError
 
@@ -154,19 +154,9 @@ def server_credentials(files: CertificateFiles) -> grpc.ServerCredentials:
 def check_cleartext(config: Config) -> None:
     """Without TLS, only a loopback address unless --insecure: bearer tokens would
     cross the network in the clear."""
-    if config.tls.enabled or config.insecure or is_loopback(config.listen):
+    if config.tls.enabled or config.insecure or is_local(config.listen):
         return
     raise ConfigError(
         f"refusing to listen on {config.listen} without TLS (tokens would travel in "
         "cleartext): give --tls-cert and --tls-key, or --insecure to accept that"
     )
-
-
-def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
