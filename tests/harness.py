@@ -188,6 +188,32 @@ class GatewayLogs(logging.Handler):
             logger.setLevel(level)
 
 
+class StreamReader:
+    """A server stream read in a thread of its own: what came, and how it ended."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.messages: list[Any] = []
+        self.code: grpc.StatusCode | None = None  # once it ended
+        self.details = ""
+        self.ended = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for message in self.call:
+                self.messages.append(message)
+            self.code = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            self.code, self.details = e.code(), e.details() or ""
+        finally:
+            self.ended.set()
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.ended.wait(10)
+
+
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
     """Polls a cheap condition until it is truthy; fails the test after `timeout`."""
     deadline = time.monotonic() + timeout

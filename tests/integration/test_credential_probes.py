@@ -12,11 +12,9 @@ import hashlib
 import http.client
 import json
 import os
-import queue
 import signal
 import stat
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +39,7 @@ from agentgw.v1 import (
 from clients.wire import python_to_struct
 from gateway.config import parse_config
 from gateway.domain.principals import token_digest
-from tests.harness import TOKENS, token_for, wait_for
+from tests.harness import TOKENS, StreamReader, token_for, wait_for
 from tests.processes import AGENTGW, GatewayProcess
 
 Kind = approvals_pb2.HoldEvent.Kind
@@ -233,34 +231,8 @@ def served(config_file: Path) -> Iterator[Served]:
         yield gateway
 
 
-class StreamReader:
-    """Reads a server stream in a thread: what arrived, and how the stream ended."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.items: list[Any] = []
-        self.ended: queue.Queue[grpc.StatusCode] = queue.Queue()
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for item in self.stream:
-                self.items.append(item)
-            self.code = grpc.StatusCode.OK
-        except grpc.RpcError as e:
-            self.code = e.code()
-            self.details = e.details() or ""
-
-    def close(self) -> None:
-        self.stream.cancel()
-        self._thread.join(10)
-
-
 def end_or_item(reader: StreamReader, wanted: Callable[[Any], bool], what: str) -> None:
-    wait_for(lambda: reader.code is not None or any(map(wanted, reader.items)), 30, what)
+    wait_for(lambda: reader.code is not None or any(map(wanted, reader.messages)), 30, what)
 
 
 # ---------------------------------------------------------------------------
@@ -277,10 +249,10 @@ def test_a_revoked_approvers_open_watch_holds_stream_is_ended(served: Served) ->
     )
     reader = StreamReader(watch)
     try:
-        wait_for(lambda: any(e.kind == Kind.KIND_SYNCED for e in reader.items), 30, "synced")
+        wait_for(lambda: any(e.kind == Kind.KIND_SYNCED for e in reader.messages), 30, "synced")
         first = served.submit("agent-1", "delete_file")
         assert first.hold_id
-        wait_for(lambda: any(e.hold.hold_id == first.hold_id for e in reader.items), 30, "held")
+        wait_for(lambda: any(e.hold.hold_id == first.hold_id for e in reader.messages), 30, "held")
 
         served.tokens("revoke", "approver-1")
         served.reload()
@@ -288,7 +260,7 @@ def test_a_revoked_approvers_open_watch_holds_stream_is_ended(served: Served) ->
 
         second = served.submit("agent-1", "delete_file", resource="/etc/shadow")
         end_or_item(reader, lambda e: e.hold.hold_id == second.hold_id, "the stream to end or leak")
-        leaked = [e for e in reader.items if e.hold.hold_id == second.hold_id]
+        leaked = [e for e in reader.messages if e.hold.hold_id == second.hold_id]
         assert not leaked, "a revoked approver's open watch still receives new holds"
         assert reader.code == UNAUTHENTICATED
     finally:
@@ -308,7 +280,7 @@ def test_a_demoted_admins_open_alerts_watch_is_ended(served: Served, config_file
     try:
         for i in range(5):  # a loop: the agent_stuck_in_loop alert
             served.submit("agent-1", "read_file", session_id="loop-1", resource=f"/r/{i}")
-        wait_for(lambda: any(a.subject == "agent-1" for a in reader.items), 30, "an alert")
+        wait_for(lambda: any(a.subject == "agent-1" for a in reader.messages), 30, "an alert")
 
         text = config_file.read_text(encoding="utf-8")
         admin = "  - name: admin-1\n    role: admin\n"
@@ -320,7 +292,7 @@ def test_a_demoted_admins_open_alerts_watch_is_ended(served: Served, config_file
         for i in range(5):
             served.submit("agent-2", "read_file", session_id="loop-2", resource=f"/r/{i}")
         end_or_item(reader, lambda a: a.subject == "agent-2", "the stream to end or leak")
-        assert not [a for a in reader.items if a.subject == "agent-2"], (
+        assert not [a for a in reader.messages if a.subject == "agent-2"], (
             "a demoted admin's open alerts watch still receives new alerts"
         )
         assert reader.code in (grpc.StatusCode.PERMISSION_DENIED, UNAUTHENTICATED)
@@ -350,7 +322,7 @@ def test_a_revoked_auditors_logs_follow_stream_is_ended(served: Served) -> None:
         # Until the follow is under way, a record may come before it: log until one shows.
         def seen_before() -> bool:
             log("before")
-            return any(r.message == "before" for r in reader.items)
+            return any(r.message == "before" for r in reader.messages)
 
         wait_for(seen_before, 30, "the follow to stream")
 
@@ -362,7 +334,7 @@ def test_a_revoked_auditors_logs_follow_stream_is_ended(served: Served) -> None:
         end_or_item(
             reader, lambda r: r.message == "after the revocation", "the stream to end or leak"
         )
-        assert not [r for r in reader.items if r.message == "after the revocation"], (
+        assert not [r for r in reader.messages if r.message == "after the revocation"], (
             "a revoked auditor's open log follow still receives new records"
         )
         assert reader.code == UNAUTHENTICATED
@@ -375,7 +347,7 @@ def synced_watch(served: Served, approver: str) -> StreamReader:
         approvals_pb2.WatchHoldsRequest(), metadata=md(approver), timeout=120
     )
     reader = StreamReader(watch)
-    wait_for(lambda: any(e.kind == Kind.KIND_SYNCED for e in reader.items), 30, "synced")
+    wait_for(lambda: any(e.kind == Kind.KIND_SYNCED for e in reader.messages), 30, "synced")
     return reader
 
 
@@ -401,7 +373,7 @@ def test_a_change_to_other_principals_leaves_open_streams_alone(served: Served) 
         served.tokens("revoke", "approver-2")
         served.reload()
         held = served.submit("agent-1", "delete_file")
-        wait_for(lambda: any(e.hold.hold_id == held.hold_id for e in reader.items), 30, "held")
+        wait_for(lambda: any(e.hold.hold_id == held.hold_id for e in reader.messages), 30, "held")
         assert reader.code is None
     finally:
         reader.close()

@@ -15,7 +15,7 @@ import random
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -36,7 +36,7 @@ from clients.agent import AgentClient, bearer
 from gateway.domain.audit.entry import EntryDraft
 from gateway.domain.principals import Principal, Role, token_digest
 from tests.audit_drafts import note_draft
-from tests.harness import GatewayLogs, RunningGateway, test_principals, wait_for
+from tests.harness import GatewayLogs, RunningGateway, StreamReader, test_principals, wait_for
 
 CHANGED = "(the config changed while this call was open)"
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -111,34 +111,6 @@ def outcome(future: grpc.Future, timeout: float) -> tuple[str, str]:
     return "OK", ""
 
 
-@dataclass
-class Reader:
-    """A server stream read in a thread: what came, and how it ended."""
-
-    call: Any
-    messages: list[Any] = field(default_factory=list)
-    code: grpc.StatusCode | None = None
-    details: str = ""
-    ended: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        try:
-            for message in self.call:
-                self.messages.append(message)
-            self.code = grpc.StatusCode.OK
-        except grpc.RpcError as e:
-            self.code, self.details = e.code(), e.details() or ""
-        finally:
-            self.ended.set()
-
-    def close(self) -> None:
-        self.call.cancel()
-        self.ended.wait(10)
-
-
 def errors(logs: GatewayLogs) -> list[str]:
     """What the gateway logged as an error, but for fired alerts (calls that start
     after a revocation are refused credentials, alerted; loops are alerted too)."""
@@ -180,7 +152,7 @@ def approve(gw: RunningGateway, hold_id: str, approver: str = "approver-1") -> N
 def healthy(gw: RunningGateway) -> None:
     """The gateway still answers: a Submit, and a WatchHolds that syncs."""
     assert gw.agent("agent-2").submit("search").verdict == gateway_pb2.VERDICT_ALLOW
-    watch = Reader(
+    watch = StreamReader(
         approvals_pb2_grpc.ApprovalsStub(gw.channel).WatchHolds(
             approvals_pb2.WatchHoldsRequest(), metadata=gw.md("approver-2"), timeout=10
         )
@@ -267,7 +239,7 @@ def test_an_alert_watch_revoked_while_it_opens_ends_and_leaves_no_watcher(
         landing = revoke_on_loop(
             gw, without(everyone, *revoked), ready=lambda: gw.app.auth.open_calls > 0, turns=k
         )
-        reader = Reader(
+        reader = StreamReader(
             stub.Watch(alerts_pb2.WatchAlertsRequest(), metadata=probe_md(admin.name), timeout=20)
         )
         landing.result(10)
@@ -340,7 +312,7 @@ def test_busy_audit_streams_revoked_at_random_points_end_refused(
                 metadata=gw.md("auditor-1"),
                 timeout=30,
             )
-        reader = Reader(call)
+        reader = StreamReader(call)
         delay = rng.uniform(0, 0.05)
 
         async def later(delay: float = delay) -> None:
@@ -372,7 +344,7 @@ def test_a_log_follow_revoked_at_random_points_ends_refused(
     everyone, rng = test_principals(), random.Random(11)
     stub = logs_pb2_grpc.LogsStub(gw.channel)
     for _ in range(15):
-        reader = Reader(
+        reader = StreamReader(
             stub.Query(logs_pb2.LogQuery(follow=True), metadata=gw.md("admin-1"), timeout=30)
         )
         wait_for(lambda: gw.app.auth.open_calls == 1, 10, "the follow to be held")
@@ -415,7 +387,7 @@ def test_streams_revoked_at_every_early_loop_turn_end_refused(
         )
         started = open_()
         landing.result(10)
-        if isinstance(started, Reader):
+        if isinstance(started, StreamReader):
             ended = started.ended.wait(10)
             code = started.code.name if started.code else "OPEN"
             details = started.details
@@ -429,13 +401,13 @@ def test_streams_revoked_at_every_early_loop_turn_end_refused(
 
     approvals = approvals_pb2_grpc.ApprovalsStub(gw.channel)
 
-    def watch_holds(name: str) -> Reader:
+    def watch_holds(name: str) -> StreamReader:
         request = approvals_pb2.WatchHoldsRequest()
-        return Reader(approvals.WatchHolds(request, metadata=probe_md(name), timeout=20))
+        return StreamReader(approvals.WatchHolds(request, metadata=probe_md(name), timeout=20))
 
-    def read_entries(name: str) -> Reader:
+    def read_entries(name: str) -> StreamReader:
         request = audit_pb2.ReadEntriesRequest()
-        return Reader(gw.audit.ReadEntries(request, metadata=probe_md(name), timeout=20))
+        return StreamReader(gw.audit.ReadEntries(request, metadata=probe_md(name), timeout=20))
 
     for k in range(12):
         name = approvers[k].name
@@ -461,7 +433,7 @@ def test_a_client_cancel_racing_a_revocation_leaves_nothing_behind(
     hold_id = gw.agent("agent-1").submit("delete_file").hold_id
     for round_ in range(40):
         if round_ % 2:
-            watch = Reader(
+            watch = StreamReader(
                 approvals.WatchHolds(
                     approvals_pb2.WatchHoldsRequest(), metadata=gw.md("approver-1"), timeout=20
                 )
@@ -497,7 +469,7 @@ def test_other_principals_calls_survive_a_storm_of_revocations(gw: RunningGatewa
     everyone = test_principals()
     hold_ids = [gw.agent("agent-2").submit("delete_file").hold_id for _ in range(10)]
     futures = [await_future(gw, h, gw.md("agent-2"), 60) for h in hold_ids]
-    watch = Reader(
+    watch = StreamReader(
         approvals_pb2_grpc.ApprovalsStub(gw.channel).WatchHolds(
             approvals_pb2.WatchHoldsRequest(), metadata=gw.md("approver-2"), timeout=60
         )
@@ -524,7 +496,7 @@ def test_other_principals_calls_survive_a_storm_of_revocations(gw: RunningGatewa
     watch.close()
 
 
-def _synced(watch: Reader) -> bool:
+def _synced(watch: StreamReader) -> bool:
     return any(e.kind == approvals_pb2.HoldEvent.Kind.KIND_SYNCED for e in watch.messages)
 
 
@@ -583,7 +555,7 @@ def test_thousands_of_short_open_calls_leave_nothing_registered(
             put_in_force(gw, without(everyone, "agent-1"))
             put_in_force(gw, everyone)
         watches = [
-            Reader(
+            StreamReader(
                 approvals.WatchHolds(
                     approvals_pb2.WatchHoldsRequest(), metadata=gw.md("approver-1"), timeout=10
                 )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import queue
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -18,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agentgw.v1 import approvals_pb2, approvals_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from gateway.domain.principals import Principal, Role, token_digest
-from tests.harness import RunningGateway, test_principals, wait_for
+from tests.harness import RunningGateway, StreamReader, test_principals, wait_for
 
 Kind = approvals_pb2.HoldEvent.Kind
 CHANGED = "(the config changed while this call was open)"
@@ -104,36 +103,19 @@ def test_other_changes_leave_an_await_alone(gw: RunningGateway) -> None:
     assert gw.app.auth.open_calls == 0
 
 
-class Watch:
-    """An approver's WatchHolds, read in a thread."""
-
-    def __init__(self, gw: RunningGateway, approver: str = "approver-1") -> None:
-        stub = approvals_pb2_grpc.ApprovalsStub(gw.channel)
-        self.call = stub.WatchHolds(
-            approvals_pb2.WatchHoldsRequest(), metadata=gw.md(approver), timeout=60
-        )
-        self.events: list[approvals_pb2.HoldEvent] = []
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        wait_for(lambda: any(e.kind == Kind.KIND_SYNCED for e in self.events), 10, "synced")
-
-    def _read(self) -> None:
-        try:
-            for event in self.call:
-                self.events.append(event)
-            self.code = grpc.StatusCode.OK
-        except grpc.RpcError as e:
-            self.code, self.details = e.code(), e.details() or ""
-
-    def close(self) -> None:
-        self.call.cancel()
-        self._thread.join(10)
+def watching(gw: RunningGateway, approver: str = "approver-1") -> StreamReader:
+    """An approver's WatchHolds, read in a thread, once it has synced."""
+    stub = approvals_pb2_grpc.ApprovalsStub(gw.channel)
+    watch = StreamReader(
+        stub.WatchHolds(approvals_pb2.WatchHoldsRequest(), metadata=gw.md(approver), timeout=60)
+    )
+    synced = lambda: any(e.kind == Kind.KIND_SYNCED for e in watch.messages)  # noqa: E731
+    wait_for(synced, 10, "synced")
+    return watch
 
 
 def test_a_stream_ends_when_its_principal_is_revoked_and_is_let_go(gw: RunningGateway) -> None:
-    watch = Watch(gw)
+    watch = watching(gw)
     try:
         assert gw.app.auth.open_calls == 1
         put_in_force(gw, without("approver-1"))
@@ -150,7 +132,7 @@ def test_a_stream_ends_when_its_principal_is_revoked_and_is_let_go(gw: RunningGa
 def test_an_operators_revocation_is_no_security_event(gw: RunningGateway) -> None:
     """The calls it ends are logged, not audited and alerted as refused credentials:
     the revoked principal did not try anything. A caller with an unknown token is."""
-    watch = Watch(gw)
+    watch = watching(gw)
     try:
         put_in_force(gw, without("approver-1"))
         wait_for(lambda: watch.code is not None, 10, "the stream to end")
@@ -171,7 +153,7 @@ def test_an_operators_revocation_is_no_security_event(gw: RunningGateway) -> Non
 
 
 def test_a_stream_the_client_cancels_is_let_go(gw: RunningGateway) -> None:
-    watch = Watch(gw)
+    watch = watching(gw)
     watch.close()
     assert watch.code == grpc.StatusCode.CANCELLED
     wait_for(lambda: gw.app.auth.open_calls == 0, 10, "the stream to be let go")
@@ -180,14 +162,14 @@ def test_a_stream_the_client_cancels_is_let_go(gw: RunningGateway) -> None:
 
 
 def test_of_two_streams_only_the_revoked_principals_ends(gw: RunningGateway) -> None:
-    first, second = Watch(gw, "approver-1"), Watch(gw, "approver-2")
+    first, second = watching(gw, "approver-1"), watching(gw, "approver-2")
     try:
         put_in_force(gw, without("approver-1"))
         wait_for(lambda: first.code is not None, 10, "the first stream to end")
         held = gw.agent("agent-1").submit("delete_file")
-        wait_for(lambda: any(e.hold.hold_id == held.hold_id for e in second.events), 10, "held")
+        wait_for(lambda: any(e.hold.hold_id == held.hold_id for e in second.messages), 10, "held")
         assert first.code == grpc.StatusCode.UNAUTHENTICATED and second.code is None
-        assert not any(e.hold.hold_id == held.hold_id for e in first.events)
+        assert not any(e.hold.hold_id == held.hold_id for e in first.messages)
     finally:
         first.close()
         second.close()
