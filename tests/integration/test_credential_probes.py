@@ -540,23 +540,6 @@ def test_the_same_name_issued_twice_at_once_has_exactly_one_winner(config_file: 
     assert len(config.principals) == len(TOKENS) + 1
 
 
-def test_different_names_issued_at_once_all_land(config_file: Path) -> None:
-    """Holds: concurrent issues of different names as separate processes lose none."""
-    names = [f"bot-{n}" for n in range(6)]
-    with ThreadPoolExecutor(len(names)) as pool:
-        done = list(
-            pool.map(
-                lambda n: tokens("issue", n, "--role", "agent", "--config", str(config_file)),
-                names,
-            )
-        )
-    assert [d.returncode for d in done] == [0] * len(names), [d.stderr for d in done]
-    config = parse_config(config_file.read_text(), str(config_file), config_file.parent)
-    by_name = {p.name: p.token_sha256 for p in config.principals}
-    for name, result in zip(names, done, strict=True):
-        assert by_name[name] == token_digest(result.stdout.splitlines()[1])
-
-
 def test_edits_never_make_the_config_more_permissive(config_file: Path) -> None:
     """Holds: issue, rotate and revoke keep a 0600 config 0600 (and the lock 0600),
     and leave no temporary file behind."""

@@ -289,6 +289,17 @@ def test_a_stream_whose_client_stops_reading_ends_when_it_reads_again(
     wait_for(lambda: gw.app.auth.open_calls == 0, 10, "the stream to be let go")
 
 
+def revoke_after(gw: RunningGateway, principals: tuple[Principal, ...], delay: float) -> None:
+    """Puts `principals` in force `delay` seconds from now, on the gateway's loop: a
+    revocation landing at a random point of a call (the delay paces, it decides nothing)."""
+
+    async def later() -> None:
+        await asyncio.sleep(delay)
+        gw.app.auth.replace(principals)
+
+    gw.run(later())
+
+
 def test_busy_audit_streams_revoked_at_random_points_end_refused(
     gw: RunningGateway, gateway_logs: GatewayLogs
 ) -> None:
@@ -313,13 +324,7 @@ def test_busy_audit_streams_revoked_at_random_points_end_refused(
                 timeout=30,
             )
         reader = StreamReader(call)
-        delay = rng.uniform(0, 0.05)
-
-        async def later(delay: float = delay) -> None:
-            await asyncio.sleep(delay)
-            gw.app.auth.replace(without(everyone, "auditor-1"))
-
-        gw.run(later())
+        revoke_after(gw, without(everyone, "auditor-1"), rng.uniform(0, 0.05))
         assert reader.ended.wait(30), "the stream never ended"
         assert reader.code is not None
         if reader.code != grpc.StatusCode.OK:
@@ -348,13 +353,7 @@ def test_a_log_follow_revoked_at_random_points_ends_refused(
             stub.Query(logs_pb2.LogQuery(follow=True), metadata=gw.md("admin-1"), timeout=30)
         )
         wait_for(lambda: gw.app.auth.open_calls == 1, 10, "the follow to be held")
-        delay = rng.uniform(0, 0.05)
-
-        async def later(delay: float = delay) -> None:
-            await asyncio.sleep(delay)
-            gw.app.auth.replace(without(everyone, "admin-1"))
-
-        gw.run(later())
+        revoke_after(gw, without(everyone, "admin-1"), rng.uniform(0, 0.05))
         assert reader.ended.wait(10), "the follow never ended"
         assert (reader.code, reader.details) == (
             grpc.StatusCode.UNAUTHENTICATED,
